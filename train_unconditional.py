@@ -1,0 +1,340 @@
+#!/usr/bin/env python
+"""Train a (class-conditional) DDPM on a MedMNIST dataset and save it as a BloodMNISTPipeline.
+
+    accelerate launch train_unconditional.py --output_dir runs/blood --max_train_steps 2000
+
+Runs on CPU, one GPU or many: the distribution is Accelerate's own launcher (`accelerate launch`, `torchrun`).
+Read it top to bottom: arguments, data, model, optimisation, (resume), the loop, the final save.
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from medgen_diffusers import BloodMNISTPipeline
+from medgen_diffusers.data import augment_dihedral, available_flags, load_medmnist_tensors, to_model_range
+from medgen_diffusers.model_card import build_model_card
+from medgen_diffusers.models import UNET_PRESETS, build_unet
+
+logger = get_logger(__name__, log_level="INFO")
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # complete checkpoints only: never "*.tmp"
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="bloodmnist", choices=available_flags(), help="MedMNIST 2D flag.")
+    g.add_argument("--resolution", type=int, default=28, choices=(28, 64, 128, 224))
+    g.add_argument("--data_root", default=None, help="Folder holding the .npz (default: $MEDMNIST_ROOT, ~/.medmnist).")
+    g.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N images only.")
+    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="Random flips and 90° rotations (cells have no canonical orientation).")
+    g = p.add_argument_group("model")
+    g.add_argument("--model_preset", default="tiny", choices=sorted(UNET_PRESETS))
+    g.add_argument("--model_config", default=None, help="UNet2DModel config JSON; overrides --model_preset.")
+    g.add_argument("--class_conditional", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--label_dropout", type=float, default=0.1,
+                   help="Probability of replacing a label by the null class (enables classifier-free guidance).")
+    g.add_argument("--prediction_type", default="epsilon", choices=("epsilon", "v_prediction", "sample"))
+    g.add_argument("--ddpm_num_steps", type=int, default=1000)
+    g.add_argument("--ddpm_beta_schedule", default="linear", choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=128, help="Per process.")
+    g.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps; overrides --num_epochs.")
+    g.add_argument("--num_epochs", type=int, default=10)
+    g.add_argument("--learning_rate", type=float, default=2e-4)
+    g.add_argument("--lr_scheduler", default="cosine",
+                   choices=("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup"))
+    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--ema_max_decay", type=float, default=0.9999)
+    g.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    g.add_argument("--ema_power", type=float, default=3 / 4)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
+    g.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
+    g.add_argument("--save_images_steps", type=int, default=None, help="Write a sample grid every N steps.")
+    g.add_argument("--num_sample_images", type=int, default=16, help="Images in each sample grid (0: none).")
+    g.add_argument("--sample_inference_steps", type=int, default=20, help="DPM-Solver++ steps for sample grids.")
+    g.add_argument("--logger", default="tensorboard", choices=("tensorboard", "none"))
+    g.add_argument("--push_to_hub", action="store_true", help="Push the final pipeline to the Hub (see `medgen push`).")
+    g.add_argument("--hub_model_id", default=None)
+    g.add_argument("--hub_token", default=None)
+    args = p.parse_args(argv)
+
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        p.error("--max_train_steps must be >= 1.")
+    if not 0.0 <= args.label_dropout < 1.0:
+        p.error("--label_dropout must be in [0, 1).")
+    for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1.")
+    if args.push_to_hub and not args.hub_model_id:
+        p.error("--push_to_hub needs --hub_model_id (e.g. your-name/bloodmnist-ddpm).")
+    return args
+
+
+def list_checkpoints(output_dir):
+    """Complete checkpoints, oldest first. A checkpoint is written as `*.tmp` and renamed when whole."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def save_checkpoint(accelerator, output_dir, step, total_limit):
+    final = Path(output_dir) / f"checkpoint-{step}"
+    partial = Path(output_dir) / f"checkpoint-{step}.tmp"
+    if accelerator.is_main_process and partial.exists():
+        shutil.rmtree(partial)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))  # every rank writes its own RNG state into it
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(partial, final)  # atomic: a kill leaves either the whole checkpoint or a *.tmp folder
+        if total_limit is not None:
+            for old in list_checkpoints(output_dir)[:-total_limit]:
+                shutil.rmtree(old)
+        logger.info(f"Saved {final}")
+    accelerator.wait_for_everyone()
+
+
+def sample_grid(pipeline, num_images, steps, seed):
+    """A fixed-seed grid from the EMA weights, sampled with DPM-Solver++ (fast enough to run on CPU)."""
+    scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    fast = BloodMNISTPipeline(pipeline.unet, scheduler, pipeline.config.class_names)
+    fast.set_progress_bar_config(disable=True)
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    images = fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images
+    cols = math.ceil(math.sqrt(num_images))
+    return make_image_grid(images + [images[0].copy()] * (cols * math.ceil(num_images / cols) - num_images),
+                           rows=math.ceil(num_images / cols), cols=cols)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.logger == "none" else args.logger,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        cpu=args.cpu,
+    )
+    set_seed(args.seed)  # identical initial weights on every rank
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for stale in output_dir.glob("checkpoint-*.tmp"):  # left by a killed run; never resumed from
+            shutil.rmtree(stale)
+
+    # Data: the whole split as uint8 tensors in memory; augmentation happens on the batch, on the device.
+    data = load_medmnist_tensors(args.dataset, "train", args.resolution, args.data_root)
+    images, labels = data.images, data.labels
+    if args.max_train_samples is not None:
+        images, labels = images[: args.max_train_samples], labels[: args.max_train_samples]
+    if len(images) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(images)} training images are fewer than one global batch "
+                         f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
+    train_dataloader = DataLoader(TensorDataset(images, labels), batch_size=args.train_batch_size, shuffle=True,
+                                  drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    num_classes = len(data.class_names) if args.class_conditional else None
+
+    # Model and noise schedule.
+    unet = build_unet(args.model_preset, args.model_config, args.resolution, images.shape[1], num_classes)
+    noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
+                                    prediction_type=args.prediction_type)
+    ema_unet = None
+    if args.use_ema:
+        ema_unet = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                            inv_gamma=args.ema_inv_gamma, power=args.ema_power,
+                            model_cls=type(unet), model_config=unet.config)
+    set_seed(args.seed, device_specific=True)  # from here on: different noise and augmentation on every rank
+
+    # Optimisation.
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay)
+    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_train_steps * accelerator.num_processes)
+    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
+    if ema_unet is not None:
+        ema_unet.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema_unet)
+
+    run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
+    run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
+                      total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+                      resolved_max_train_steps=max_train_steps, data_md5=data.md5,
+                      num_parameters=sum(p.numel() for p in unet.parameters()))
+    if accelerator.is_main_process and args.logger != "none":
+        accelerator.init_trackers("train", config={k: v for k, v in run_config.items()
+                                                   if isinstance(v, (int, float, str, bool))})
+
+    # Resume: the step, optimizer, LR schedule, EMA and every RNG come back exactly.
+    global_step, first_epoch, batches_to_skip = 0, 0, 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            checkpoints = list_checkpoints(output_dir)
+            checkpoint = checkpoints[-1] if checkpoints else None
+            if checkpoint is None:
+                logger.info(f"No complete checkpoint in {output_dir}: starting from scratch.")
+        else:
+            checkpoint = Path(args.resume_from_checkpoint)
+            if not CHECKPOINT_PATTERN.match(checkpoint.name) or not checkpoint.is_dir():
+                raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (checkpoint-STEP); "
+                                        f"pass one of {[p.name for p in list_checkpoints(output_dir)]} or 'latest'.")
+        if checkpoint is not None:
+            accelerator.load_state(str(checkpoint))
+            global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+            first_epoch = global_step // updates_per_epoch
+            batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+            logger.info(f"Resumed from {checkpoint} at step {global_step}")
+
+    metrics_path = output_dir / "metrics.jsonl"
+    if accelerator.is_main_process:  # drop lines a killed run logged after its last checkpoint
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if json.loads(line)["step"] <= global_step]
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    logger.info(f"{len(images)} images, {max_train_steps} steps, {accelerator.num_processes} process(es), "
+                f"{run_config['num_parameters'] / 1e6:.2f}M parameters, device {accelerator.device}")
+    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc="train")
+    start_time, start_step = time.time(), global_step
+    unet.train()
+    for epoch in range(first_epoch, num_epochs):
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        if epoch == first_epoch and batches_to_skip:
+            batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
+        for batch_images, batch_labels in batches:
+            clean = to_model_range(batch_images)
+            if args.augment:
+                clean = augment_dihedral(clean)
+            noise = torch.randn_like(clean)
+            timesteps = torch.randint(0, args.ddpm_num_steps, (clean.shape[0],), device=clean.device)
+            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+            class_labels = None
+            if num_classes is not None:  # label dropout teaches the null class for classifier-free guidance
+                dropped = torch.rand(batch_labels.shape, device=batch_labels.device) < args.label_dropout
+                class_labels = torch.where(dropped, torch.full_like(batch_labels, num_classes), batch_labels)
+            if args.prediction_type == "epsilon":
+                target = noise
+            elif args.prediction_type == "v_prediction":
+                target = noise_scheduler.get_velocity(clean, noise, timesteps)
+            else:
+                target = clean
+
+            with accelerator.accumulate(unet):
+                prediction = unet(noisy, timesteps, class_labels=class_labels).sample
+                loss = F.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+
+            if not accelerator.sync_gradients:
+                continue
+            if ema_unet is not None:
+                ema_unet.step(unet.parameters())
+            global_step += 1
+            progress.update(1)
+            logs = {"loss": accelerator.gather(loss.detach()).mean().item(), "lr": lr_scheduler.get_last_lr()[0],
+                    "steps_per_s": (global_step - start_step) / (time.time() - start_time)}
+            if ema_unet is not None:
+                logs["ema_decay"] = ema_unet.cur_decay_value
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", steps_per_s=f"{logs['steps_per_s']:.2f}")
+            if accelerator.is_main_process:
+                accelerator.log(logs, step=global_step)
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps({"step": global_step, "epoch": epoch, **logs}) + "\n")
+
+            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+            if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
+                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+                grid = sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed)
+                (output_dir / "samples").mkdir(exist_ok=True)
+                grid.save(output_dir / "samples" / f"step_{global_step:07d}.png")
+            if global_step >= max_train_steps:
+                break
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    # The ranks must agree exactly (DDP all-reduces gradients); checked here rather than assumed.
+    checksum = sum(p.detach().double().sum() for p in accelerator.unwrap_model(unet).parameters())
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+        pipeline.save_pretrained(output_dir)
+        card = build_model_card(run_config, pipeline.config.class_names, repo_or_path=args.hub_model_id or str(output_dir))
+        card.save(output_dir / "README.md")
+        if args.num_sample_images > 0:
+            sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed).save(
+                output_dir / "samples.png")
+        summary = {"global_step": global_step, "num_processes": accelerator.num_processes,
+                   "param_checksums": checksums, "ranks_in_sync": len(set(checksums)) == 1,
+                   "wall_time_s": time.time() - start_time,
+                   "steps_per_s": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        logger.info(f"Saved the pipeline to {output_dir}: {summary}")
+        if args.push_to_hub:
+            from medgen_diffusers.hub import push_pipeline
+
+            push_pipeline(output_dir, args.hub_model_id, token=args.hub_token)
+    accelerator.end_training()
+
+
+def final_pipeline(accelerator, unet, ema_unet, noise_scheduler, class_names, num_classes):
+    """A BloodMNISTPipeline holding a copy of the (EMA) weights; training weights stay untouched."""
+    model = accelerator.unwrap_model(unet)
+    model = type(model).from_config(model.config).to(accelerator.device)
+    model.load_state_dict(accelerator.unwrap_model(unet).state_dict())
+    if ema_unet is not None:
+        ema_unet.copy_to(model.parameters())
+    model.eval()
+    scheduler = DDPMScheduler.from_config(noise_scheduler.config)
+    return BloodMNISTPipeline(model, scheduler, class_names if num_classes is not None else None)
+
+
+if __name__ == "__main__":
+    main()
