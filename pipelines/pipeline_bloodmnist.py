@@ -8,6 +8,7 @@ weights, so a saved pipeline loads with plain diffusers, without medgen-diffuser
     pipe = DiffusionPipeline.from_pretrained("path/or/repo-id", trust_remote_code=True)
 """
 
+import inspect
 import json
 import os
 import shutil
@@ -88,7 +89,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
             return None
         if class_labels is None:  # cycle through the classes: a balanced batch
             return torch.arange(batch_size) % self.num_classes
-        if isinstance(class_labels, (int, str)):
+        if not isinstance(class_labels, (list, tuple)):
             class_labels = [class_labels] * batch_size
         ids = [self.label_to_id(label) for label in class_labels]
         if len(ids) != batch_size:
@@ -179,10 +180,12 @@ class BloodMNISTPipeline(DiffusionPipeline):
             class_ids = class_ids.to(self.device)
 
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # Stochastic schedulers (DDPM, DDIM with eta > 0) take the generator; deterministic ones refuse it.
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for step_index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
             model_output = self._predict(model_input, t, class_ids, guidance_scale)
-            latents = self.scheduler.step(model_output, t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 callback_outputs = callback_on_step_end(self, step_index, t, {"latents": latents}) or {}
                 latents = callback_outputs.pop("latents", latents)

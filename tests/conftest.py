@@ -1,0 +1,76 @@
+"""Shared fixtures: the real BloodMNIST file, small real diffusers pipelines, and one real training run."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from medgen_diffusers import BloodMNISTPipeline, class_names
+from medgen_diffusers.data import medmnist_path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root():
+    """Folder of the real, MD5-verified bloodmnist.npz: $MEDMNIST_ROOT, else ../shared/data, else ~/.medmnist
+    (downloaded there when online)."""
+    root = os.environ.get("MEDMNIST_ROOT") or (str(SHARED_DATA) if (SHARED_DATA / "bloodmnist.npz").exists() else None)
+    return medmnist_path("bloodmnist", 28, root).parent
+
+
+def small_unet(conditional: bool) -> UNet2DModel:
+    torch.manual_seed(0)
+    return UNet2DModel(
+        sample_size=28, in_channels=3, out_channels=3, block_out_channels=(16, 32, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3, norm_num_groups=8,
+        num_class_embeds=9 if conditional else None,
+    )
+
+
+@pytest.fixture
+def conditional_pipe():
+    pipe = BloodMNISTPipeline(small_unet(True), DDPMScheduler(num_train_timesteps=1000), class_names("bloodmnist"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def unconditional_pipe():
+    pipe = BloodMNISTPipeline(small_unet(False), DDPMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_training(output_dir, data_root, *extra, launcher=(sys.executable,), check=True, timeout=600):
+    """Run the real training script in a subprocess on the real data; returns the CompletedProcess."""
+    cmd = [*launcher, str(REPO / "train_unconditional.py"), "--output_dir", str(output_dir),
+           "--data_root", str(data_root), "--model_preset", "tiny", "--logger", "tensorboard", *extra]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def read_metrics(output_dir):
+    return [json.loads(line) for line in (Path(output_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, data_root):
+    """The README's short CPU training, shortened: `accelerate launch --cpu` on 2,048 real training images."""
+    output_dir = tmp_path_factory.mktemp("trained")
+    run_training(
+        output_dir, data_root, "--max_train_samples", "2048", "--train_batch_size", "32", "--max_train_steps", "80",
+        "--learning_rate", "1e-3", "--lr_warmup_steps", "5", "--checkpointing_steps", "40",
+        "--num_sample_images", "4", "--sample_inference_steps", "5",
+        launcher=("accelerate", "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no"),
+    )
+    return output_dir
