@@ -151,7 +151,8 @@ def main(argv=None):
         log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-        cpu=args.cpu,
+        # Accelerate forms a multi-process CPU group (gloo, e.g. under torchrun) only when told cpu=True.
+        cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
     set_seed(args.seed)  # identical initial weights on every rank
     if accelerator.is_main_process:

@@ -1,0 +1,32 @@
+import subprocess
+
+import PIL.Image
+
+from medgen_diffusers.cli import main
+
+
+def test_data_command_verifies_and_summarises(data_root, capsys):
+    assert main(["data", "--root", str(data_root), "--no-download"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 11959 images (3, 28, 28)" in out and "test: 3421 images" in out
+    assert "7=platelet" in out and "7053d0359d879ad8a5505303e11de1dc (verified)" in out
+
+
+def test_sample_writes_a_grid(trained_run, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(trained_run), "--num-images", "6", "--steps", "4", "--class", "platelet",
+                 "--guidance-scale", "2", "--out", str(out)]) == 0
+    assert PIL.Image.open(out).size == (3 * 28, 2 * 28)
+
+
+def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
+    assert main(["sample", str(trained_run), "--class", "red cell", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
+    assert "Unknown class name 'red cell'" in capsys.readouterr().err
+    assert main(["data", "--root", str(tmp_path), "--no-download"]) == 2
+    assert "bloodmnist.npz was not found" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(["medgen", "sample", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--scheduler" in result.stdout

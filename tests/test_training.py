@@ -1,0 +1,101 @@
+"""The real training script on the real data, in subprocesses: learning, saving, resuming, 2 CPU processes."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from diffusers import DPMSolverMultistepScheduler
+from safetensors.torch import load_file
+from conftest import REPO, read_metrics, run_training
+
+from medgen_diffusers import BloodMNISTPipeline
+
+SHORT = ["--max_train_samples", "512", "--train_batch_size", "16", "--lr_warmup_steps", "2",
+         "--num_sample_images", "0", "--learning_rate", "5e-4"]
+
+
+def test_short_training_lowers_the_loss_and_saves_a_loadable_pipeline(trained_run):
+    losses = [m["loss"] for m in read_metrics(trained_run)]
+    assert len(losses) == 80
+    assert np.mean(losses[-10:]) < 0.6 * np.mean(losses[:10]), losses
+    files = {p.relative_to(trained_run).as_posix() for p in trained_run.rglob("*") if p.is_file()}
+    assert {"model_index.json", "unet/diffusion_pytorch_model.safetensors", "pipeline_bloodmnist.py", "README.md",
+            "samples.png", "train_summary.json"} <= files
+    assert any(f.startswith("logs/") and "tfevents" in f for f in files)
+    assert not any(f.endswith(".bin") for f in files if not f.startswith("checkpoint-"))
+    card = (trained_run / "README.md").read_text()
+    assert card.startswith("---\n") and "library_name: diffusers" in card and "not for diagnosis" in card
+
+    pipe = BloodMNISTPipeline.from_pretrained(trained_run)
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.is_conditional and pipe.num_classes == 8
+    ddpm = pipe(class_labels=["platelet", "neutrophil"], num_inference_steps=1000, output_type="np",
+                generator=torch.Generator().manual_seed(0)).images
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    dpm = pipe(batch_size=8, num_inference_steps=20, output_type="np", generator=torch.Generator().manual_seed(0)).images
+    for images in (ddpm, dpm):
+        assert np.isfinite(images).all() and images.std() > 0.02  # not a constant or collapsed output
+    # The final pipeline holds the EMA weights, not the raw training weights of the last checkpoint.
+    trained = load_file(trained_run / "checkpoint-80" / "model.safetensors")
+    saved = pipe.unet.state_dict()
+    assert any(not torch.equal(trained[k], saved[k]) for k in trained if k in saved)
+
+
+def test_kill_and_resume_continues_exactly(tmp_path, data_root):
+    args = [*SHORT, "--max_train_steps", "30", "--checkpointing_steps", "5", "--checkpoints_total_limit", "2"]
+    reference = tmp_path / "reference"
+    run_training(reference, data_root, *args)
+    assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-25", "checkpoint-30"]
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "train_unconditional.py"), "--output_dir", str(killed), "--data_root",
+           str(data_root), "--model_preset", "tiny", *args]
+    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoint-10").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model_index.json").exists(), "the run finished before it could be killed"
+    (killed / "checkpoint-999.tmp").mkdir()  # what a kill during save_state leaves: must never be resumed from
+    (killed / "checkpoint-999.tmp" / "optimizer.bin").write_bytes(b"half")
+
+    run_training(killed, data_root, *args, "--resume_from_checkpoint", "latest")
+    assert not (killed / "checkpoint-999.tmp").exists()
+    expected, resumed = read_metrics(reference), read_metrics(killed)
+    assert [m["step"] for m in resumed] == list(range(1, 31))
+    for ref, res in zip(expected, resumed):
+        assert res["loss"] == ref["loss"] and res["lr"] == ref["lr"], (ref, res)
+    final_ref = BloodMNISTPipeline.from_pretrained(reference).unet.state_dict()
+    final_res = BloodMNISTPipeline.from_pretrained(killed).unet.state_dict()
+    assert all(torch.equal(final_ref[k], final_res[k]) for k in final_ref)
+
+
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path, data_root):
+    result = run_training(tmp_path, data_root, *SHORT, "--max_train_steps", "2",
+                          "--resume_from_checkpoint", str(tmp_path / "checkpoint-7"), check=False)
+    assert result.returncode != 0 and "is not a complete checkpoint folder" in result.stderr
+
+
+def test_two_cpu_processes_stay_in_sync_and_only_rank0_writes(tmp_path, data_root):
+    args = [*SHORT, "--max_train_steps", "6", "--checkpointing_steps", "3", "--train_batch_size", "8"]
+    single, double = tmp_path / "one", tmp_path / "two"
+    run_training(single, data_root, *args)
+    run_training(double, data_root, *args, launcher=(sys.executable, "-m", "torch.distributed.run",
+                                                     "--nproc_per_node", "2", "--master_port", "29533"))
+    summary = json.loads((double / "train_summary.json").read_text())
+    assert summary["num_processes"] == 2 and summary["global_step"] == 6
+    assert len(summary["param_checksums"]) == 2 and summary["ranks_in_sync"], summary
+    assert [m["step"] for m in read_metrics(double)] == list(range(1, 7))  # one line per step, not one per rank
+    event_files = lambda d: sorted(p.name.split(".")[0] for p in d.rglob("events.out.tfevents.*"))  # noqa: E731
+    assert event_files(double) == event_files(single)  # one tensorboard writer
+    ranks_states = sorted(p.name for p in (double / "checkpoint-6").glob("random_states_*"))
+    assert ranks_states == ["random_states_0.pkl", "random_states_1.pkl"]  # each rank's RNG, for exact resume
+    outside_checkpoints = lambda d: sorted(  # noqa: E731
+        p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and "logs" not in p.parts
+        and not p.parts[len(d.parts)].startswith("checkpoint-"))
+    assert outside_checkpoints(double) == outside_checkpoints(single)
