@@ -24,12 +24,12 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from diffusers.utils import make_image_grid
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.data import augment_dihedral, available_flags, load_medmnist_tensors, to_model_range
+from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import build_model_card
 from medgen_diffusers.models import UNET_PRESETS, build_unet
 
@@ -136,10 +136,7 @@ def sample_grid(pipeline, num_images, steps, seed):
     fast = BloodMNISTPipeline(pipeline.unet, scheduler, pipeline.config.class_names)
     fast.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    images = fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images
-    cols = math.ceil(math.sqrt(num_images))
-    return make_image_grid(images + [images[0].copy()] * (cols * math.ceil(num_images / cols) - num_images),
-                           rows=math.ceil(num_images / cols), cols=cols)
+    return square_grid(fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images)
 
 
 def main(argv=None):

@@ -5,7 +5,6 @@ Training is ``accelerate launch train_unconditional.py`` (see the README).
 """
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -34,7 +33,8 @@ def load_pipeline(path_or_repo, scheduler="ddpm"):
 
 def cmd_sample(args):
     import torch
-    from diffusers.utils import make_image_grid
+
+    from .figures import square_grid
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
@@ -46,13 +46,11 @@ def cmd_sample(args):
     if args.guidance_scale is not None:
         kwargs["guidance_scale"] = args.guidance_scale
     images = pipe(batch_size=args.num_images, num_inference_steps=args.steps, generator=generator, **kwargs).images
-    cols = math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / cols)
-    images += [images[0].copy()] * (rows * cols - len(images))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    make_image_grid(images, rows=rows, cols=cols).save(out)
-    print(f"wrote {args.num_images} images as a {rows}x{cols} grid to {out}")
+    grid = square_grid(images)
+    grid.save(out)
+    print(f"wrote {len(images)} images as a {grid.height // images[0].height}x{grid.width // images[0].width} grid to {out}")
 
 
 def cmd_data(args):

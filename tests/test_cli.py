@@ -1,4 +1,6 @@
 import subprocess
+import sys
+from pathlib import Path
 
 import PIL.Image
 
@@ -28,5 +30,5 @@ def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run(["medgen", "sample", "--help"], capture_output=True, text=True)
+    result = subprocess.run([str(Path(sys.executable).parent / "medgen"), "sample", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--scheduler" in result.stdout
