@@ -204,12 +204,14 @@ def test_loads_from_a_hub_repo_id_in_the_local_cache(conditional_pipe, tmp_path,
 def test_progressive_frames_go_from_noise_to_the_final_image(conditional_pipe):
     from medgen_diffusers.figures import progressive_figure, progressive_frames
 
-    frames = progressive_frames(conditional_pipe, batch_size=3, keep_timesteps=(800, 400, 0),
+    frames = progressive_frames(conditional_pipe, batch_size=3, keep_timesteps=(810, 390, 0),
                                 generator=seeded(3), num_inference_steps=10)
-    assert list(frames) == ["x_T", "t=801", "t=401", "t=1", "x_0"]  # nearest visited timesteps, noise first
+    assert list(frames) == ["x_T", "t=800", "t=400", "t=0", "x_0"]  # nearest visited timesteps, noise first
     assert all(len(column) == 3 for column in frames.values())
-    x_T = torch.randn(3, 3, 28, 28, generator=seeded(3))
-    direct = conditional_pipe(batch_size=3, latents=x_T, num_inference_steps=10, output_type="np").images
+    generator = seeded(3)  # x_T first, then DDPM's per-step noise: the order progressive_frames draws them in
+    x_T = torch.randn(3, 3, 28, 28, generator=generator)
+    direct = conditional_pipe(batch_size=3, latents=x_T, generator=generator, num_inference_steps=10,
+                              output_type="np").images
     np.testing.assert_array_equal(np.stack([np.asarray(im) for im in frames["x_0"]]),
                                   np.stack(conditional_pipe.numpy_to_pil(direct)))
     figure = progressive_figure(frames)
