@@ -28,7 +28,7 @@ demo: install
 		train_unconditional.py --output_dir $(DEMO_DIR) --model_preset tiny \
 		--max_train_steps $(DEMO_STEPS) --train_batch_size 64 --lr_warmup_steps 50 \
 		--checkpointing_steps 200 --checkpoints_total_limit 1 --resume_from_checkpoint latest --num_sample_images 16
-	$(BIN)/medgen sample $(DEMO_DIR) --scheduler dpmsolver --steps 20 --num-images 16 --out $(DEMO_DIR)/samples_dpmsolver.png
+	$(BIN)/medgen sample $(DEMO_DIR) --scheduler ddim --steps 50 --num-images 16 --out $(DEMO_DIR)/samples_ddim.png
 
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
