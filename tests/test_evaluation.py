@@ -1,0 +1,162 @@
+"""FID/KID with the real FID Inception network on real BloodMNIST images, checked against clean-fid and torchmetrics."""
+
+import numpy as np
+import pytest
+import torch
+from cleanfid.fid import compute_fid, get_folder_features, kernel_distance
+from cleanfid.inception_torchscript import InceptionV3W
+from PIL import Image
+
+from medgen_diffusers import evaluation
+from medgen_diffusers.data import load_medmnist_tensors
+from medgen_diffusers.evaluation import EvaluationError, InceptionFeatures, evaluate_images, read_images
+
+N = 24  # images per side: enough for non-degenerate statistics, ~10 s of CPU Inception per protocol
+
+
+@pytest.fixture(scope="module")
+def inception():
+    return InceptionFeatures(batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def real_sets(data_root):
+    """N real test images and N real train images, uint8 (N, 28, 28, 3), with their labels."""
+    test = load_medmnist_tensors("bloodmnist", "test", root=data_root)
+    train = load_medmnist_tensors("bloodmnist", "train", root=data_root)
+    as_nhwc = lambda data: data.images[:N].numpy().transpose(0, 2, 3, 1).copy()
+    return as_nhwc(test), test.labels[:N].numpy(), as_nhwc(train), train.labels[:N].numpy()
+
+
+def write_folder(images, folder):
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image).save(folder / f"{i:04d}.png")
+    return folder
+
+
+def cleanfid_extractor(inception):
+    """clean-fid's own InceptionV3W (its forward: (x - 128) / 128 -> layers) around the same TorchScript network;
+    built by hand only because clean-fid's constructor insists on downloading NVIDIA's file."""
+    model = InceptionV3W.__new__(InceptionV3W)
+    torch.nn.Module.__init__(model)
+    model.layers, model.resize_inside = inception.layers, False
+    return model.eval()
+
+
+def test_standard_fid_and_kid_equal_cleanfid_on_folders(inception, real_sets, tmp_path):
+    test_images, _, train_images, _ = real_sets
+    test_dir = write_folder(test_images, tmp_path / "test")
+    train_dir = write_folder(train_images, tmp_path / "train")
+    model = cleanfid_extractor(inception)
+
+    reference_fid = compute_fid(str(test_dir), str(train_dir), mode="clean", custom_feat_extractor=model,
+                                device=torch.device("cpu"), num_workers=0, batch_size=N, verbose=False)
+    ours_test, ours_train = inception.standard(test_images), inception.standard(train_images)
+    assert abs(evaluation.fid(ours_test, ours_train) - reference_fid) / reference_fid < 1e-4
+
+    # compute_kid's path: clean-fid folder features + kernel_distance, with the same subsets.
+    feats_test = get_folder_features(str(test_dir), model, num_workers=0, batch_size=N,
+                                     device=torch.device("cpu"), mode="clean", verbose=False)
+    feats_train = get_folder_features(str(train_dir), model, num_workers=0, batch_size=N,
+                                      device=torch.device("cpu"), mode="clean", verbose=False)
+    np.testing.assert_allclose(ours_test, feats_test, rtol=0, atol=1e-4 * np.abs(feats_test).max())
+    np.random.seed(0)
+    reference_kid = kernel_distance(feats_test, feats_train, num_subsets=100)
+    ours = evaluation.kid(ours_test, ours_train, subset_size=1000, num_subsets=100, seed=0)
+    assert abs(ours["mean"] - reference_kid) <= 1e-4 * abs(reference_kid) + 1e-9
+    assert ours["std"] >= 0
+
+
+def test_seed_protocol_fid_equals_torchmetrics(inception, real_sets):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    class Seed64(torch.nn.Module):
+        """The seed's 64-d feature extractor as a torchmetrics custom feature module (uint8 NCHW in)."""
+
+        def forward(self, images):
+            return torch.from_numpy(inception.seed(images.permute(0, 2, 3, 1).numpy()))
+
+    test_images, _, train_images, _ = real_sets
+    metric = FrechetInceptionDistance(feature=Seed64(), normalize=False, input_img_size=(3, 28, 28))
+    metric.update(torch.from_numpy(test_images).permute(0, 3, 1, 2), real=True)
+    metric.update(torch.from_numpy(train_images).permute(0, 3, 1, 2), real=False)
+    reference = float(metric.compute())
+    ours = evaluation.fid(inception.seed(test_images), inception.seed(train_images))
+    assert abs(ours - reference) / reference < 1e-3
+
+
+def test_seed_features_are_the_first_maxpool_channels(inception, real_sets):
+    features = inception.seed(real_sets[0][:4])
+    assert features.shape == (4, 64) and np.isfinite(features).all()
+    # Post-ReLU max-pooled activations: non-negative, and different images give different features.
+    assert (features >= 0).all() and np.abs(features[0] - features[1]).max() > 1e-3
+
+
+def test_evaluate_images_reports_both_protocols_floor_and_classes(inception, real_sets, data_root, tmp_path,
+                                                                 monkeypatch):
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    _, _, train_images, train_labels = real_sets
+    result = evaluate_images(train_images, train_labels, split="test", num_real=N, extractor=inception,
+                             root=str(data_root))
+    assert result["num_real"] == N and result["num_generated"] == N
+    assert result["standard"]["fid"] > 0 and result["seed"]["fid64"] > 0
+    assert result["floor"]["num_train"] == N and result["floor"]["standard"]["fid"] > 0
+    assert set(result["per_class"]) <= set(load_medmnist_tensors("bloodmnist", "test", root=data_root).class_names)
+    assert result["seed_reference"]["fid64"] == 5.039
+
+    cached = sorted((tmp_path / "cache" / "features").glob("*.npy"))
+    assert len(cached) == 4  # test and train subset, two protocols each
+    mtimes = [path.stat().st_mtime_ns for path in cached]
+    again = evaluate_images(train_images, train_labels, split="test", num_real=N, extractor=inception,
+                            root=str(data_root))
+    assert [path.stat().st_mtime_ns for path in cached] == mtimes  # real features came from the cache
+    assert again["standard"] == result["standard"] and again["floor"] == result["floor"]
+
+
+def test_identical_sets_score_zero(inception, real_sets):
+    features = inception.standard(real_sets[0])
+    assert abs(evaluation.fid(features, features)) < 1e-3
+
+
+def test_bad_inputs_give_one_clear_error(inception, real_sets, data_root, tmp_path):
+    images = real_sets[2]
+    with pytest.raises(EvaluationError, match="28x28"):
+        evaluate_images(np.zeros((4, 32, 32, 3), np.uint8), split="test", extractor=inception, root=str(data_root))
+    with pytest.raises(EvaluationError, match="RGB"):
+        evaluate_images(images[..., 0], split="test", extractor=inception, root=str(data_root))
+    with pytest.raises(EvaluationError, match="has 3421"):
+        evaluate_images(images, split="test", num_real=5000, extractor=inception, root=str(data_root))
+    with pytest.raises(EvaluationError, match="right --dataset"):
+        evaluate_images(images, np.full(N, 11), split="test", extractor=inception, root=str(data_root))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvaluationError, match="no PNG"):
+        read_images(tmp_path / "empty")
+
+
+def test_weights_resolution_and_checksum(tmp_path, monkeypatch):
+    monkeypatch.setenv(evaluation.WEIGHTS_ENV, str(tmp_path / "missing.pt"))
+    with pytest.raises(EvaluationError, match="do not exist"):
+        InceptionFeatures()
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a network")
+    with pytest.raises(EvaluationError, match="not a loadable TorchScript"):
+        InceptionFeatures(garbage)
+
+    class WrongNetwork(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.Sequential(torch.nn.Conv2d(3, 2048, 3), torch.nn.AdaptiveAvgPool2d(1))
+
+        def forward(self, x):
+            return self.layers(x)
+
+    wrong = tmp_path / "wrong.pt"
+    torch.jit.script(WrongNetwork()).save(str(wrong))
+    with pytest.raises(EvaluationError, match="not the FID Inception network"):
+        InceptionFeatures(wrong)
+
+    monkeypatch.delenv(evaluation.WEIGHTS_ENV)
+    monkeypatch.setattr(evaluation, "CLEANFID_CACHED", tmp_path / "no-cleanfid-cache.pt")
+    resolved = evaluation.resolve_inception_weights()
+    assert resolved.name == "default_1.pt" and evaluation.sha256_file(resolved) == evaluation.FID_HELPER_SHA256
