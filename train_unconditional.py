@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.data import augment_dihedral, available_flags, load_medmnist_tensors, to_model_range
+from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
-from medgen_diffusers.model_card import build_model_card
+from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import UNET_PRESETS, build_unet
 
 logger = get_logger(__name__, log_level="INFO")
@@ -83,6 +84,11 @@ def parse_args(argv=None):
     g.add_argument("--save_images_steps", type=int, default=None, help="Write a sample grid every N steps.")
     g.add_argument("--num_sample_images", type=int, default=16, help="Images in each sample grid (0: none).")
     g.add_argument("--sample_inference_steps", type=int, default=50, help="DDIM steps for sample grids.")
+    g.add_argument("--eval_steps", type=int, default=None,
+                   help="Every N steps: standard FID/KID of EMA samples against a fixed train subset and the val split.")
+    g.add_argument("--eval_num_samples", type=int, default=256, help="Generated (and train) images per evaluation.")
+    g.add_argument("--eval_num_val", type=int, default=None, help="Val images per evaluation (default: all).")
+    g.add_argument("--eval_inference_steps", type=int, default=20, help="DPM-Solver++ steps for evaluation samples.")
     g.add_argument("--logger", default="tensorboard", choices=("tensorboard", "none"))
     g.add_argument("--push_to_hub", action="store_true", help="Push the final pipeline to the Hub (see `medgen push`).")
     g.add_argument("--hub_model_id", default=None)
@@ -173,8 +179,12 @@ def main(argv=None):
 
     # Model and noise schedule.
     unet = build_unet(args.model_preset, args.model_config, args.resolution, images.shape[1], num_classes)
+    # Images live in [-1, 1]. Thresholding (with sample_max_value=1) clamps each step's x0 estimate to that range;
+    # it is saved in the scheduler config, so DDIM, DPM-Solver++, ... swapped in with `from_config` use it too.
+    # Without it, x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a) amplifies eps errors ~150x at t ~ 1000 and fast samplers
+    # blow up (DDPM/DDIM hid this only through clip_sample, which DPM-Solver++ does not have).
     noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
-                                    prediction_type=args.prediction_type)
+                                    prediction_type=args.prediction_type, thresholding=True, sample_max_value=1.0)
     ema_unet = None
     if args.use_ema:
         ema_unet = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
@@ -201,6 +211,12 @@ def main(argv=None):
                       total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
                       resolved_max_train_steps=max_train_steps, data_md5=data.md5,
                       num_parameters=sum(p.numel() for p in unet.parameters()))
+    if accelerator.is_main_process:
+        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    evaluator = None
+    if args.eval_steps and accelerator.is_main_process:
+        evaluator = TrainingEvaluator(args.dataset, args.resolution, args.data_root, args.eval_num_samples,
+                                      args.eval_num_val, args.eval_inference_steps, args.seed)
     if accelerator.is_main_process and args.logger != "none":
         accelerator.init_trackers("train", config={k: v for k, v in run_config.items()
                                                    if isinstance(v, (int, float, str, bool))})
@@ -243,6 +259,8 @@ def main(argv=None):
         if epoch == first_epoch and batches_to_skip:
             batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
         for batch_images, batch_labels in batches:
+            if global_step >= max_train_steps:  # resumed at the end: only save the pipeline
+                break
             clean = to_model_range(batch_images)
             if args.augment:
                 clean = augment_dihedral(clean)
@@ -293,6 +311,13 @@ def main(argv=None):
                 grid = sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed)
                 (output_dir / "samples").mkdir(exist_ok=True)
                 grid.save(output_dir / "samples" / f"step_{global_step:07d}.png")
+            if evaluator is not None and global_step % args.eval_steps == 0:
+                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+                eval_logs = evaluator(pipeline)
+                accelerator.log(eval_logs, step=global_step)
+                with metrics_path.open("a") as f:
+                    f.write(json.dumps({"step": global_step, **eval_logs}) + "\n")
+                logger.info(f"step {global_step}: {eval_logs}")
             if global_step >= max_train_steps:
                 break
         if global_step >= max_train_steps:
@@ -306,11 +331,10 @@ def main(argv=None):
     if accelerator.is_main_process:
         pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
         pipeline.save_pretrained(output_dir)
-        card = build_model_card(run_config, pipeline.config.class_names, repo_or_path=args.hub_model_id or str(output_dir))
-        card.save(output_dir / "README.md")
         if args.num_sample_images > 0:
             sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed).save(
                 output_dir / "samples.png")
+        write_card(output_dir, repo_id=args.hub_model_id)
         summary = {"global_step": global_step, "num_processes": accelerator.num_processes,
                    "param_checksums": checksums, "ranks_in_sync": len(set(checksums)) == 1,
                    "wall_time_s": time.time() - start_time,

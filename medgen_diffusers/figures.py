@@ -59,3 +59,147 @@ def progressive_figure(frames: Dict[str, List[PIL.Image.Image]]) -> PIL.Image.Im
     rows = len(columns[0])
     tiles = [columns[c][r] for r in range(rows) for c in range(len(columns))]
     return make_image_grid(tiles, rows=rows, cols=len(columns))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run figures (``medgen figures RUN_DIR``): curves from metrics.jsonl, progressive generation, one row per class.
+
+def read_metrics(run_dir) -> List[dict]:
+    import json
+    from pathlib import Path
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; pass a training output_dir (it writes metrics.jsonl).")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.5):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, ncols, figsize=(width * ncols, height), squeeze=False)
+    return plt, fig, axes[0]
+
+
+def loss_curve(metrics: List[dict], path) -> None:
+    """Training loss per step (light) and its 100-step moving average."""
+    import numpy as np
+
+    points = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    if not points:
+        raise ValueError("metrics.jsonl holds no loss values yet.")
+    steps, losses = map(np.asarray, zip(*points))
+    window = min(100, len(losses))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    plt, fig, (ax,) = _figure()
+    ax.plot(steps, losses, alpha=0.25, lw=0.8, label="loss")
+    ax.plot(steps[window - 1:], smooth, lw=1.5, label=f"{window}-step mean")
+    ax.set(xlabel="step", ylabel="MSE loss", yscale="log", title="Training loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def eval_curves(metrics: List[dict], path) -> bool:
+    """FID and KID (standard protocol) against the train subset and the val split; False when none were logged."""
+    evals = [m for m in metrics if "eval/fid_val" in m]
+    if not evals:
+        return False
+    plt, fig, axes = _figure(ncols=2)
+    steps = [m["step"] for m in evals]
+    for ax, metric in zip(axes, ("fid", "kid")):
+        for split in ("train", "val"):
+            ax.plot(steps, [m[f"eval/{metric}_{split}"] for m in evals], marker="o", label=split)
+        ax.set(xlabel="step", ylabel=metric.upper(), title=f"{metric.upper()} of EMA samples (standard protocol)")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def class_rows_figure(pipe, images_per_class: int, path, generator=None, **call_kwargs) -> None:
+    """One labelled row per class of a class-conditional pipeline."""
+    import numpy as np
+
+    names = list(pipe.config.class_names)
+    labels = [i for i in range(len(names)) for _ in range(images_per_class)]
+    images = pipe(batch_size=len(labels), class_labels=labels, generator=generator, output_type="np",
+                  **call_kwargs).images
+    plt, fig, (ax,) = _figure(width=images_per_class * 0.9 + 2.2, height=len(names) * 0.9)
+    rows = [np.concatenate(list(images[r * images_per_class:(r + 1) * images_per_class]), axis=1)
+            for r in range(len(names))]
+    ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
+    size = images.shape[1]
+    ax.set_yticks([size * (r + 0.5) for r in range(len(names))], names)
+    ax.set_xticks([])
+    ax.set_title("Generated, one row per class")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Sequence[PIL.Image.Image], path) -> None:
+    """The progressive-generation figure (columns x_T ... x_0) beside a montage of real images."""
+    import numpy as np
+
+    plt, fig, axes = _figure(ncols=2, width=4.5, height=4.0)
+    axes[0].imshow(np.asarray(progressive_figure(frames)), interpolation="nearest")
+    size = next(iter(frames.values()))[0].width
+    axes[0].set_xticks([size * (c + 0.5) for c in range(len(frames))], list(frames), fontsize=8)
+    axes[0].set_yticks([])
+    axes[0].set_title("Progressive generation")
+    axes[1].imshow(np.asarray(square_grid(list(real))), interpolation="nearest")
+    axes[1].set_axis_off()
+    axes[1].set_title("Real images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, seed: int = 0,
+                      num_inference_steps: int = 50) -> List[str]:
+    """All figures of a training output_dir, as PNGs in it; returns the file names written.
+
+    Sampling uses DDIM with ``num_inference_steps`` (its timesteps include 800, 400, 200 and 0 for 50 steps).
+    """
+    import json
+    from pathlib import Path
+
+    from diffusers import DDIMScheduler
+
+    from .data import load_medmnist_tensors
+    from .pipelines import BloodMNISTPipeline
+
+    run_dir = Path(run_dir)
+    written = []
+    metrics = read_metrics(run_dir)
+    loss_curve(metrics, run_dir / "loss_curve.png")
+    written.append("loss_curve.png")
+    if eval_curves(metrics, run_dir / "fid_kid_curves.png"):
+        written.append("fid_kid_curves.png")
+    if not (run_dir / "model_index.json").is_file():
+        return written  # training still running: no saved pipeline yet
+
+    pipe = BloodMNISTPipeline.from_pretrained(run_dir)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.set_progress_bar_config(disable=True)
+    if dataset is None:
+        config_path = run_dir / "run_config.json"
+        dataset = json.loads(config_path.read_text())["dataset"] if config_path.is_file() else "bloodmnist"
+    real = load_medmnist_tensors(dataset, "train", root=data_root)
+    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:16]
+    real_images = [PIL.Image.fromarray(image) for image in real.images[pick].permute(0, 2, 3, 1).numpy()]
+    frames = progressive_frames(pipe, batch_size=4, generator=torch.Generator().manual_seed(seed),
+                                num_inference_steps=num_inference_steps)
+    progressive_with_real(frames, real_images, run_dir / "progressive.png")
+    written.append("progressive.png")
+    if pipe.config.class_names:
+        class_rows_figure(pipe, 8, run_dir / "classes.png", generator=torch.Generator().manual_seed(seed),
+                          num_inference_steps=num_inference_steps)
+        written.append("classes.png")
+    return written

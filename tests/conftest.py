@@ -71,6 +71,7 @@ def trained_run(tmp_path_factory, data_root):
         output_dir, data_root, "--max_train_samples", "2048", "--train_batch_size", "32", "--max_train_steps", "80",
         "--learning_rate", "1e-3", "--lr_warmup_steps", "5", "--checkpointing_steps", "40",
         "--num_sample_images", "4", "--sample_inference_steps", "5",
+        "--eval_steps", "80", "--eval_num_samples", "8", "--eval_num_val", "16", "--eval_inference_steps", "4",
         launcher=(str(BIN / "accelerate"), "launch", "--cpu", "--num_processes", "1", "--num_machines", "1",
                   "--mixed_precision", "no", "--dynamo_backend", "no"),
     )

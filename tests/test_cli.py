@@ -23,7 +23,7 @@ def test_sample_writes_a_grid(trained_run, tmp_path):
 
 def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
     assert main(["sample", str(trained_run), "--class", "red cell", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
-    assert "Unknown class name 'red cell'" in capsys.readouterr().err
+    assert "--class 'red cell' matches 0 classes" in capsys.readouterr().err
     assert main(["data", "--root", str(tmp_path), "--no-download"]) == 2
     assert "bloodmnist.npz was not found" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()
@@ -32,3 +32,29 @@ def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([str(Path(sys.executable).parent / "medgen"), "sample", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--scheduler" in result.stdout
+
+
+def test_every_command_has_help():
+    for command in ("sample", "evaluate", "figures", "card", "push", "data"):
+        result = subprocess.run([str(Path(sys.executable).parent / "medgen"), command, "--help"], capture_output=True,
+                                text=True)
+        assert result.returncode == 0 and "usage: medgen " + command in result.stdout
+
+
+def test_figures_of_a_training_run(trained_run):
+    assert main(["figures", str(trained_run), "--steps", "10"]) == 0
+    for name, min_width in (("loss_curve.png", 400), ("fid_kid_curves.png", 800), ("progressive.png", 400),
+                            ("classes.png", 200)):
+        image = PIL.Image.open(trained_run / name)
+        assert image.width >= min_width, name
+
+
+def test_evaluate_a_trained_pipeline(trained_run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", str(trained_run), "--num-samples", "16", "--num-real", "16", "--steps", "4",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "FID64" in printed and "floor (train vs real)" in printed and "seed notebook" in printed
+    result = __import__("json").loads(out.read_text())
+    assert result["num_generated"] == 16 and result["generation"]["steps"] == 4
+    assert {"standard", "seed", "floor", "per_class"} <= set(result)
