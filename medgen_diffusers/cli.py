@@ -1,10 +1,18 @@
-"""The ``medgen`` command line: ``medgen sample``, ``medgen data`` (``medgen <command> --help`` for each).
+"""The ``medgen`` command line (``medgen <command> --help`` for each):
 
-Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it).
-Training is ``accelerate launch train_unconditional.py`` (see the README).
+  sample    generate images: a PNG grid, a MedMNIST-layout npz, a folder per class, or a saved datasets.Dataset
+  evaluate  FID/KID (standard + the seed's 64-d protocol) with the real-vs-real floor, as JSON
+  figures   loss / FID / KID curves, progressive generation and per-class grids of a training run
+  card      (re)write a pipeline folder's model card, with its evaluation when present
+  push      upload a pipeline folder to the Hugging Face Hub in one commit
+  data      locate, verify (MD5) and summarise a MedMNIST dataset
+
+Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
+Hub failures. Training is ``accelerate launch train_unconditional.py`` (see the README).
 """
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -32,25 +40,78 @@ def load_pipeline(path_or_repo, scheduler="ddpm"):
 
 
 def cmd_sample(args):
-    import torch
-
-    from .figures import square_grid
+    from .export import export, infer_format, plan_labels, run_key
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
+    fmt = infer_format(args.out, args.format)
     pipe = load_pipeline(args.pipeline, args.scheduler)
-    generator = torch.Generator().manual_seed(args.seed)
-    kwargs = {}
-    if args.class_name is not None:
-        kwargs["class_labels"] = args.class_name
-    if args.guidance_scale is not None:
-        kwargs["guidance_scale"] = args.guidance_scale
-    images = pipe(batch_size=args.num_images, num_inference_steps=args.steps, generator=generator, **kwargs).images
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    grid = square_grid(images)
-    grid.save(out)
-    print(f"wrote {len(images)} images as a {grid.height // images[0].height}x{grid.width // images[0].width} grid to {out}")
+    labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced, args.like_split,
+                         args.dataset, args.data_root, args.seed)
+    print(export(pipe, args.out, fmt, args.num_images, labels, args.steps, args.guidance_scale, args.seed,
+                 run_key(vars(args)), args.chunk_size))
+
+
+def cmd_evaluate(args):
+    from . import evaluation
+
+    from . import DEFAULT_MODEL
+
+    extractor = evaluation.InceptionFeatures(args.inception_weights)
+    args.source = args.source or DEFAULT_MODEL
+    source = Path(args.source)
+    generation = {"source": args.source}
+    if source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file()):
+        from .data import class_names
+
+        images, labels = evaluation.read_images(source, class_names(args.dataset))
+        if args.num_samples is not None:
+            if args.num_samples > len(images):
+                raise ValueError(f"--num-samples {args.num_samples} but {source} holds {len(images)} images.")
+            images = images[: args.num_samples]
+            labels = None if labels is None else labels[: args.num_samples]
+    else:
+        pipe = load_pipeline(args.source, args.scheduler)
+        num = args.num_samples or evaluation.RealFeatures(extractor, args.dataset, root=args.data_root).split(
+            args.split).images.shape[0]
+        labels = None
+        if pipe.config.class_names:  # same class mix as the real split, so class frequencies do not bias FID
+            labels = evaluation.labels_like_split(args.dataset, args.split, num, args.seed, args.data_root)
+        images = evaluation.generate_images(pipe, num, labels, args.steps, args.guidance_scale, args.seed,
+                                            args.batch_size)
+        generation.update(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance_scale,
+                          seed=args.seed, nfe_per_image=args.steps * (2 if labels is not None and
+                                                                      (args.guidance_scale or 1.0) != 1.0 else 1))
+    result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.num_real,
+                                        protocols=args.protocols.split(","), floor=not args.no_floor,
+                                        extractor=extractor, root=args.data_root, seed=args.seed, progress=True)
+    result["generation"] = generation
+    out = Path(args.out) if args.out else (source / "evaluation.json" if (source / "model_index.json").is_file()
+                                           else Path("evaluation.json"))
+    evaluation.write_json(result, out)
+    print(evaluation.summary(result))
+    print(f"wrote {out}")
+
+
+def cmd_figures(args):
+    from .figures import write_run_figures
+
+    written = write_run_figures(args.run_dir, data_root=args.data_root, seed=args.seed, num_inference_steps=args.steps)
+    print(f"wrote {', '.join(written)} to {args.run_dir}")
+
+
+def cmd_card(args):
+    from .model_card import write_card
+
+    path = write_card(args.pipeline_dir, repo_id=args.repo_id)
+    print(f"wrote {path}")
+
+
+def cmd_push(args):
+    from .hub import push_pipeline
+
+    url = push_pipeline(args.pipeline_dir, args.repo_id, token=args.token, private=args.private)
+    print(f"pushed {args.pipeline_dir} to {url}")
 
 
 def cmd_data(args):
@@ -69,16 +130,65 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    sample = commands.add_parser("sample", help="Generate images from a pipeline and save them as a PNG grid.")
-    sample.add_argument("pipeline", help="Pipeline folder (save_pretrained) or Hub repo id.")
+    def add_generation_options(p, steps, scheduler):
+        p.add_argument("--scheduler", default=scheduler, choices=sorted(SCHEDULERS))
+        p.add_argument("--steps", type=int, default=steps, help=f"Denoising steps (default {steps}).")
+        p.add_argument("--guidance-scale", type=float, default=None, help="Classifier-free guidance (conditional).")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--dataset", default="bloodmnist")
+        p.add_argument("--data-root", default=None, help="Folder holding the MedMNIST .npz.")
+
+    sample = commands.add_parser("sample", help="Generate images: PNG grid, MedMNIST npz, class folders, datasets.")
+    sample.add_argument("pipeline", nargs="?", default=None,
+                        help="Pipeline folder (save_pretrained) or Hub repo id (default: the shipped BloodMNIST model).")
     sample.add_argument("--num-images", type=int, default=16)
-    sample.add_argument("--class", dest="class_name", default=None, help="Class name or index (conditional models).")
-    sample.add_argument("--scheduler", default="ddim", choices=sorted(SCHEDULERS))
-    sample.add_argument("--steps", type=int, default=50)
-    sample.add_argument("--guidance-scale", type=float, default=None)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--out", default="samples.png")
+    which = sample.add_mutually_exclusive_group()
+    which.add_argument("--class", dest="class_name", default=None, help="Only this class (name, prefix or index).")
+    which.add_argument("--balanced", action="store_true", help="Equal images per class (N a multiple of classes).")
+    which.add_argument("--like-split", choices=("train", "val", "test"), default=None,
+                       help="Class frequencies of this real split.")
+    add_generation_options(sample, steps=20, scheduler="dpmsolver")
+    sample.add_argument("--out", default="samples.png", help="Output file (.npz, .png) or folder.")
+    sample.add_argument("--format", default=None, choices=("npz", "folder", "datasets", "grid"),
+                        help="Default: from --out (.npz -> npz, .png -> grid).")
+    sample.add_argument("--chunk-size", type=int, default=256, help="Images generated and written per chunk.")
     sample.set_defaults(func=cmd_sample)
+
+    evaluate = commands.add_parser("evaluate", help="FID/KID on both protocols with the real-vs-real floor.")
+    evaluate.add_argument("source", nargs="?", default=None,
+                          help="Pipeline folder / Hub repo id, or generated images (.npz or a folder); "
+                               "default: the shipped BloodMNIST model.")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--num-samples", type=int, default=None, help="Generated images (default: split size).")
+    evaluate.add_argument("--num-real", type=int, default=None,
+                          help="Random subset of the real split (quick checks only; default: all of it).")
+    evaluate.add_argument("--protocols", default="standard,seed", help="Comma-separated: standard, seed.")
+    evaluate.add_argument("--no-floor", action="store_true", help="Skip the real-vs-real floor.")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--inception-weights", default=None, help="FID Inception TorchScript file (optional).")
+    evaluate.add_argument("--out", default=None,
+                          help="JSON path (default: PIPELINE/evaluation.json, else ./evaluation.json).")
+    add_generation_options(evaluate, steps=20, scheduler="dpmsolver")
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    figures = commands.add_parser("figures", help="Figures of a training run (curves, progressive, classes).")
+    figures.add_argument("run_dir")
+    figures.add_argument("--steps", type=int, default=50, help="DDIM steps for the generated figures.")
+    figures.add_argument("--seed", type=int, default=0)
+    figures.add_argument("--data-root", default=None)
+    figures.set_defaults(func=cmd_figures)
+
+    card = commands.add_parser("card", help="Write PIPELINE_DIR/README.md (the Hub model card).")
+    card.add_argument("pipeline_dir")
+    card.add_argument("--repo-id", default=None, help="Repo id shown in the usage snippets.")
+    card.set_defaults(func=cmd_card)
+
+    push = commands.add_parser("push", help="Upload a pipeline folder to a Hub model repo (one commit).")
+    push.add_argument("pipeline_dir")
+    push.add_argument("repo_id")
+    push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / huggingface-cli login).")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=cmd_push)
 
     data = commands.add_parser("data", help="Locate, verify (MD5) and summarise a MedMNIST dataset.")
     data.add_argument("--dataset", default="bloodmnist")
@@ -91,11 +201,14 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if getattr(args, "class_name", None) is not None and args.class_name.isdigit():
-        args.class_name = int(args.class_name)
+    from .hub import HubError
+
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as error:
+    except HubError as error:
+        print(f"medgen {args.command}: error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, KeyError) as error:
         print(f"medgen {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -1,6 +1,7 @@
 """Hub model cards for saved pipelines, built with ``huggingface_hub.ModelCard``."""
 
 import json
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from huggingface_hub import ModelCard, ModelCardData
@@ -38,7 +39,12 @@ trained with [medgen-diffusers](https://github.com/medgen-diffusers/medgen-diffu
 from medgen_diffusers import BloodMNISTPipeline
 
 pipe = BloodMNISTPipeline.from_pretrained("{repo_or_path}")
-images = pipe(batch_size=8, num_inference_steps=1000).images
+images = pipe(batch_size=8, num_inference_steps=1000).images  # DDPM, the training scheduler
+
+# Faster: any diffusers scheduler swaps in from the saved config.
+from diffusers import DPMSolverMultistepScheduler
+pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+images = pipe(batch_size=8, num_inference_steps=20).images
 ```
 
 Without medgen-diffusers installed, plain diffusers loads it with the pipeline file shipped in this repo:
@@ -56,6 +62,10 @@ Trained with `train_unconditional.py` on the real {dataset} train split ({num_tr
 ```json
 {training_config}
 ```
+
+## Samples
+
+{samples_section}
 
 ## Metrics
 
@@ -77,11 +87,44 @@ Data: MedMNIST v2 (CC BY 4.0) and the blood-cell dataset it is built from.
 """
 
 
+def metrics_table(evaluation: Dict) -> str:
+    """Markdown: the model's numbers, the real-vs-real floor and the seed notebook's, on both protocols."""
+    floor = evaluation.get("floor", {})
+    reference = evaluation.get("seed_reference", {})
+    generation = evaluation.get("generation", {})
+
+    def cell(block, protocol, key, digits=3):
+        value = block.get(protocol, {}).get(key)
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    rows = [
+        ("this model", evaluation),
+        (f"real-vs-real floor ({floor.get('num_train', '?')} train images)", floor),
+    ]
+    lines = ["| | FID | KID (x10^3) | FID64 | KID64 |", "|---|---|---|---|---|"]
+    for name, block in rows:
+        kid = block.get("standard", {}).get("kid")
+        lines.append(f"| {name} | {cell(block, 'standard', 'fid')} | {'–' if kid is None else f'{1e3 * kid:.3f}'} | "
+                     f"{cell(block, 'seed', 'fid64')} | {cell(block, 'seed', 'kid64')} |")
+    if reference:
+        lines.append(f"| seed notebook (real statistics leaked training images) | – | – | {reference['fid64']:.3f} | "
+                     f"{reference['kid64']:.3f} +- {reference['kid64_std']:.3f} |")
+    how = (f"{evaluation.get('num_generated')} generated vs {evaluation.get('num_real')} real "
+           f"{evaluation.get('dataset')} **{evaluation.get('split')}** images")
+    if generation.get("scheduler"):
+        how += (f"; sampler {generation['scheduler']} with {generation['steps']} steps "
+                f"({generation.get('nfe_per_image')} network evaluations per image), seed {generation.get('seed')}")
+    return ("\n".join(lines) + f"\n\n{how}. FID/KID: clean-fid's clean protocol (2048-d Inception pool3). "
+            "FID64/KID64: the seed notebook's protocol (64-d Inception features after the first max-pool, "
+            "torchmetrics-style resize). Computed with `medgen evaluate`.")
+
+
 def build_model_card(
     training_config: Dict,
     class_names: Optional[List[str]] = None,
     metrics: Optional[Dict] = None,
     repo_or_path: str = "path/to/pipeline",
+    samples_image: Optional[str] = None,
 ) -> ModelCard:
     """A model card whose YAML metadata validates on the Hub and whose body says how the model was made."""
     dataset = training_config.get("dataset", "bloodmnist")
@@ -103,7 +146,7 @@ def build_model_card(
             f"| label | class |\n|---|---|\n{listing}\n"
         )
     if metrics:
-        metrics_section = "```json\n" + json.dumps(metrics, indent=2) + "\n```"
+        metrics_section = metrics_table(metrics)
     else:
         metrics_section = "Not evaluated yet: run `medgen evaluate` on this pipeline."
     text = TEMPLATE.format(
@@ -116,6 +159,25 @@ def build_model_card(
         num_train_images=training_config.get("num_train_images", "all"),
         training_config=json.dumps(training_config, indent=2, sort_keys=True),
         metrics_section=metrics_section,
+        samples_section=f"![Generated samples]({samples_image})" if samples_image else "No sample grid saved.",
         citation=MEDMNIST_CITATION,
     )
     return ModelCard(text)
+
+
+def write_card(pipeline_dir, repo_id: Optional[str] = None) -> Path:
+    """(Re)write ``pipeline_dir/README.md`` from its run_config.json, evaluation.json and figures when present."""
+    folder = Path(pipeline_dir)
+    index = folder / "model_index.json"
+    if not index.is_file():
+        raise FileNotFoundError(f"{folder} holds no model_index.json: pass a folder written by save_pretrained.")
+    config_path = folder / "run_config.json"
+    training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    evaluation_path = folder / "evaluation.json"
+    metrics = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
+    class_names = json.loads(index.read_text()).get("class_names")
+    samples = next((name for name in ("classes.png", "samples.png") if (folder / name).is_file()), None)
+    card = build_model_card(training_config, class_names, metrics, repo_or_path=repo_id or str(folder),
+                            samples_image=samples)
+    card.save(folder / "README.md")
+    return folder / "README.md"

@@ -215,6 +215,17 @@ class BloodMNISTPipeline(DiffusionPipeline):
             f.write("\n")
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Optional[Union[str, os.PathLike]] = None, **kwargs):
+        """As `DiffusionPipeline.from_pretrained`; with no path, the BloodMNIST model shipped with medgen-diffusers."""
+        if pretrained_model_name_or_path is None:
+            try:
+                from medgen_diffusers import DEFAULT_MODEL
+            except ImportError:
+                raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
+            pretrained_model_name_or_path = DEFAULT_MODEL
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
     def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]):
         # model_index.json names this file as remote code so that plain DiffusionPipeline can load it. This
         # class *is* that code: read the name as our own class, so loading through it runs no downloaded code.
