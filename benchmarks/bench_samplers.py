@@ -1,0 +1,121 @@
+"""FID versus network evaluations per image for several diffusers schedulers (and guidance scales), plus the
+throughput of the default call versus DDPM's 1000 steps, on one pipeline, in one run.
+
+    python benchmarks/bench_samplers.py medgen_diffusers/pretrained/bloodmnist --num-samples 256 --split val
+
+Scored on the val split (the test split is kept for the headline numbers), standard protocol (clean-fid FID and
+KID), the same class mix as the split, seed 0 for every arm. Writes benchmarks/results/samplers.json and
+benchmarks/results/samplers.png.
+"""
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import torch
+
+from medgen_diffusers import BloodMNISTPipeline
+from medgen_diffusers.evaluation import (InceptionFeatures, RealFeatures, fid, generate_images, kid,
+                                         labels_like_split)
+
+# (scheduler class, steps, guidance scale): DDPM's own 1000 steps, then the fast solvers.
+ARMS = [
+    ("DDPMScheduler", 1000, 1.0),
+    ("DDIMScheduler", 50, 1.0),
+    ("DDIMScheduler", 20, 1.0),
+    ("DPMSolverMultistepScheduler", 20, 1.0),
+    ("DPMSolverMultistepScheduler", 10, 1.0),
+    ("UniPCMultistepScheduler", 10, 1.0),
+    ("UniPCMultistepScheduler", 20, 1.0),
+    ("DPMSolverMultistepScheduler", 20, 1.5),
+    ("DPMSolverMultistepScheduler", 20, 2.0),
+    ("DPMSolverMultistepScheduler", 20, 3.0),
+]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--num-samples", type=int, default=256)
+    parser.add_argument("--throughput-images", type=int, default=16)
+    parser.add_argument("--skip-ddpm", action="store_true", help="Leave out the slow 1000-step arm.")
+    parser.add_argument("--out", default="benchmarks/results/samplers.json")
+    args = parser.parse_args()
+
+    pipe = BloodMNISTPipeline.from_pretrained(args.pipeline)
+    base_config = pipe.scheduler.config
+    extractor = InceptionFeatures()
+    real = RealFeatures(extractor).get(args.split, "standard")[0]
+    labels = labels_like_split("bloodmnist", args.split, args.num_samples)
+    rows = []
+    for name, steps, guidance in ARMS:
+        if args.skip_ddpm and steps == 1000:
+            continue
+        pipe.scheduler = getattr(diffusers, name).from_config(base_config)
+        started = time.perf_counter()
+        images = generate_images(pipe, args.num_samples, labels, steps, guidance, seed=0, progress=False)
+        seconds = time.perf_counter() - started
+        fake = extractor.standard(images)
+        row = {"scheduler": name, "steps": steps, "guidance_scale": guidance,
+               "nfe_per_image": steps * (2 if guidance != 1.0 else 1), "fid": fid(real, fake),
+               "kid": kid(real, fake)["mean"], "images_per_s": args.num_samples / seconds}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    best = min(row["fid"] for row in rows)
+    default = min((row for row in rows if row["fid"] <= 1.1 * best), key=lambda row: row["nfe_per_image"])
+
+    # Throughput: the default call versus DDPM's 1000 steps (diffusers' DDPMPipeline default), same UNet and batch.
+    timings = {}
+    for label, name, steps, guidance in (("default", default["scheduler"], default["steps"], default["guidance_scale"]),
+                                         ("ddpm_1000", "DDPMScheduler", 1000, 1.0)):
+        pipe.scheduler = getattr(diffusers, name).from_config(base_config)
+        started = time.perf_counter()
+        generate_images(pipe, args.throughput_images, labels[: args.throughput_images], steps, guidance,
+                        seed=1, progress=False)
+        timings[label] = args.throughput_images / (time.perf_counter() - started)
+
+    result = {
+        "pipeline": args.pipeline, "split": args.split, "num_samples": args.num_samples, "rows": rows,
+        "best_fid": best, "default": default,
+        "throughput_images_per_s": timings, "throughput_ratio_default_vs_ddpm1000": timings["default"] / timings["ddpm_1000"],
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "torch": torch.__version__, "diffusers": diffusers.__version__, "gpu": torch.cuda.is_available()},
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(rows, out.with_suffix(".png"))
+    print(f"default: {default}; throughput ratio {result['throughput_ratio_default_vs_ddpm1000']:.1f}x; wrote {out}")
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name in dict.fromkeys(row["scheduler"] for row in rows):
+        mine = sorted((r for r in rows if r["scheduler"] == name and r["guidance_scale"] == 1.0),
+                      key=lambda r: r["nfe_per_image"])
+        if mine:
+            ax.plot([r["nfe_per_image"] for r in mine], [r["fid"] for r in mine], marker="o", label=name)
+    for r in rows:
+        if r["guidance_scale"] != 1.0:
+            ax.scatter(r["nfe_per_image"], r["fid"], marker="x")
+            ax.annotate(f"cfg {r['guidance_scale']}", (r["nfe_per_image"], r["fid"]), fontsize=7)
+    ax.set(xscale="log", xlabel="network evaluations per image", ylabel="FID (standard, val)",
+           title="FID vs sampling cost")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Training throughput: our training step versus a plain diffusers-example-style loop, same UNet, batch and
+precision, timed in one run (alternating, so both see the same machine load).
+
+    python benchmarks/bench_train_step.py          # writes benchmarks/results/train_step.json
+
+* **example** -- as diffusers' examples/unconditional_image_generation/train_unconditional.py does it: a
+  `datasets.Dataset` with torchvision transforms (RandomHorizontalFlip, ToTensor, Normalize) applied per image in
+  `set_transform`, a DataLoader, then noise / add_noise / UNet / MSE / backward / clip / AdamW / EMA.
+* **ours** -- as train_unconditional.py does it: the whole split as uint8 tensors in memory, a TensorDataset
+  DataLoader, augmentation (flips + 90-degree rotations) as one tensor op per batch, then the same step.
+"""
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, TensorDataset
+from torchvision import transforms
+
+from medgen_diffusers.data import augment_dihedral, load_medmnist, load_medmnist_tensors, to_model_range
+from medgen_diffusers.models import build_unet
+
+
+def make_step(unet, scheduler, channels_last=False):
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75)
+
+    def step(clean, labels):
+        if channels_last:
+            clean = clean.contiguous(memory_format=torch.channels_last)
+        noise = torch.randn_like(clean)
+        timesteps = torch.randint(0, 1000, (clean.shape[0],))
+        noisy = scheduler.add_noise(clean, noise, timesteps)
+        loss = F.mse_loss(unet(noisy, timesteps, class_labels=labels).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        ema.step(unet.parameters())
+
+    return step
+
+
+def example_batches(batch_size):
+    """diffusers' example data path: PIL images through torchvision transforms, one image at a time."""
+    dataset = load_medmnist("bloodmnist", "train")
+    augment = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                                  transforms.Normalize([0.5], [0.5])])
+    dataset.set_transform(lambda rows: {"input": [augment(im.convert("RGB")) for im in rows["image"]],
+                                        "label": rows["label"]})
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True,
+                        collate_fn=lambda rows: (torch.stack([r["input"] for r in rows]),
+                                                 torch.tensor([r["label"] for r in rows])))
+    return itertools.cycle(loader)
+
+
+def our_batches(batch_size):
+    data = load_medmnist_tensors("bloodmnist", "train")
+    loader = DataLoader(TensorDataset(data.images, data.labels), batch_size=batch_size, shuffle=True, drop_last=True)
+    for images, labels in itertools.cycle(loader):
+        yield augment_dihedral(to_model_range(images)), labels
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=12, help="Timed steps per arm (after 2 warm-up steps).")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
+    args = parser.parse_args()
+
+    scheduler = DDPMScheduler()
+    arms = {}
+    for name, batches, channels_last in (("example", example_batches(args.batch_size), False),
+                                         ("ours", our_batches(args.batch_size), False),
+                                         ("ours_channels_last", our_batches(args.batch_size), True)):
+        torch.manual_seed(0)
+        unet = build_unet(args.preset, num_classes=8)
+        if channels_last:
+            unet = unet.to(memory_format=torch.channels_last)
+        arms[name] = (batches, make_step(unet, scheduler, channels_last))
+    times = {name: [] for name in arms}
+    for i in range(args.steps + 2):  # round-robin: every arm sees the same machine load
+        for name, (batches, step) in arms.items():
+            started = time.perf_counter()
+            step(*next(batches))
+            if i >= 2:
+                times[name].append(time.perf_counter() - started)
+    seconds = {name: statistics.median(t) for name, t in times.items()}
+    result = {
+        "preset": args.preset, "batch_size": args.batch_size, "timed_steps": args.steps,
+        "seconds_per_step": {k: round(v, 4) for k, v in seconds.items()},
+        "speedup_vs_example": {k: round(seconds["example"] / v, 3) for k, v in seconds.items()},
+        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "gpu": torch.cuda.is_available()},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
