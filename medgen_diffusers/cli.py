@@ -25,18 +25,25 @@ SCHEDULERS = {
 }
 
 
-def load_pipeline(path_or_repo, scheduler="ddpm"):
-    """A BloodMNISTPipeline from a folder or Hub repo id, with the named diffusers scheduler swapped in."""
+def load_pipeline(path_or_repo=None, scheduler=None):
+    """A BloodMNISTPipeline from a folder or Hub repo id (None: the shipped model), with the named diffusers
+    scheduler swapped in (None: keep the pipeline's own)."""
     import diffusers
 
     from . import BloodMNISTPipeline
 
-    if scheduler not in SCHEDULERS:
+    if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {scheduler!r}. Valid: {', '.join(SCHEDULERS)}.")
     pipe = BloodMNISTPipeline.from_pretrained(path_or_repo)
-    scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
-    pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    if scheduler is not None:
+        scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
     return pipe
+
+
+def resolve_steps(pipe, steps):
+    """--steps, else the pipeline's saved default, else 1000 (DDPM)."""
+    return steps or pipe.config.get("default_num_inference_steps") or 1000
 
 
 def cmd_sample(args):
@@ -48,8 +55,8 @@ def cmd_sample(args):
     pipe = load_pipeline(args.pipeline, args.scheduler)
     labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced, args.like_split,
                          args.dataset, args.data_root, args.seed)
-    print(export(pipe, args.out, fmt, args.num_images, labels, args.steps, args.guidance_scale, args.seed,
-                 run_key(vars(args)), args.chunk_size))
+    print(export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps), args.guidance_scale,
+                 args.seed, run_key(vars(args)), args.chunk_size))
 
 
 def cmd_evaluate(args):
@@ -77,11 +84,12 @@ def cmd_evaluate(args):
         labels = None
         if pipe.config.class_names:  # same class mix as the real split, so class frequencies do not bias FID
             labels = evaluation.labels_like_split(args.dataset, args.split, num, args.seed, args.data_root)
-        images = evaluation.generate_images(pipe, num, labels, args.steps, args.guidance_scale, args.seed,
+        steps = resolve_steps(pipe, args.steps)
+        images = evaluation.generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed,
                                             args.batch_size)
-        generation.update(scheduler=args.scheduler, steps=args.steps, guidance_scale=args.guidance_scale,
-                          seed=args.seed, nfe_per_image=args.steps * (2 if labels is not None and
-                                                                      (args.guidance_scale or 1.0) != 1.0 else 1))
+        guided = labels is not None and (args.guidance_scale or 1.0) != 1.0
+        generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
+                          seed=args.seed, nfe_per_image=steps * (2 if guided else 1))
     result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.num_real,
                                         protocols=args.protocols.split(","), floor=not args.no_floor,
                                         extractor=extractor, root=args.data_root, seed=args.seed, progress=True)
@@ -94,10 +102,14 @@ def cmd_evaluate(args):
 
 
 def cmd_figures(args):
+    from . import DEFAULT_MODEL
     from .figures import write_run_figures
 
-    written = write_run_figures(args.run_dir, data_root=args.data_root, seed=args.seed, num_inference_steps=args.steps)
-    print(f"wrote {', '.join(written)} to {args.run_dir}")
+    run_dir = args.run_dir or DEFAULT_MODEL
+    out_dir = args.out_dir or run_dir
+    written = write_run_figures(run_dir, data_root=args.data_root, seed=args.seed, num_inference_steps=args.steps,
+                                out_dir=out_dir)
+    print(f"wrote {', '.join(written)} to {out_dir}")
 
 
 def cmd_card(args):
@@ -130,9 +142,11 @@ def build_parser():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    def add_generation_options(p, steps, scheduler):
-        p.add_argument("--scheduler", default=scheduler, choices=sorted(SCHEDULERS))
-        p.add_argument("--steps", type=int, default=steps, help=f"Denoising steps (default {steps}).")
+    def add_generation_options(p):
+        p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS),
+                       help="Swap in this diffusers scheduler (default: the pipeline's own).")
+        p.add_argument("--steps", type=int, default=None,
+                       help="Denoising steps (default: the pipeline's saved default, else 1000).")
         p.add_argument("--guidance-scale", type=float, default=None, help="Classifier-free guidance (conditional).")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--dataset", default="bloodmnist")
@@ -147,7 +161,7 @@ def build_parser():
     which.add_argument("--balanced", action="store_true", help="Equal images per class (N a multiple of classes).")
     which.add_argument("--like-split", choices=("train", "val", "test"), default=None,
                        help="Class frequencies of this real split.")
-    add_generation_options(sample, steps=20, scheduler="dpmsolver")
+    add_generation_options(sample)
     sample.add_argument("--out", default="samples.png", help="Output file (.npz, .png) or folder.")
     sample.add_argument("--format", default=None, choices=("npz", "folder", "datasets", "grid"),
                         help="Default: from --out (.npz -> npz, .png -> grid).")
@@ -168,11 +182,13 @@ def build_parser():
     evaluate.add_argument("--inception-weights", default=None, help="FID Inception TorchScript file (optional).")
     evaluate.add_argument("--out", default=None,
                           help="JSON path (default: PIPELINE/evaluation.json, else ./evaluation.json).")
-    add_generation_options(evaluate, steps=20, scheduler="dpmsolver")
+    add_generation_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     figures = commands.add_parser("figures", help="Figures of a training run (curves, progressive, classes).")
-    figures.add_argument("run_dir")
+    figures.add_argument("run_dir", nargs="?", default=None,
+                         help="Training output_dir or pipeline folder (default: the shipped BloodMNIST model).")
+    figures.add_argument("--out-dir", default=None, help="Where to write the PNGs (default: RUN_DIR).")
     figures.add_argument("--steps", type=int, default=50, help="DDIM steps for the generated figures.")
     figures.add_argument("--seed", type=int, default=0)
     figures.add_argument("--data-root", default=None)

@@ -344,7 +344,7 @@ def evaluate_images(
         result["per_class"] = {}
         for index, name in enumerate(real_split.class_names):
             mine, theirs = labels == index, real_labels == index
-            if mine.sum() < 2:
+            if mine.sum() < 2 or theirs.sum() < 2:  # no covariance (or KID pair) from a single image
                 continue
             result["per_class"][name] = {
                 "num_generated": int(mine.sum()), "num_real": int(theirs.sum()),

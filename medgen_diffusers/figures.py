@@ -33,7 +33,8 @@ def progressive_frames(
     unet = pipe.unet
     shape = (batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     x_T = torch.randn(shape, generator=generator, dtype=unet.dtype).to(pipe.device)
-    pipe.scheduler.set_timesteps(call_kwargs.get("num_inference_steps", 1000))
+    steps = call_kwargs.get("num_inference_steps") or pipe.config.get("default_num_inference_steps") or 1000
+    pipe.scheduler.set_timesteps(steps)
     visited = pipe.scheduler.timesteps.tolist()
     wanted = {min(visited, key=lambda v: abs(v - t)) for t in keep_timesteps or ()}
     captured = {}
@@ -162,8 +163,9 @@ def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Sequen
 
 
 def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, seed: int = 0,
-                      num_inference_steps: int = 50) -> List[str]:
-    """All figures of a training output_dir, as PNGs in it; returns the file names written.
+                      num_inference_steps: int = 50, out_dir=None) -> List[str]:
+    """All figures of a training output_dir or a saved pipeline, as PNGs in ``out_dir`` (default: ``run_dir``);
+    returns the file names written. Curves need the run's metrics.jsonl, generated figures a saved pipeline.
 
     Sampling uses DDIM with ``num_inference_steps`` (its timesteps include 800, 400, 200 and 0 for 50 steps).
     """
@@ -176,13 +178,20 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     from .pipelines import BloodMNISTPipeline
 
     run_dir = Path(run_dir)
+    out_dir = Path(out_dir) if out_dir is not None else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    has_metrics, has_pipeline = (run_dir / "metrics.jsonl").is_file(), (run_dir / "model_index.json").is_file()
+    if not (has_metrics or has_pipeline):
+        raise FileNotFoundError(f"{run_dir} holds neither metrics.jsonl nor a saved pipeline (model_index.json): "
+                                "pass a training output_dir or a pipeline folder.")
     written = []
-    metrics = read_metrics(run_dir)
-    loss_curve(metrics, run_dir / "loss_curve.png")
-    written.append("loss_curve.png")
-    if eval_curves(metrics, run_dir / "fid_kid_curves.png"):
-        written.append("fid_kid_curves.png")
-    if not (run_dir / "model_index.json").is_file():
+    if has_metrics:
+        metrics = read_metrics(run_dir)
+        loss_curve(metrics, out_dir / "loss_curve.png")
+        written.append("loss_curve.png")
+        if eval_curves(metrics, out_dir / "fid_kid_curves.png"):
+            written.append("fid_kid_curves.png")
+    if not has_pipeline:
         return written  # training still running: no saved pipeline yet
 
     pipe = BloodMNISTPipeline.from_pretrained(run_dir)
@@ -196,10 +205,10 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     real_images = [PIL.Image.fromarray(image) for image in real.images[pick].permute(0, 2, 3, 1).numpy()]
     frames = progressive_frames(pipe, batch_size=4, generator=torch.Generator().manual_seed(seed),
                                 num_inference_steps=num_inference_steps)
-    progressive_with_real(frames, real_images, run_dir / "progressive.png")
+    progressive_with_real(frames, real_images, out_dir / "progressive.png")
     written.append("progressive.png")
     if pipe.config.class_names:
-        class_rows_figure(pipe, 8, run_dir / "classes.png", generator=torch.Generator().manual_seed(seed),
+        class_rows_figure(pipe, 8, out_dir / "classes.png", generator=torch.Generator().manual_seed(seed),
                           num_inference_steps=num_inference_steps)
         written.append("classes.png")
     return written

@@ -37,12 +37,16 @@ class BloodMNISTPipeline(DiffusionPipeline):
             [`DPMSolverMultistepScheduler`]; swap with `X.from_config(pipe.scheduler.config)`.
         class_names (`List[str]`, *optional*):
             Names of the classes, in label order. Required for a class-conditional `unet`.
+        default_num_inference_steps (`int`, *optional*):
+            Steps used when a call does not pass `num_inference_steps` (saved in `model_index.json`). Unset: 1000,
+            which suits [`DDPMScheduler`]; a pipeline saved with a fast solver stores its own (e.g. 20).
     """
 
     model_cpu_offload_seq = "unet"
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: Optional[List[str]] = None):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: Optional[List[str]] = None,
+                 default_num_inference_steps: Optional[int] = None):
         super().__init__()
         num_class_embeds = unet.config.num_class_embeds
         if num_class_embeds is not None:
@@ -54,7 +58,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
         elif class_names is not None and len(class_names) == 0:
             raise ValueError("class_names must not be empty; pass None for an unconditional model.")
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(class_names=list(class_names) if class_names is not None else None)
+        self.register_to_config(class_names=list(class_names) if class_names is not None else None,
+                                default_num_inference_steps=default_num_inference_steps)
 
     @property
     def is_conditional(self) -> bool:
@@ -113,7 +118,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
         batch_size: int = 1,
         class_labels: Optional[Union[ClassLabel, Sequence[ClassLabel], torch.Tensor]] = None,
         guidance_scale: Optional[float] = None,
-        num_inference_steps: int = 1000,
+        num_inference_steps: Optional[int] = None,
         generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
         latents: Optional[torch.Tensor] = None,
         output_type: str = "pil",
@@ -133,8 +138,9 @@ class BloodMNISTPipeline(DiffusionPipeline):
             guidance_scale (`float`, *optional*): classifier-free guidance weight `w` in
                 `eps = eps_null + w * (eps_class - eps_null)`; 1.0 (the default) is plain conditional sampling.
                 Conditional models only.
-            num_inference_steps (`int`, defaults to 1000): denoising steps. 1000 suits [`DDPMScheduler`]; use
-                ~20 with [`DPMSolverMultistepScheduler`] or ~50 with [`DDIMScheduler`].
+            num_inference_steps (`int`, *optional*): denoising steps; defaults to the pipeline's
+                `default_num_inference_steps`, else 1000 (right for [`DDPMScheduler`]; use ~20 with
+                [`DPMSolverMultistepScheduler`] or ~50 with [`DDIMScheduler`]).
             generator (`torch.Generator`, *optional*): makes generation deterministic.
             latents (`torch.Tensor`, *optional*): the starting noise x_T, shape (batch, C, H, W); drawn from
                 `generator` when omitted.
@@ -152,6 +158,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("default_num_inference_steps") or 1000
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}.")
         if output_type not in ("pil", "np", "pt"):
@@ -168,6 +176,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
             class_labels = class_labels.flatten().tolist()
         if isinstance(class_labels, (list, tuple)) and batch_size == 1 and len(class_labels) > 0:
             batch_size = len(class_labels)
+        elif latents is not None and batch_size == 1 and class_labels is None:
+            batch_size = latents.shape[0]  # the batch is given by the starting noise
 
         class_ids = self._class_ids(class_labels, batch_size)
         shape = (batch_size, self.unet.config.in_channels, *(2 * [self.unet.config.sample_size]))

@@ -216,3 +216,9 @@ def test_progressive_frames_go_from_noise_to_the_final_image(conditional_pipe):
                                   np.stack(conditional_pipe.numpy_to_pil(direct)))
     figure = progressive_figure(frames)
     assert figure.size == (5 * 28, 3 * 28)
+
+
+def test_batch_size_follows_the_given_latents(unconditional_pipe):
+    latents = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    images = unconditional_pipe(latents=latents, num_inference_steps=2, output_type="np").images
+    assert images.shape == (3, 28, 28, 3)
