@@ -7,7 +7,8 @@ precision, timed in one run (alternating, so both see the same machine load).
   `datasets.Dataset` with torchvision transforms (RandomHorizontalFlip, ToTensor, Normalize) applied per image in
   `set_transform`, a DataLoader, then noise / add_noise / UNet / MSE / backward / clip / AdamW / EMA.
 * **ours** -- as train_unconditional.py does it: the whole split as uint8 tensors in memory, a TensorDataset
-  DataLoader, augmentation (flips + 90-degree rotations) as one tensor op per batch, then the same step.
+  DataLoader, augmentation (flips + 90-degree rotations) as one tensor op per batch, then the same step;
+  also with channels-last memory format, and with bf16 autocast (`--mixed_precision bf16`).
 """
 
 import argparse
@@ -30,7 +31,7 @@ from medgen_diffusers.data import augment_dihedral, load_medmnist, load_medmnist
 from medgen_diffusers.models import build_unet
 
 
-def make_step(unet, scheduler, channels_last=False):
+def make_step(unet, scheduler, channels_last=False, bf16=False):
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, power=0.75)
 
@@ -40,7 +41,10 @@ def make_step(unet, scheduler, channels_last=False):
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, 1000, (clean.shape[0],))
         noisy = scheduler.add_noise(clean, noise, timesteps)
-        loss = F.mse_loss(unet(noisy, timesteps, class_labels=labels).sample, noise)
+        # bf16: what `--mixed_precision bf16` does on CPU (Accelerate's torch.autocast), fp32 master weights.
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            prediction = unet(noisy, timesteps, class_labels=labels).sample
+        loss = F.mse_loss(prediction.float(), noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         optimizer.step()
@@ -80,14 +84,15 @@ def main():
 
     scheduler = DDPMScheduler()
     arms = {}
-    for name, batches, channels_last in (("example", example_batches(args.batch_size), False),
-                                         ("ours", our_batches(args.batch_size), False),
-                                         ("ours_channels_last", our_batches(args.batch_size), True)):
+    for name, batches, channels_last, bf16 in (("example", example_batches(args.batch_size), False, False),
+                                               ("ours", our_batches(args.batch_size), False, False),
+                                               ("ours_channels_last", our_batches(args.batch_size), True, False),
+                                               ("ours_bf16_autocast", our_batches(args.batch_size), False, True)):
         torch.manual_seed(0)
         unet = build_unet(args.preset, num_classes=8)
         if channels_last:
             unet = unet.to(memory_format=torch.channels_last)
-        arms[name] = (batches, make_step(unet, scheduler, channels_last))
+        arms[name] = (batches, make_step(unet, scheduler, channels_last, bf16))
     times = {name: [] for name in arms}
     for i in range(args.steps + 2):  # round-robin: every arm sees the same machine load
         for name, (batches, step) in arms.items():

@@ -29,7 +29,9 @@ def main():
     args = parser.parse_args()
 
     checkpoints = sorted((int(m.group(1)), p) for p in Path(args.run_dir).glob("checkpoint-*")
-                         if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)) and int(m.group(1)) % args.every == 0)
+                         if (m := re.fullmatch(r"checkpoint-(\d+)", p.name)))
+    # every --every steps, and the last one (the shipped weights)
+    checkpoints = [(s, p) for s, p in checkpoints if s % args.every == 0 or s == checkpoints[-1][0]]
     evaluator = TrainingEvaluator(num_samples=args.num_samples)
     metrics = Path(args.metrics)
     done = {json.loads(line)["step"] for line in metrics.read_text().splitlines() if "eval/fid_val" in line}

@@ -1,0 +1,245 @@
+# Copyright 2026 The medgen-diffusers authors. Licensed under the Apache License, Version 2.0.
+"""BloodMNISTPipeline: a single-file diffusers pipeline for small medical images.
+
+This file imports only ``torch`` and ``diffusers`` on purpose: ``save_pretrained`` copies it next to the
+weights, so a saved pipeline loads with plain diffusers, without medgen-diffusers installed::
+
+    from diffusers import DiffusionPipeline
+    pipe = DiffusionPipeline.from_pretrained("path/or/repo-id", trust_remote_code=True)
+"""
+
+import inspect
+import json
+import os
+import shutil
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers.schedulers import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+
+PIPELINE_FILE = "pipeline_bloodmnist.py"
+PIPELINE_CLASS = "BloodMNISTPipeline"
+ClassLabel = Union[int, str]
+
+
+class BloodMNISTPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for (class-conditional) image generation with a [`UNet2DModel`] trained on a MedMNIST dataset.
+
+    Args:
+        unet ([`UNet2DModel`]):
+            The denoiser. It is class-conditional when `unet.config.num_class_embeds` is set; then the last
+            embedding (index `len(class_names)`) is the "null" class used for classifier-free guidance.
+        scheduler ([`SchedulerMixin`]):
+            Any diffusers scheduler, e.g. [`DDPMScheduler`] (default), [`DDIMScheduler`] or
+            [`DPMSolverMultistepScheduler`]; swap with `X.from_config(pipe.scheduler.config)`.
+        class_names (`List[str]`, *optional*):
+            Names of the classes, in label order. Required for a class-conditional `unet`.
+        default_num_inference_steps (`int`, *optional*):
+            Steps used when a call does not pass `num_inference_steps` (saved in `model_index.json`). Unset: 1000,
+            which suits [`DDPMScheduler`]; a pipeline saved with a fast solver stores its own (e.g. 20).
+    """
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: Optional[List[str]] = None,
+                 default_num_inference_steps: Optional[int] = None):
+        super().__init__()
+        num_class_embeds = unet.config.num_class_embeds
+        if num_class_embeds is not None:
+            if class_names is None or len(class_names) + 1 != num_class_embeds:
+                raise ValueError(
+                    f"The UNet has {num_class_embeds} class embeddings, so it needs {num_class_embeds - 1} "
+                    f"class_names (the last embedding is the null class for guidance); got {class_names!r}."
+                )
+        elif class_names is not None and len(class_names) == 0:
+            raise ValueError("class_names must not be empty; pass None for an unconditional model.")
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(class_names=list(class_names) if class_names is not None else None,
+                                default_num_inference_steps=default_num_inference_steps)
+
+    @property
+    def is_conditional(self) -> bool:
+        return self.unet.config.num_class_embeds is not None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.config.class_names) if self.config.class_names else 0
+
+    def label_to_id(self, label: ClassLabel) -> int:
+        """Map a class index or class name (exact, or an unambiguous case-insensitive prefix) to its index."""
+        names = self.config.class_names
+        if isinstance(label, bool) or not isinstance(label, (int, str)):
+            raise ValueError(f"Class labels must be ints or class names; got {label!r} ({type(label).__name__}).")
+        if isinstance(label, int):
+            if not 0 <= label < self.num_classes:
+                raise ValueError(f"Class label {label} is out of range: valid labels are 0..{self.num_classes - 1}.")
+            return label
+        if label in names:
+            return names.index(label)
+        matches = [i for i, name in enumerate(names) if name.lower().startswith(label.lower())]
+        if len(matches) == 1:
+            return matches[0]
+        raise ValueError(f"Unknown class name {label!r}. Valid names: {', '.join(names)}.")
+
+    def _class_ids(self, class_labels, batch_size: int) -> Optional[torch.LongTensor]:
+        if not self.is_conditional:
+            if class_labels is not None:
+                raise ValueError(
+                    "This UNet is unconditional (unet.config.num_class_embeds is None): remove class_labels."
+                )
+            return None
+        if class_labels is None:  # cycle through the classes: a balanced batch
+            return torch.arange(batch_size) % self.num_classes
+        if not isinstance(class_labels, (list, tuple)):
+            class_labels = [class_labels] * batch_size
+        ids = [self.label_to_id(label) for label in class_labels]
+        if len(ids) != batch_size:
+            raise ValueError(f"Got {len(ids)} class_labels for batch_size={batch_size}; pass one label per image.")
+        return torch.tensor(ids, dtype=torch.long)
+
+    def _predict(self, latents, t, class_ids, guidance_scale):
+        if class_ids is None:
+            return self.unet(latents, t).sample
+        if guidance_scale == 1.0:
+            return self.unet(latents, t, class_labels=class_ids).sample
+        # Classifier-free guidance: one batched pass over (conditional, null-class) inputs.
+        null_ids = torch.full_like(class_ids, self.num_classes)
+        both = self.unet(torch.cat([latents, latents]), t, class_labels=torch.cat([class_ids, null_ids])).sample
+        cond, uncond = both.chunk(2)
+        return uncond + guidance_scale * (cond - uncond)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        class_labels: Optional[Union[ClassLabel, Sequence[ClassLabel], torch.Tensor]] = None,
+        guidance_scale: Optional[float] = None,
+        num_inference_steps: Optional[int] = None,
+        generator: Optional[Union[torch.Generator, List[torch.Generator]]] = None,
+        latents: Optional[torch.Tensor] = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable[["BloodMNISTPipeline", int, int, Dict], Dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> Union[ImagePipelineOutput, tuple]:
+        r"""
+        Generate images.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images. A list of `class_labels` sets it instead when
+                `batch_size` is left at 1.
+            class_labels (`int`, `str`, list of them, or `torch.Tensor`, *optional*): class index or class name per
+                image (one label is repeated for the batch). Conditional models only; `None` cycles through the
+                classes, giving a balanced batch.
+            guidance_scale (`float`, *optional*): classifier-free guidance weight `w` in
+                `eps = eps_null + w * (eps_class - eps_null)`; 1.0 (the default) is plain conditional sampling.
+                Conditional models only.
+            num_inference_steps (`int`, *optional*): denoising steps; defaults to the pipeline's
+                `default_num_inference_steps`, else 1000 (right for [`DDPMScheduler`]; use ~20 with
+                [`DPMSolverMultistepScheduler`] or ~50 with [`DDIMScheduler`]).
+            generator (`torch.Generator`, *optional*): makes generation deterministic.
+            latents (`torch.Tensor`, *optional*): the starting noise x_T, shape (batch, C, H, W); drawn from
+                `generator` when omitted.
+            output_type (`str`, defaults to `"pil"`): `"pil"` (list of `PIL.Image`), `"np"` (float array
+                (B, H, W, C) in [0, 1]) or `"pt"` (float tensor (B, C, H, W) in [0, 1]).
+            return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] instead of a tuple.
+            callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step_index, timestep,
+                callback_kwargs)` after every step, with `callback_kwargs["latents"]` holding x_t. This is how to
+                collect intermediate frames (x_T ... x_0) for a progressive-generation figure; see
+                `medgen_diffusers.figures.progressive_frames`.
+            callback_on_step_end_tensor_inputs (`List[str]`): tensors passed to the callback; only `"latents"`.
+
+        Returns:
+            [`ImagePipelineOutput`] or `tuple`: the generated images.
+        """
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("default_num_inference_steps") or 1000
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}.")
+        if output_type not in ("pil", "np", "pt"):
+            raise ValueError(f"Unknown output_type {output_type!r}: use 'pil', 'np' or 'pt'.")
+        unknown_inputs = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
+        if unknown_inputs:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}.")
+        if guidance_scale is not None and not self.is_conditional:
+            raise ValueError(
+                "guidance_scale needs a class-conditional UNet; this one is unconditional: remove guidance_scale."
+            )
+        guidance_scale = 1.0 if guidance_scale is None else float(guidance_scale)
+        if isinstance(class_labels, torch.Tensor):
+            class_labels = class_labels.flatten().tolist()
+        if isinstance(class_labels, (list, tuple)) and batch_size == 1 and len(class_labels) > 0:
+            batch_size = len(class_labels)
+        elif latents is not None and batch_size == 1 and class_labels is None:
+            batch_size = latents.shape[0]  # the batch is given by the starting noise
+
+        class_ids = self._class_ids(class_labels, batch_size)
+        shape = (batch_size, self.unet.config.in_channels, *(2 * [self.unet.config.sample_size]))
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}; got {tuple(latents.shape)}.")
+        latents = latents.to(device=self.device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        if class_ids is not None:
+            class_ids = class_ids.to(self.device)
+
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # Stochastic schedulers (DDPM, DDIM with eta > 0) take the generator; deterministic ones refuse it.
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        for step_index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(latents, t)
+            model_output = self._predict(model_input, t, class_ids, guidance_scale)
+            latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                callback_outputs = callback_on_step_end(self, step_index, t, {"latents": latents}) or {}
+                latents = callback_outputs.pop("latents", latents)
+
+        images = (latents / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            images = images.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                images = self.numpy_to_pil(images)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (images,)
+        return ImagePipelineOutput(images=images)
+
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
+        """Save as diffusers does (safetensors), plus this source file so that the folder loads anywhere with
+        `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`."""
+        kwargs["safe_serialization"] = True
+        super().save_pretrained(save_directory, **kwargs)
+        shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, PIPELINE_FILE))
+        index_path = os.path.join(save_directory, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            model_index = json.load(f)
+        model_index["_class_name"] = [PIPELINE_FILE[: -len(".py")], PIPELINE_CLASS]
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(model_index, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Optional[Union[str, os.PathLike]] = None, **kwargs):
+        """As `DiffusionPipeline.from_pretrained`; with no path, the BloodMNIST model shipped with medgen-diffusers."""
+        if pretrained_model_name_or_path is None:
+            try:
+                from medgen_diffusers import DEFAULT_MODEL
+            except ImportError:
+                raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
+            pretrained_model_name_or_path = DEFAULT_MODEL
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]):
+        # model_index.json names this file as remote code so that plain DiffusionPipeline can load it. This
+        # class *is* that code: read the name as our own class, so loading through it runs no downloaded code.
+        config = super()._dict_from_json_file(json_file)
+        if config.get("_class_name") == [PIPELINE_FILE[: -len(".py")], PIPELINE_CLASS]:
+            config["_class_name"] = cls.__name__
+        return config

@@ -1,0 +1,42 @@
+"""The model shipped in the repository: loaded by default, small, documented, and it makes blood cells."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from huggingface_hub import metadata_load
+
+from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline
+from medgen_diffusers.cli import main
+
+
+def test_shipped_model_is_complete_and_small():
+    folder = Path(DEFAULT_MODEL)
+    files = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+    assert {"model_index.json", "pipeline_bloodmnist.py", "README.md", "run_config.json", "evaluation.json",
+            "unet/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json", "classes.png",
+            "progressive.png", "loss_curve.png"} <= files
+    assert not any(name.endswith((".bin", ".pkl", ".pt")) for name in files)  # safetensors only, no pickles
+    assert sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) <= 25 * 2**20
+    assert metadata_load(folder / "README.md")["library_name"] == "diffusers"
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert evaluation["split"] == "test" and evaluation["num_generated"] == evaluation["num_real"] == 3421
+    assert "floor" in evaluation and "seed" in evaluation and "standard" in evaluation
+
+
+def test_from_pretrained_without_a_path_gives_blood_cells():
+    pipe = BloodMNISTPipeline.from_pretrained()
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.num_classes == 8 and pipe.config.default_num_inference_steps <= 25
+    images = pipe(class_labels=list(range(8)), output_type="np", generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (8, 28, 28, 3)
+    # Smooth stained cells on a light background, not noise: neighbour differences and brightness like real data.
+    assert np.abs(np.diff(images, axis=2)).mean() < 0.1
+    assert 0.5 < images.mean() < 0.95
+
+
+def test_cli_samples_the_shipped_model_by_default(tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--num-images", "8", "--out", str(out)]) == 0
+    assert out.is_file() and "wrote 8 images" in capsys.readouterr().out
