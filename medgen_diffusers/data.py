@@ -67,8 +67,9 @@ def resolve_root(root: Optional[Union[str, os.PathLike]] = None) -> Path:
     return Path(DEFAULT_ROOT).expanduser()
 
 
-def file_md5(path: Union[str, os.PathLike]) -> str:
-    digest = hashlib.md5()
+def file_digest(path: Union[str, os.PathLike], algorithm: str = "md5") -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
@@ -80,7 +81,7 @@ def _verified_md5(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _MD5_CACHE:
-        _MD5_CACHE[key] = file_md5(path)
+        _MD5_CACHE[key] = file_digest(path, "md5")
     return _MD5_CACHE[key]
 
 

@@ -17,7 +17,6 @@ Real features are cached on disk per dataset / split / size / protocol / subset,
 network's checksum (``$MEDGEN_CACHE``, default ``~/.cache/medgen-diffusers``).
 """
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -32,7 +31,7 @@ from cleanfid.fid import fid_from_feats, kernel_distance
 from cleanfid.resize import build_resizer
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from .data import load_medmnist_tensors
+from .data import file_digest, load_medmnist_tensors
 
 PROTOCOLS = ("standard", "seed")
 # The reference notebook's reported numbers (torchmetrics, 64-d features, contaminated real statistics).
@@ -55,11 +54,7 @@ class EvaluationError(ValueError):
 
 
 def sha256_file(path: Union[str, os.PathLike]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "sha256")
 
 
 def _fid_helper_weights() -> Optional[Path]:

@@ -39,12 +39,12 @@ trained with [medgen-diffusers](https://github.com/medgen-diffusers/medgen-diffu
 from medgen_diffusers import BloodMNISTPipeline
 
 pipe = BloodMNISTPipeline.from_pretrained("{repo_or_path}")
-images = pipe(batch_size=8, num_inference_steps=1000).images  # DDPM, the training scheduler
+images = pipe(batch_size=8).images  # {sampler_note}
 
-# Faster: any diffusers scheduler swaps in from the saved config.
-from diffusers import DPMSolverMultistepScheduler
-pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-images = pipe(batch_size=8, num_inference_steps=20).images
+# Any diffusers scheduler swaps in from the saved config, e.g.:
+from diffusers import DDIMScheduler
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+images = pipe(batch_size=8, num_inference_steps=50).images
 ```
 
 Without medgen-diffusers installed, plain diffusers loads it with the pipeline file shipped in this repo:
@@ -125,6 +125,7 @@ def build_model_card(
     metrics: Optional[Dict] = None,
     repo_or_path: str = "path/to/pipeline",
     samples_image: Optional[str] = None,
+    sampler_note: str = "DDPMScheduler, 1000 steps (the training scheduler)",
 ) -> ModelCard:
     """A model card whose YAML metadata validates on the Hub and whose body says how the model was made."""
     dataset = training_config.get("dataset", "bloodmnist")
@@ -160,6 +161,7 @@ def build_model_card(
         training_config=json.dumps(training_config, indent=2, sort_keys=True),
         metrics_section=metrics_section,
         samples_section=f"![Generated samples]({samples_image})" if samples_image else "No sample grid saved.",
+        sampler_note=sampler_note,
         citation=MEDMNIST_CITATION,
     )
     return ModelCard(text)
@@ -175,9 +177,13 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None) -> Path:
     training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     evaluation_path = folder / "evaluation.json"
     metrics = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
-    class_names = json.loads(index.read_text()).get("class_names")
+    model_index = json.loads(index.read_text())
+    class_names = model_index.get("class_names")
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    steps = model_index.get("default_num_inference_steps") or 1000
+    sampler_note = f"the saved sampler: {scheduler}, {steps} steps"
     samples = next((name for name in ("classes.png", "samples.png") if (folder / name).is_file()), None)
     card = build_model_card(training_config, class_names, metrics, repo_or_path=repo_id or str(folder),
-                            samples_image=samples)
+                            samples_image=samples, sampler_note=sampler_note)
     card.save(folder / "README.md")
     return folder / "README.md"
