@@ -8,7 +8,7 @@ set -euo pipefail
 STEPS=${STEPS:-4000}
 RUN=${RUN:-runs/main_v}
 DEST=medgen_diffusers/pretrained/bloodmnist
-SAMPLER=${SAMPLER:-DPMSolverMultistepScheduler}
+SAMPLER=${SAMPLER:-DDIMScheduler}
 SAMPLER_STEPS=${SAMPLER_STEPS:-20}
 BIN=.venv/bin
 
