@@ -27,6 +27,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 # MedMNIST-format npz in $(DEMO_DIR) (about 2 minutes on 2 CPU cores).
 demo: install
 	$(BIN)/medgen figures --out-dir $(DEMO_DIR)
+	rm -f $(DEMO_DIR)/synthetic_bloodmnist.npz  # medgen sample never overwrites an existing file
 	$(BIN)/medgen sample --num-images 800 --balanced --out $(DEMO_DIR)/synthetic_bloodmnist.npz
 
 # A short real CPU training run on BloodMNIST -> saved pipeline + sample grid in $(TRAIN_DEMO_DIR).
@@ -35,6 +36,7 @@ train-demo: install
 		train_unconditional.py --output_dir $(TRAIN_DEMO_DIR) --model_preset tiny \
 		--max_train_steps $(DEMO_STEPS) --train_batch_size 64 --lr_warmup_steps 50 \
 		--checkpointing_steps 200 --checkpoints_total_limit 1 --resume_from_checkpoint latest --num_sample_images 16
+	rm -f $(TRAIN_DEMO_DIR)/samples_dpmsolver.png
 	$(BIN)/medgen sample $(TRAIN_DEMO_DIR) --scheduler dpmsolver --steps 20 --num-images 16 --out $(TRAIN_DEMO_DIR)/samples_dpmsolver.png
 
 test: install

@@ -133,6 +133,8 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
     """Generate and write; returns a one-line summary."""
     out_path = Path(out)
     parts = out_path.with_name(out_path.name + ".parts")
+    if out_path.exists() and not parts.exists():  # an unfinished run of ours keeps OUT.parts/ next to it
+        raise ExportError(f"{out_path} already exists; choose another --out or delete it first (nothing was written).")
     chunks = lambda: generate_chunks(pipe, labels, num_images, parts, run_key, num_inference_steps,  # noqa: E731
                                      guidance_scale, seed, chunk_size)
     class_names = list(pipe.config.class_names or [])

@@ -184,3 +184,7 @@ def test_sample_errors_exit_2(saved, tmp_path, capsys):
     assert main(["sample", str(saved), "--out", str(tmp_path / "x.txt")]) == 2
     assert "Cannot tell the format" in capsys.readouterr().err
     assert not (tmp_path / "x.npz").exists()
+    (tmp_path / "keep.npz").write_bytes(b"user data")
+    assert main(["sample", str(saved), "--steps", "1", "--out", str(tmp_path / "keep.npz")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert (tmp_path / "keep.npz").read_bytes() == b"user data"
