@@ -5,7 +5,10 @@ throughput of the default call versus DDPM's 1000 steps, on one pipeline, in one
 
 Scored on the val split (the test split is kept for the headline numbers), standard protocol (clean-fid FID and
 KID), the same class mix as the split, seed 0 for every arm. Writes benchmarks/results/samplers.json and
-benchmarks/results/samplers.png.
+benchmarks/results/samplers.png. `--only ARM` runs just those arms and merges them into an existing results file of
+the same pipeline, split and N (how the slow DDPM-1000 arm was added later):
+
+    python benchmarks/bench_samplers.py medgen_diffusers/pretrained/bloodmnist --only DDPMScheduler:1000:1.0
 """
 
 import argparse
@@ -22,7 +25,8 @@ from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.evaluation import (InceptionFeatures, RealFeatures, fid, generate_images, kid,
                                          labels_like_split)
 
-# (scheduler class, steps, guidance scale): DDPM's own 1000 steps, then the fast solvers.
+# (scheduler class, steps, guidance scale[, timestep spacing]): DDPM's own 1000 steps, then the fast solvers. The
+# spacing defaults to the trained scheduler's ("leading": 20 DDIM steps start at t=950); "trailing" starts at t=999.
 ARMS = [
     ("DDPMScheduler", 1000, 1.0),
     ("DDIMScheduler", 50, 1.0),
@@ -34,6 +38,13 @@ ARMS = [
     ("DPMSolverMultistepScheduler", 20, 1.5),
     ("DPMSolverMultistepScheduler", 20, 2.0),
     ("DPMSolverMultistepScheduler", 20, 3.0),
+    ("DDIMScheduler", 20, 1.0, "trailing"),
+    ("DDIMScheduler", 10, 1.0, "trailing"),
+    ("DPMSolverMultistepScheduler", 20, 1.0, "trailing"),
+    ("DPMSolverMultistepScheduler", 10, 1.0, "trailing"),
+    ("UniPCMultistepScheduler", 10, 1.0, "trailing"),
+    ("DPMSolverMultistepScheduler", 10, 2.0, "trailing"),
+    ("DDIMScheduler", 20, 1.0, "linspace"),
 ]
 
 
@@ -44,8 +55,23 @@ def main():
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--throughput-images", type=int, default=16)
     parser.add_argument("--skip-ddpm", action="store_true", help="Leave out the slow 1000-step arm.")
+    parser.add_argument("--only", action="append", default=None, metavar="NAME:STEPS:GUIDANCE[:SPACING]",
+                        help="Run only this arm (repeatable) and merge it into --out; no throughput run.")
     parser.add_argument("--out", default="benchmarks/results/samplers.json")
     args = parser.parse_args()
+
+    arms = [arm for arm in ARMS if not (args.skip_ddpm and arm[1] == 1000)]
+    previous = None
+    if args.only:
+        known = {arm_key(arm): arm for arm in ARMS}
+        unknown = [key for key in args.only if key not in known]
+        if unknown:
+            parser.error(f"unknown arm(s) {unknown}; the arms are {sorted(known)}")
+        arms = [known[key] for key in args.only]
+        previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else None
+        if previous is None or (previous["split"], previous["num_samples"]) != (args.split, args.num_samples):
+            parser.error(f"--only merges into {args.out}, which must exist and hold the same --split and --num-samples; "
+                         "run the full sweep first")
 
     pipe = BloodMNISTPipeline.from_pretrained(args.pipeline)
     base_config = pipe.scheduler.config
@@ -53,22 +79,31 @@ def main():
     real = RealFeatures(extractor).get(args.split, "standard")[0]
     labels = labels_like_split("bloodmnist", args.split, args.num_samples)
     rows = []
-    for name, steps, guidance in ARMS:
-        if args.skip_ddpm and steps == 1000:
-            continue
-        pipe.scheduler = getattr(diffusers, name).from_config(base_config)
+    for arm in arms:
+        name, steps, guidance = arm[:3]
+        spacing = {"timestep_spacing": arm[3]} if len(arm) > 3 else {}
+        pipe.scheduler = getattr(diffusers, name).from_config(base_config, **spacing)
         started = time.perf_counter()
         images = generate_images(pipe, args.num_samples, labels, steps, guidance, seed=0, progress=False)
         seconds = time.perf_counter() - started
         fake = extractor.standard(images)
         row = {"scheduler": name, "steps": steps, "guidance_scale": guidance,
+               "timestep_spacing": pipe.scheduler.config.timestep_spacing,
                "nfe_per_image": steps * (2 if guidance != 1.0 else 1), "fid": fid(real, fake),
                "kid": kid(real, fake)["mean"], "images_per_s": args.num_samples / seconds}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    best = min(row["fid"] for row in rows)
-    default = min((row for row in rows if row["fid"] <= 1.1 * best), key=lambda row: row["nfe_per_image"])
+    if previous is not None:
+        rerun = {row_key(row) for row in rows}
+        rows = [row for row in previous["rows"] if row_key(row) not in rerun] + rows
+        previous.update(rows=rows, **choose_default(rows), merged_arms=sorted(set(previous.get("merged_arms", []))
+                                                                              | set(args.only)))
+        Path(args.out).write_text(json.dumps(previous, indent=2) + "\n")
+        plot(rows, Path(args.out).with_suffix(".png"))
+        print(f"default: {previous['default']}; merged {args.only} into {args.out}")
+        return
+    best, default = choose_default(rows).values()
 
     # Throughput: the default call versus DDPM's 1000 steps (diffusers' DDPMPipeline default), same UNet and batch.
     timings = {}
@@ -94,6 +129,22 @@ def main():
     print(f"default: {default}; throughput ratio {result['throughput_ratio_default_vs_ddpm1000']:.1f}x; wrote {out}")
 
 
+def arm_key(arm):
+    return ":".join(str(part) for part in arm)
+
+
+def row_key(row):
+    spacing = row.get("timestep_spacing", "leading")
+    return (row["scheduler"], row["steps"], row["guidance_scale"], spacing)
+
+
+def choose_default(rows):
+    """The issue's rule: the cheapest arm (network evaluations per image) within 10% of the best FID."""
+    best = min(row["fid"] for row in rows)
+    default = min((row for row in rows if row["fid"] <= 1.1 * best), key=lambda row: row["nfe_per_image"])
+    return {"best_fid": best, "default": default}
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -101,11 +152,12 @@ def plot(rows, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in dict.fromkeys(row["scheduler"] for row in rows):
-        mine = sorted((r for r in rows if r["scheduler"] == name and r["guidance_scale"] == 1.0),
+    for name, spacing in dict.fromkeys((row["scheduler"], row.get("timestep_spacing", "leading")) for row in rows):
+        mine = sorted((r for r in rows if row_key(r)[::3] == (name, spacing) and r["guidance_scale"] == 1.0),
                       key=lambda r: r["nfe_per_image"])
         if mine:
-            ax.plot([r["nfe_per_image"] for r in mine], [r["fid"] for r in mine], marker="o", label=name)
+            label = name if spacing == "leading" else f"{name} ({spacing})"
+            ax.plot([r["nfe_per_image"] for r in mine], [r["fid"] for r in mine], marker="o", label=label)
     for r in rows:
         if r["guidance_scale"] != 1.0:
             ax.scatter(r["nfe_per_image"], r["fid"], marker="x")
