@@ -1,9 +1,10 @@
-"""Score the EMA weights of a training checkpoint on the val split (used for the ablation; never the test split).
+"""Score the EMA (or raw) weights of a training checkpoint on the val split (for the ablation; never the test split).
 
     python benchmarks/eval_checkpoint.py runs/main_eps/checkpoint-1000 --prediction_type epsilon \
         --beta_schedule linear --num-samples 500 --out benchmarks/results/ablation/eps-1000.json
 
-The checkpoint is what `accelerate save_state` wrote: the EMA shadow parameters are `custom_checkpoint_0.pkl`.
+The checkpoint is what `accelerate save_state` wrote: the EMA shadow parameters are `custom_checkpoint_0.pkl`, the
+raw (optimizer) weights `model.safetensors`; `--weights raw` scores the latter (the "no EMA" arm of the same run).
 """
 
 import argparse
@@ -13,19 +14,25 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from safetensors.torch import load_file
 
 from medgen_diffusers import BloodMNISTPipeline, build_unet, class_names
 from medgen_diffusers.evaluation import evaluate_images, generate_images, labels_like_split, summary, write_json
 
 
-def pipeline_from_checkpoint(checkpoint, preset, prediction_type, beta_schedule, dataset="bloodmnist"):
+def pipeline_from_checkpoint(checkpoint, preset, prediction_type, beta_schedule, weights="ema", dataset="bloodmnist"):
     names = class_names(dataset)
     unet = build_unet(preset, num_classes=len(names))
-    ema = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
-    for param, shadow in zip(unet.parameters(), ema["shadow_params"]):
-        param.data.copy_(shadow)
+    if weights == "ema":
+        ema = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
+        for param, shadow in zip(unet.parameters(), ema["shadow_params"]):
+            param.data.copy_(shadow)
+    else:
+        unet.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))
+    # "linspace" (first of 20 steps at t=999) is what every ablation arm was scored with; it also reproduces the
+    # post-hoc curves (eval_curve.py). Before it was written out here, it came implicitly from DPM-Solver's default.
     scheduler = DDPMScheduler(beta_schedule=beta_schedule, prediction_type=prediction_type, thresholding=True,
-                              sample_max_value=1.0)
+                              sample_max_value=1.0, timestep_spacing="linspace")
     return BloodMNISTPipeline(unet.eval(), scheduler, names)
 
 
@@ -35,6 +42,7 @@ def main():
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--prediction_type", required=True)
     parser.add_argument("--beta_schedule", required=True)
+    parser.add_argument("--weights", choices=("ema", "raw"), default="ema")
     parser.add_argument("--split", default="val")
     parser.add_argument("--num-samples", type=int, default=500)
     parser.add_argument("--steps", type=int, default=20)
@@ -42,7 +50,8 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    pipe = pipeline_from_checkpoint(args.checkpoint, args.preset, args.prediction_type, args.beta_schedule)
+    pipe = pipeline_from_checkpoint(args.checkpoint, args.preset, args.prediction_type, args.beta_schedule,
+                                    args.weights)
     if args.save:
         pipe.save_pretrained(args.save)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
@@ -52,7 +61,7 @@ def main():
     result = evaluate_images(images, labels, split=args.split, per_class=False, progress=True)
     result["generation"] = {"checkpoint": args.checkpoint, "scheduler": "dpmsolver", "steps": args.steps,
                             "prediction_type": args.prediction_type, "beta_schedule": args.beta_schedule,
-                            "preset": args.preset}
+                            "preset": args.preset, "weights": args.weights}
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_json(result, args.out)
     print(summary(result))

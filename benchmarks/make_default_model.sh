@@ -10,6 +10,7 @@ RUN=${RUN:-runs/main_v}
 DEST=medgen_diffusers/pretrained/bloodmnist
 SAMPLER=${SAMPLER:-DDIMScheduler}
 SAMPLER_STEPS=${SAMPLER_STEPS:-20}
+SPACING=${SPACING:-trailing}  # first of 20 steps at t=999; DDPM's "leading" starts at 950 (see bench_samplers.py)
 BIN=.venv/bin
 
 # 1-2. Training with the script's defaults (v-prediction, cosine schedule, lr 1e-3, EMA, batch 128). With
@@ -21,13 +22,13 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $BIN/accelerate launch --cpu --num_processes
 
 # 3. The shipped copy: weights, pipeline file, configs, metrics; saved with the default sampler and its steps.
 rm -rf "$DEST" && mkdir -p "$DEST"
-$BIN/python - "$RUN" "$DEST" "$SAMPLER" "$SAMPLER_STEPS" <<'EOF'
+$BIN/python - "$RUN" "$DEST" "$SAMPLER" "$SAMPLER_STEPS" "$SPACING" <<'EOF'
 import shutil, sys
 import diffusers
 from medgen_diffusers import BloodMNISTPipeline
-run, dest, sampler, steps = sys.argv[1:]
+run, dest, sampler, steps, spacing = sys.argv[1:]
 pipe = BloodMNISTPipeline.from_pretrained(run)
-pipe.scheduler = getattr(diffusers, sampler).from_config(pipe.scheduler.config)
+pipe.scheduler = getattr(diffusers, sampler).from_config(pipe.scheduler.config, timestep_spacing=spacing)
 pipe.register_to_config(default_num_inference_steps=int(steps))
 pipe.save_pretrained(dest)
 for name in ("run_config.json", "train_summary.json", "metrics.jsonl", "samples.png"):
