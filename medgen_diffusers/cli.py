@@ -89,7 +89,8 @@ def cmd_evaluate(args):
                                             args.batch_size)
         guided = labels is not None and (args.guidance_scale or 1.0) != 1.0
         generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
-                          seed=args.seed, nfe_per_image=steps * (2 if guided else 1))
+                          seed=args.seed, nfe_per_image=steps * (2 if guided else 1),
+                          timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
     result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.num_real,
                                         protocols=args.protocols.split(","), floor=not args.no_floor,
                                         extractor=extractor, root=args.data_root, seed=args.seed, progress=True)

@@ -112,7 +112,8 @@ def metrics_table(evaluation: Dict) -> str:
     how = (f"{evaluation.get('num_generated')} generated vs {evaluation.get('num_real')} real "
            f"{evaluation.get('dataset')} **{evaluation.get('split')}** images")
     if generation.get("scheduler"):
-        how += (f"; sampler {generation['scheduler']} with {generation['steps']} steps "
+        spacing = f", {generation['timestep_spacing']} spacing" if generation.get("timestep_spacing") else ""
+        how += (f"; sampler {generation['scheduler']} with {generation['steps']} steps{spacing} "
                 f"({generation.get('nfe_per_image')} network evaluations per image), seed {generation.get('seed')}")
     return ("\n".join(lines) + f"\n\n{how}. FID/KID: clean-fid's clean protocol (2048-d Inception pool3). "
             "FID64/KID64: the seed notebook's protocol (64-d Inception features after the first max-pool, "
@@ -179,9 +180,11 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None) -> Path:
     metrics = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
     model_index = json.loads(index.read_text())
     class_names = model_index.get("class_names")
-    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     steps = model_index.get("default_num_inference_steps") or 1000
-    sampler_note = f"the saved sampler: {scheduler}, {steps} steps"
+    sampler_note = f"the saved sampler: {scheduler['_class_name']}, {steps} steps"
+    if scheduler.get("timestep_spacing"):
+        sampler_note += f", {scheduler['timestep_spacing']} spacing"
     samples = next((name for name in ("classes.png", "samples.png") if (folder / name).is_file()), None)
     card = build_model_card(training_config, class_names, metrics, repo_or_path=repo_id or str(folder),
                             samples_image=samples, sampler_note=sampler_note)

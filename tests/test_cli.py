@@ -57,4 +57,5 @@ def test_evaluate_a_trained_pipeline(trained_run, tmp_path, capsys):
     assert "FID64" in printed and "floor (train vs real)" in printed and "seed notebook" in printed
     result = __import__("json").loads(out.read_text())
     assert result["num_generated"] == 16 and result["generation"]["steps"] == 4
+    assert result["generation"]["timestep_spacing"] == "trailing"  # the training script's scheduler, recorded
     assert {"standard", "seed", "floor", "per_class"} <= set(result)

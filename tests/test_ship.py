@@ -56,12 +56,13 @@ def test_card_shows_metrics_with_floor_and_seed(saved):
                   "floor": {"num_train": 10, "standard": {"fid": 3.0, "kid": 0.0001, "kid_std": 0.0001},
                             "seed": {"fid64": 0.1, "kid64": 0.01, "kid64_std": 0.01}},
                   "seed_reference": {"fid64": 5.039, "kid64": 4.141, "kid64_std": 0.343},
-                  "generation": {"scheduler": "dpmsolver", "steps": 20, "nfe_per_image": 20, "seed": 0}}
+                  "generation": {"scheduler": "dpmsolver", "steps": 20, "nfe_per_image": 20, "seed": 0,
+                                 "timestep_spacing": "trailing"}}
     (saved / "evaluation.json").write_text(json.dumps(evaluation))
     text = write_card(saved).read_text()
     assert "| this model | 12.500 | 4.000 | 1.250 | 2.500 |" in text
     assert "| real-vs-real floor (10 train images) | 3.000 |" in text
-    assert "5.039" in text and "20 network evaluations per image" in text
+    assert "5.039" in text and "20 network evaluations per image" in text and "20 steps, trailing spacing" in text
 
 
 def test_push_sends_one_commit_with_exactly_the_pipeline_files(saved, monkeypatch):
