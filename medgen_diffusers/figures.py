@@ -136,7 +136,8 @@ def class_rows_figure(pipe, images_per_class: int, path, generator=None, **call_
             for r in range(len(names))]
     ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
     size = images.shape[1]
-    ax.set_yticks([size * (r + 0.5) for r in range(len(names))], names)
+    # Long MedMNIST names ("immature granulocytes(myelocytes, ...)") would squeeze the grid: drop the parenthesis.
+    ax.set_yticks([size * (r + 0.5) for r in range(len(names))], [name.split("(")[0].strip() for name in names])
     ax.set_xticks([])
     ax.set_title("Generated, one row per class")
     fig.tight_layout()
