@@ -49,7 +49,7 @@ def unconditional_pipe():
     return pipe
 
 
-def run_training(output_dir, data_root, *extra, launcher=(sys.executable,), check=True, timeout=600):
+def run_training(output_dir, data_root, *extra, launcher=(sys.executable,), check=True, timeout=1200):
     """Run the real training script in a subprocess on the real data; returns the CompletedProcess."""
     cmd = [*launcher, str(REPO / "train_unconditional.py"), "--output_dir", str(output_dir),
            "--data_root", str(data_root), "--model_preset", "tiny", "--logger", "tensorboard", *extra]
