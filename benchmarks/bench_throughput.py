@@ -31,7 +31,8 @@ def main():
 
     pipe = BloodMNISTPipeline.from_pretrained()
     pipe.set_progress_bar_config(disable=True)
-    default = {"scheduler": type(pipe.scheduler).__name__, "steps": pipe.config.default_num_inference_steps}
+    default = {"scheduler": type(pipe.scheduler).__name__, "steps": pipe.config.default_num_inference_steps,
+               "timestep_spacing": pipe.scheduler.config.timestep_spacing}
     fast = images_per_s(pipe, args.num_images, None)  # the default call: saved sampler, saved steps
     pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     slow = images_per_s(pipe, args.num_images, 1000)
