@@ -8,7 +8,7 @@ KID), the same class mix as the split, seed 0 for every arm. Writes benchmarks/r
 benchmarks/results/samplers.png. `--only ARM` runs just those arms and merges them into an existing results file of
 the same pipeline, split and N (how the slow DDPM-1000 arm was added later):
 
-    python benchmarks/bench_samplers.py medgen_diffusers/pretrained/bloodmnist --only DDPMScheduler:1000:1.0
+    python benchmarks/bench_samplers.py runs/main_v --only DDPMScheduler:1000:1.0:leading
 """
 
 import argparse
@@ -25,19 +25,20 @@ from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.evaluation import (InceptionFeatures, RealFeatures, fid, generate_images, kid,
                                          labels_like_split)
 
-# (scheduler class, steps, guidance scale[, timestep spacing]): DDPM's own 1000 steps, then the fast solvers. The
-# spacing defaults to the trained scheduler's ("leading": 20 DDIM steps start at t=950); "trailing" starts at t=999.
+# (scheduler class, steps, guidance scale, timestep spacing): DDPM's own 1000 steps, then the fast solvers.
+# "leading" (DDPM's default; 20 DDIM steps start at t=950) versus "trailing" (first step at t=999), written out so
+# that an arm means the same thing whatever spacing the pipeline under test was saved with.
 ARMS = [
-    ("DDPMScheduler", 1000, 1.0),
-    ("DDIMScheduler", 50, 1.0),
-    ("DDIMScheduler", 20, 1.0),
-    ("DPMSolverMultistepScheduler", 20, 1.0),
-    ("DPMSolverMultistepScheduler", 10, 1.0),
-    ("UniPCMultistepScheduler", 10, 1.0),
-    ("UniPCMultistepScheduler", 20, 1.0),
-    ("DPMSolverMultistepScheduler", 20, 1.5),
-    ("DPMSolverMultistepScheduler", 20, 2.0),
-    ("DPMSolverMultistepScheduler", 20, 3.0),
+    ("DDPMScheduler", 1000, 1.0, "leading"),
+    ("DDIMScheduler", 50, 1.0, "leading"),
+    ("DDIMScheduler", 20, 1.0, "leading"),
+    ("DPMSolverMultistepScheduler", 20, 1.0, "leading"),
+    ("DPMSolverMultistepScheduler", 10, 1.0, "leading"),
+    ("UniPCMultistepScheduler", 10, 1.0, "leading"),
+    ("UniPCMultistepScheduler", 20, 1.0, "leading"),
+    ("DPMSolverMultistepScheduler", 20, 1.5, "leading"),
+    ("DPMSolverMultistepScheduler", 20, 2.0, "leading"),
+    ("DPMSolverMultistepScheduler", 20, 3.0, "leading"),
     ("DDIMScheduler", 20, 1.0, "trailing"),
     ("DDIMScheduler", 10, 1.0, "trailing"),
     ("DPMSolverMultistepScheduler", 20, 1.0, "trailing"),
@@ -69,9 +70,10 @@ def main():
             parser.error(f"unknown arm(s) {unknown}; the arms are {sorted(known)}")
         arms = [known[key] for key in args.only]
         previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else None
-        if previous is None or (previous["split"], previous["num_samples"]) != (args.split, args.num_samples):
-            parser.error(f"--only merges into {args.out}, which must exist and hold the same --split and --num-samples; "
-                         "run the full sweep first")
+        same = (args.pipeline, args.split, args.num_samples)
+        if previous is None or (previous["pipeline"], previous["split"], previous["num_samples"]) != same:
+            parser.error(f"--only merges into {args.out}, which must exist and hold the same pipeline, --split and "
+                         "--num-samples; run the full sweep first")
 
     pipe = BloodMNISTPipeline.from_pretrained(args.pipeline)
     base_config = pipe.scheduler.config
@@ -79,10 +81,8 @@ def main():
     real = RealFeatures(extractor).get(args.split, "standard")[0]
     labels = labels_like_split("bloodmnist", args.split, args.num_samples)
     rows = []
-    for arm in arms:
-        name, steps, guidance = arm[:3]
-        spacing = {"timestep_spacing": arm[3]} if len(arm) > 3 else {}
-        pipe.scheduler = getattr(diffusers, name).from_config(base_config, **spacing)
+    for name, steps, guidance, spacing in arms:
+        pipe.scheduler = getattr(diffusers, name).from_config(base_config, timestep_spacing=spacing)
         started = time.perf_counter()
         images = generate_images(pipe, args.num_samples, labels, steps, guidance, seed=0, progress=False)
         seconds = time.perf_counter() - started
@@ -107,9 +107,10 @@ def main():
 
     # Throughput: the default call versus DDPM's 1000 steps (diffusers' DDPMPipeline default), same UNet and batch.
     timings = {}
-    for label, name, steps, guidance in (("default", default["scheduler"], default["steps"], default["guidance_scale"]),
-                                         ("ddpm_1000", "DDPMScheduler", 1000, 1.0)):
-        pipe.scheduler = getattr(diffusers, name).from_config(base_config)
+    for label, name, steps, guidance, spacing in (
+            ("default", default["scheduler"], default["steps"], default["guidance_scale"], default["timestep_spacing"]),
+            ("ddpm_1000", "DDPMScheduler", 1000, 1.0, "leading")):
+        pipe.scheduler = getattr(diffusers, name).from_config(base_config, timestep_spacing=spacing)
         started = time.perf_counter()
         generate_images(pipe, args.throughput_images, labels[: args.throughput_images], steps, guidance,
                         seed=1, progress=False)
