@@ -14,6 +14,8 @@ import os
 import re
 import shutil
 import time
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,12 +25,13 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
+from diffusers.utils import logging as diffusers_logging
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
-from medgen_diffusers.data import augment_dihedral, available_flags, load_medmnist_tensors, to_model_range
+from medgen_diffusers.data import augment_dihedral, available_flags, file_digest, load_medmnist_tensors, to_model_range
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
@@ -36,6 +39,8 @@ from medgen_diffusers.models import UNET_PRESETS, build_unet
 
 logger = get_logger(__name__, log_level="INFO")
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # complete checkpoints only: never "*.tmp"
+MANIFEST = "manifest.json"  # size + sha256 of every file of a checkpoint, written last
+EMA_FOLDER = "unet_ema"  # EMA weights inside a checkpoint: safetensors + config, via EMAModel.save_pretrained
 
 
 def parse_args(argv=None):
@@ -121,6 +126,40 @@ def list_checkpoints(output_dir):
     return [path for _, path in sorted(found)]
 
 
+@contextmanager
+def quiet_diffusers():
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
+def file_manifest(folder):
+    """{relative path: [size, sha256]} of every file under ``folder`` except the manifest itself."""
+    return {p.relative_to(folder).as_posix(): [p.stat().st_size, file_digest(p, "sha256")]
+            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def verify_checkpoint(checkpoint):
+    """Refuse a checkpoint whose files differ from its manifest (truncated, corrupted, missing)."""
+    manifest_path = Path(checkpoint) / MANIFEST
+    if not manifest_path.is_file():
+        raise RuntimeError(f"{checkpoint} has no {MANIFEST}: it was not written whole by this script. Resume from "
+                           "another checkpoint (or delete this one).")
+    expected = json.loads(manifest_path.read_text())
+    actual = file_manifest(checkpoint)
+    for name, (size, digest) in expected.items():
+        if name not in actual:
+            raise RuntimeError(f"Checkpoint file {Path(checkpoint) / name} is missing. Resume from another checkpoint "
+                               "or delete this one; nothing was changed.")
+        if actual[name] != [size, digest]:
+            raise RuntimeError(f"Checkpoint file {Path(checkpoint) / name} is corrupt ({actual[name][0]} bytes, "
+                               f"expected {size}, or its sha256 differs). Resume from another checkpoint or delete "
+                               "this one; nothing was changed.")
+
+
 def save_checkpoint(accelerator, output_dir, step, total_limit):
     final = Path(output_dir) / f"checkpoint-{step}"
     partial = Path(output_dir) / f"checkpoint-{step}.tmp"
@@ -130,6 +169,7 @@ def save_checkpoint(accelerator, output_dir, step, total_limit):
     accelerator.save_state(str(partial))  # every rank writes its own RNG state into it
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        (partial / MANIFEST).write_text(json.dumps(file_manifest(partial), indent=1) + "\n")
         if final.exists():
             shutil.rmtree(final)
         os.replace(partial, final)  # atomic: a kill leaves either the whole checkpoint or a *.tmp folder
@@ -157,7 +197,9 @@ def main(argv=None):
         mixed_precision=args.mixed_precision,
         log_with=None if args.logger == "none" else args.logger,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # data_seed: every rank shuffles with the same seed, so each epoch's sharded batches partition the data.
+        # Without it, the sampler would take torch.initial_seed() at prepare() -- by then seed + rank on each rank.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
         # Accelerate forms a multi-process CPU group (gloo, e.g. under torchrun) only when told cpu=True.
         cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
@@ -168,7 +210,8 @@ def main(argv=None):
             shutil.rmtree(stale)
 
     # Data: the whole split as uint8 tensors in memory; augmentation happens on the batch, on the device.
-    data = load_medmnist_tensors(args.dataset, "train", args.resolution, args.data_root)
+    with accelerator.main_process_first():  # a download happens once, on the main process
+        data = load_medmnist_tensors(args.dataset, "train", args.resolution, args.data_root)
     images, labels = data.images, data.labels
     if args.max_train_samples is not None:
         images, labels = images[: args.max_train_samples], labels[: args.max_train_samples]
@@ -202,16 +245,36 @@ def main(argv=None):
     # Optimisation.
     optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
                                   weight_decay=args.adam_weight_decay)
-    updates_per_epoch = math.ceil(len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    unet, optimizer, train_dataloader = accelerator.prepare(unet, optimizer, train_dataloader)
+    # Counted on the prepared (sharded) loader: it drops the last partial global batch, which a count made before
+    # prepare() would include. A partial accumulation at an epoch's end still makes one update (Accelerate syncs
+    # gradients at the end of the loader).
+    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
     num_epochs = math.ceil(max_train_steps / updates_per_epoch)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
                                  num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
                                  num_training_steps=max_train_steps * accelerator.num_processes)
-    unet, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, train_dataloader, lr_scheduler)
+    lr_scheduler = accelerator.prepare(lr_scheduler)
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema_unet)
+
+        # The EMA weights travel with save_state/load_state as safetensors (diffusers' own examples do the same),
+        # never as a pickle.
+        def save_ema(models, weights, checkpoint_dir):
+            if accelerator.is_main_process:
+                ema_unet.save_pretrained(os.path.join(checkpoint_dir, EMA_FOLDER))
+
+        def load_ema(models, checkpoint_dir):
+            with warnings.catch_warnings(), quiet_diffusers():  # it reads its EMA fields through UNet2DModel's config
+                warnings.simplefilter("ignore", FutureWarning)
+                loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, EMA_FOLDER), type(unet_module))
+            ema_unet.load_state_dict(loaded.state_dict())
+            ema_unet.to(accelerator.device)
+
+        unet_module = accelerator.unwrap_model(unet)
+        accelerator.register_save_state_pre_hook(save_ema)
+        accelerator.register_load_state_pre_hook(load_ema)
 
     run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
     run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
@@ -242,6 +305,7 @@ def main(argv=None):
                 raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (checkpoint-STEP); "
                                         f"pass one of {[p.name for p in list_checkpoints(output_dir)]} or 'latest'.")
         if checkpoint is not None:
+            verify_checkpoint(checkpoint)
             accelerator.load_state(str(checkpoint))
             global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
             first_epoch = global_step // updates_per_epoch
