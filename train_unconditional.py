@@ -189,6 +189,26 @@ def sample_grid(pipeline, num_images, steps, seed):
     return square_grid(fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images)
 
 
+def resume_checkpoint(args, output_dir):
+    """The checkpoint to resume from (verified against its manifest), or None. Runs before anything is written, so a
+    bad request changes nothing."""
+    if not args.resume_from_checkpoint:
+        return None
+    if args.resume_from_checkpoint == "latest":
+        checkpoints = list_checkpoints(output_dir)
+        if not checkpoints:
+            logger.info(f"No complete checkpoint in {output_dir}: starting from scratch.")
+            return None
+        checkpoint = checkpoints[-1]
+    else:
+        checkpoint = Path(args.resume_from_checkpoint)
+        if not CHECKPOINT_PATTERN.match(checkpoint.name) or not checkpoint.is_dir():
+            raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (checkpoint-STEP); "
+                                    f"pass one of {[p.name for p in list_checkpoints(output_dir)]} or 'latest'.")
+    verify_checkpoint(checkpoint)
+    return checkpoint
+
+
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -203,6 +223,7 @@ def main(argv=None):
         # Accelerate forms a multi-process CPU group (gloo, e.g. under torchrun) only when told cpu=True.
         cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
+    checkpoint = resume_checkpoint(args, output_dir)  # before anything is written
     set_seed(args.seed)  # identical initial weights on every rank
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -293,24 +314,12 @@ def main(argv=None):
 
     # Resume: the step, optimizer, LR schedule, EMA and every RNG come back exactly.
     global_step, first_epoch, batches_to_skip = 0, 0, 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            checkpoints = list_checkpoints(output_dir)
-            checkpoint = checkpoints[-1] if checkpoints else None
-            if checkpoint is None:
-                logger.info(f"No complete checkpoint in {output_dir}: starting from scratch.")
-        else:
-            checkpoint = Path(args.resume_from_checkpoint)
-            if not CHECKPOINT_PATTERN.match(checkpoint.name) or not checkpoint.is_dir():
-                raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (checkpoint-STEP); "
-                                        f"pass one of {[p.name for p in list_checkpoints(output_dir)]} or 'latest'.")
-        if checkpoint is not None:
-            verify_checkpoint(checkpoint)
-            accelerator.load_state(str(checkpoint))
-            global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
-            first_epoch = global_step // updates_per_epoch
-            batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-            logger.info(f"Resumed from {checkpoint} at step {global_step}")
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+        first_epoch = global_step // updates_per_epoch
+        batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
+        logger.info(f"Resumed from {checkpoint} at step {global_step}")
 
     metrics_path = output_dir / "metrics.jsonl"
     if accelerator.is_main_process:  # drop lines a killed run logged after its last checkpoint

@@ -18,12 +18,12 @@ import time
 from pathlib import Path
 
 import diffusers
-import numpy as np
 import torch
 
 from medgen_diffusers import BloodMNISTPipeline
-from medgen_diffusers.evaluation import (InceptionFeatures, RealFeatures, fid, generate_images, kid,
-                                         labels_like_split)
+from medgen_diffusers.data import class_counts
+from medgen_diffusers.evaluation import InceptionFeatures, RealFeatures, fid, kid
+from medgen_diffusers.generation import generate_images, labels_like_split
 
 # (scheduler class, steps, guidance scale, timestep spacing): DDPM's own 1000 steps, then the fast solvers.
 # "leading" (DDPM's default; 20 DDIM steps start at t=950) versus "trailing" (first step at t=999), written out so
@@ -79,7 +79,7 @@ def main():
     base_config = pipe.scheduler.config
     extractor = InceptionFeatures()
     real = RealFeatures(extractor).get(args.split, "standard")[0]
-    labels = labels_like_split("bloodmnist", args.split, args.num_samples)
+    labels = labels_like_split(class_counts("bloodmnist", args.split), args.num_samples)
     rows = []
     for name, steps, guidance, spacing in arms:
         pipe.scheduler = getattr(diffusers, name).from_config(base_config, timestep_spacing=spacing)

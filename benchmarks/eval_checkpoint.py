@@ -3,8 +3,11 @@
     python benchmarks/eval_checkpoint.py runs/main_eps/checkpoint-1000 --prediction_type epsilon \
         --beta_schedule linear --num-samples 500 --out benchmarks/results/ablation/eps-1000.json
 
-The checkpoint is what `accelerate save_state` wrote: the EMA shadow parameters are `custom_checkpoint_0.pkl`, the
-raw (optimizer) weights `model.safetensors`; `--weights raw` scores the latter (the "no EMA" arm of the same run).
+The checkpoint is what the training script's `accelerate save_state` wrote: the EMA weights are `unet_ema/` (a
+UNet2DModel saved by `EMAModel.save_pretrained`, safetensors), the raw (optimizer) weights `model.safetensors`;
+`--weights raw` scores the latter (the "no EMA" arm of the same run). Nothing is unpickled; parameters are matched by
+name (a strict `load_state_dict`). Checkpoints written before the EMA moved to safetensors (pickled
+`custom_checkpoint_0.pkl`) are refused.
 """
 
 import argparse
@@ -12,23 +15,23 @@ import json
 import time
 from pathlib import Path
 
-import torch
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from safetensors.torch import load_file
 
-from medgen_diffusers import BloodMNISTPipeline, build_unet, class_names
-from medgen_diffusers.evaluation import evaluate_images, generate_images, labels_like_split, summary, write_json
+from medgen_diffusers import BloodMNISTPipeline, class_names
+from medgen_diffusers.data import class_counts
+from medgen_diffusers.evaluation import evaluate_images, summary, write_json
+from medgen_diffusers.generation import generate_images, labels_like_split
 
 
-def pipeline_from_checkpoint(checkpoint, preset, prediction_type, beta_schedule, weights="ema", dataset="bloodmnist"):
+def pipeline_from_checkpoint(checkpoint, prediction_type, beta_schedule, weights="ema", dataset="bloodmnist"):
+    ema_folder = Path(checkpoint) / "unet_ema"
+    if not ema_folder.is_dir():
+        raise SystemExit(f"{checkpoint} has no unet_ema/ folder: not a checkpoint of this training script with EMA.")
+    unet = UNet2DModel.from_pretrained(ema_folder)  # the EMA weights (extra EMA fields in its config are ignored)
+    if weights == "raw":
+        unet.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))  # by name, every key required
     names = class_names(dataset)
-    unet = build_unet(preset, num_classes=len(names))
-    if weights == "ema":
-        ema = torch.load(Path(checkpoint) / "custom_checkpoint_0.pkl", map_location="cpu", weights_only=False)
-        for param, shadow in zip(unet.parameters(), ema["shadow_params"]):
-            param.data.copy_(shadow)
-    else:
-        unet.load_state_dict(load_file(Path(checkpoint) / "model.safetensors"))
     # "linspace" (first of 20 steps at t=999) is what every ablation arm was scored with; it also reproduces the
     # post-hoc curves (eval_curve.py). Before it was written out here, it came implicitly from DPM-Solver's default.
     scheduler = DDPMScheduler(beta_schedule=beta_schedule, prediction_type=prediction_type, thresholding=True,
@@ -39,7 +42,6 @@ def pipeline_from_checkpoint(checkpoint, preset, prediction_type, beta_schedule,
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--preset", default="tiny")
     parser.add_argument("--prediction_type", required=True)
     parser.add_argument("--beta_schedule", required=True)
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema")
@@ -50,18 +52,17 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
 
-    pipe = pipeline_from_checkpoint(args.checkpoint, args.preset, args.prediction_type, args.beta_schedule,
-                                    args.weights)
+    pipe = pipeline_from_checkpoint(args.checkpoint, args.prediction_type, args.beta_schedule, args.weights)
     if args.save:
         pipe.save_pretrained(args.save)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     started = time.perf_counter()
-    labels = labels_like_split("bloodmnist", args.split, args.num_samples)
+    labels = labels_like_split(class_counts("bloodmnist", args.split), args.num_samples)
     images = generate_images(pipe, args.num_samples, labels, args.steps)
     result = evaluate_images(images, labels, split=args.split, per_class=False, progress=True)
     result["generation"] = {"checkpoint": args.checkpoint, "scheduler": "dpmsolver", "steps": args.steps,
                             "prediction_type": args.prediction_type, "beta_schedule": args.beta_schedule,
-                            "preset": args.preset, "weights": args.weights}
+                            "weights": args.weights}
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     write_json(result, args.out)
     print(summary(result))

@@ -38,7 +38,7 @@ def main():
     for step, checkpoint in checkpoints:
         if step in done:
             continue
-        pipe = pipeline_from_checkpoint(checkpoint, "tiny", args.prediction_type, args.beta_schedule)
+        pipe = pipeline_from_checkpoint(checkpoint, args.prediction_type, args.beta_schedule)
         logs = evaluator(pipe)
         with metrics.open("a") as f:
             f.write(json.dumps({"step": step, **logs, "posthoc": True}) + "\n")

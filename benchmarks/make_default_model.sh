@@ -9,6 +9,7 @@ set -euo pipefail
 STEPS=${STEPS:-5500}
 RUN=${RUN:-runs/main_v}
 DEST=medgen_diffusers/pretrained/bloodmnist
+STAGE="$RUN/package"  # built and evaluated here; medgen never writes into the shipped folder, this script copies
 SAMPLER=${SAMPLER:-DDIMScheduler}
 SAMPLER_STEPS=${SAMPLER_STEPS:-20}
 SPACING=${SPACING:-trailing}  # first of 20 steps at t=999; DDPM's "leading" starts at 950 (see bench_samplers.py)
@@ -23,8 +24,8 @@ OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $BIN/accelerate launch --cpu --num_processes
     --save_images_steps 1000 --num_sample_images 16
 
 # 3. The shipped copy: weights, pipeline file, configs, metrics; saved with the default sampler and its steps.
-rm -rf "$DEST" && mkdir -p "$DEST"
-$BIN/python - "$RUN" "$DEST" "$SAMPLER" "$SAMPLER_STEPS" "$SPACING" <<'EOF'
+rm -rf "$STAGE" && mkdir -p "$STAGE"
+$BIN/python - "$RUN" "$STAGE" "$SAMPLER" "$SAMPLER_STEPS" "$SPACING" <<'EOF'
 import shutil, sys
 import diffusers
 from medgen_diffusers import BloodMNISTPipeline
@@ -38,13 +39,14 @@ for name in ("run_config.json", "train_summary.json", "metrics.jsonl", "samples.
 EOF
 
 # 4. FID/KID curve from the kept checkpoints (the run had no --eval_steps: it had one core).
-(cd benchmarks && ../$BIN/python eval_curve.py "../$RUN" --metrics "../$DEST/metrics.jsonl" \
+(cd benchmarks && ../$BIN/python eval_curve.py "../$RUN" --metrics "../$STAGE/metrics.jsonl" \
     --prediction_type v_prediction --beta_schedule squaredcos_cap_v2 --every 1000)
 
 # 5. Headline numbers: test split, N = 3,421, default sampler, both protocols, the floor.
-$BIN/medgen evaluate "$DEST" --split test --out "$DEST/evaluation.json"
+$BIN/medgen evaluate "$STAGE" --split test --out "$STAGE/evaluation.json"
 
 # 6. Figures and the card (which reads evaluation.json).
-$BIN/medgen figures "$DEST"
-$BIN/medgen card "$DEST"
+$BIN/medgen figures "$STAGE"
+$BIN/medgen card "$STAGE"
+rm -rf "$DEST" && cp -r "$STAGE" "$DEST"
 du -sh "$DEST"

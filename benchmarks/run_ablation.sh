@@ -32,5 +32,5 @@ if [ ! -d "$RUN/checkpoint-$STEPS" ]; then
       --logger none --learning_rate 1e-3 "${EXTRA[@]}"
 fi
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $BIN/python benchmarks/eval_checkpoint.py "$RUN/checkpoint-$STEPS" \
-    --preset $PRESET --weights $WEIGHTS --prediction_type v_prediction --beta_schedule squaredcos_cap_v2 \
+    --weights $WEIGHTS --prediction_type v_prediction --beta_schedule squaredcos_cap_v2 \
     --num-samples 256 --out "$OUT/${ARM}_step$STEPS.json"

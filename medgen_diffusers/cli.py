@@ -12,15 +12,16 @@ Hub failures. Training is ``accelerate launch train_unconditional.py`` (see the 
 """
 
 import argparse
-import json
+import hashlib
 import sys
 from pathlib import Path
 
+# Offered samplers: each supports the saved `thresholding` (x0 clamped to the image range), which keeps fast solvers
+# stable. EulerDiscreteScheduler has no thresholding, so it is not offered (swap it in from Python at your own risk).
 SCHEDULERS = {
     "ddpm": "DDPMScheduler",
     "ddim": "DDIMScheduler",
     "dpmsolver": "DPMSolverMultistepScheduler",
-    "euler": "EulerDiscreteScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
 
@@ -41,33 +42,66 @@ def load_pipeline(path_or_repo=None, scheduler=None):
     return pipe
 
 
+def writable(path, what="--out"):
+    """``path`` as a Path, unless it lies in the shipped model's folder: no command changes that (in a normal install
+    it is inside site-packages); regenerating it is benchmarks/make_default_model.sh's job."""
+    from . import DEFAULT_MODEL
+
+    resolved, shipped = Path(path).resolve(), Path(DEFAULT_MODEL).resolve()
+    if resolved == shipped or shipped in resolved.parents:
+        raise ValueError(f"{what} {path} is inside the shipped model's folder ({shipped}), which medgen never "
+                         f"changes: choose another {what} (e.g. the current directory).")
+    return Path(path)
+
+
+def is_shipped(path) -> bool:
+    from . import DEFAULT_MODEL
+
+    return path is None or Path(path).resolve() == Path(DEFAULT_MODEL).resolve()
+
+
 def resolve_steps(pipe, steps):
     """--steps, else the pipeline's saved default, else 1000 (DDPM)."""
     return steps or pipe.config.get("default_num_inference_steps") or 1000
 
 
+def split_counts(split, args):
+    """Per-class counts of the real ``split`` (None when not asked for)."""
+    from .data import class_counts
+
+    return None if split is None else class_counts(args.dataset, split, root=args.data_root)
+
+
 def cmd_sample(args):
-    from .export import export, infer_format, plan_labels, run_key
+    from .export import export, infer_format, run_key
+    from .generation import plan_labels
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
     fmt = infer_format(args.out, args.format)
+    writable(args.out)
     pipe = load_pipeline(args.pipeline, args.scheduler)
-    labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced, args.like_split,
-                         args.dataset, args.data_root, args.seed)
+    labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced,
+                         split_counts(args.like_split, args))
     print(export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps), args.guidance_scale,
                  args.seed, run_key(vars(args)), args.chunk_size))
 
 
 def cmd_evaluate(args):
-    from . import evaluation
+    import numpy as np
 
-    from . import DEFAULT_MODEL
+    from . import DEFAULT_MODEL, evaluation
 
     extractor = evaluation.InceptionFeatures(args.inception_weights)
+    shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
     source = Path(args.source)
-    generation = {"source": args.source}
+    # Default: next to a pipeline folder the user named (the card reads it there); otherwise -- generated images,
+    # a Hub id, the shipped model -- ./evaluation.json. Checked before any work is done.
+    own_folder = (source / "model_index.json").is_file() and not shipped
+    out = writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json"))
+    # No absolute path of this machine in a result that may be committed or pushed.
+    generation = {"source": "medgen_diffusers/pretrained/bloodmnist (shipped)" if shipped else args.source}
     if source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file()):
         from .data import class_names
 
@@ -78,25 +112,25 @@ def cmd_evaluate(args):
             images = images[: args.num_samples]
             labels = None if labels is None else labels[: args.num_samples]
     else:
+        from .generation import generate_images, plan_labels
+
         pipe = load_pipeline(args.source, args.scheduler)
-        num = args.num_samples or evaluation.RealFeatures(extractor, args.dataset, root=args.data_root).split(
-            args.split).images.shape[0]
-        labels = None
-        if pipe.config.class_names:  # same class mix as the real split, so class frequencies do not bias FID
-            labels = evaluation.labels_like_split(args.dataset, args.split, num, args.seed, args.data_root)
+        counts = split_counts(args.split, args)
+        num = args.num_samples or sum(counts)
+        # Same class mix as the real split, so class frequencies do not bias FID; exactly the images of
+        # `medgen sample --like-split SPLIT --num-images N --seed S` (generation.py is the one generation path).
+        labels = plan_labels(pipe.config.class_names, num, split_counts=counts if pipe.config.class_names else None)
         steps = resolve_steps(pipe, args.steps)
-        images = evaluation.generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed,
-                                            args.batch_size)
-        guided = labels is not None and (args.guidance_scale or 1.0) != 1.0
+        images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, args.chunk_size)
+        guided = labels is not None and (args.guidance_scale or 1.0) > 1.0  # the pipeline guides only above 1
         generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
                           seed=args.seed, nfe_per_image=steps * (2 if guided else 1),
                           timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
+    generation["images_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.num_real,
                                         protocols=args.protocols.split(","), floor=not args.no_floor,
                                         extractor=extractor, root=args.data_root, seed=args.seed, progress=True)
     result["generation"] = generation
-    out = Path(args.out) if args.out else (source / "evaluation.json" if (source / "model_index.json").is_file()
-                                           else Path("evaluation.json"))
     evaluation.write_json(result, out)
     print(evaluation.summary(result))
     print(f"wrote {out}")
@@ -107,7 +141,8 @@ def cmd_figures(args):
     from .figures import write_run_figures
 
     run_dir = args.run_dir or DEFAULT_MODEL
-    out_dir = args.out_dir or run_dir
+    # Default: the run's own folder; for the shipped model (read-only), the current directory.
+    out_dir = writable(args.out_dir or ("." if is_shipped(run_dir) else run_dir), "--out-dir")
     written = write_run_figures(run_dir, data_root=args.data_root, seed=args.seed, num_inference_steps=args.steps,
                                 out_dir=out_dir)
     print(f"wrote {', '.join(written)} to {out_dir}")
@@ -116,7 +151,7 @@ def cmd_figures(args):
 def cmd_card(args):
     from .model_card import write_card
 
-    path = write_card(args.pipeline_dir, repo_id=args.repo_id)
+    path = write_card(writable(args.pipeline_dir, "PIPELINE_DIR"), repo_id=args.repo_id)
     print(f"wrote {path}")
 
 
@@ -179,17 +214,19 @@ def build_parser():
                           help="Random subset of the real split (quick checks only; default: all of it).")
     evaluate.add_argument("--protocols", default="standard,seed", help="Comma-separated: standard, seed.")
     evaluate.add_argument("--no-floor", action="store_true", help="Skip the real-vs-real floor.")
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--chunk-size", type=int, default=256, help="Images generated per batch.")
     evaluate.add_argument("--inception-weights", default=None, help="FID Inception TorchScript file (optional).")
     evaluate.add_argument("--out", default=None,
-                          help="JSON path (default: PIPELINE/evaluation.json, else ./evaluation.json).")
+                          help="JSON path (default: PIPELINE/evaluation.json for your own pipeline folder, else "
+                               "./evaluation.json; never inside the shipped model).")
     add_generation_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     figures = commands.add_parser("figures", help="Figures of a training run (curves, progressive, classes).")
     figures.add_argument("run_dir", nargs="?", default=None,
                          help="Training output_dir or pipeline folder (default: the shipped BloodMNIST model).")
-    figures.add_argument("--out-dir", default=None, help="Where to write the PNGs (default: RUN_DIR).")
+    figures.add_argument("--out-dir", default=None,
+                         help="Where to write the PNGs (default: RUN_DIR; the current directory for the shipped model).")
     figures.add_argument("--steps", type=int, default=50, help="DDIM steps for the generated figures.")
     figures.add_argument("--seed", type=int, default=0)
     figures.add_argument("--data-root", default=None)

@@ -165,6 +165,13 @@ def load_medmnist_tensors(
     )
 
 
+def class_counts(flag: str = "bloodmnist", split: str = "train", size: int = 28,
+                 root: Optional[Union[str, os.PathLike]] = None) -> List[int]:
+    """Images per class of a split (for generating in its class mix)."""
+    data = load_medmnist_tensors(flag, split, size, root)
+    return torch.bincount(data.labels, minlength=len(data.class_names)).tolist()
+
+
 def load_medmnist(
     flag: str = "bloodmnist",
     split: str = "train",

@@ -3,7 +3,8 @@
 * **standard** -- clean-fid's "clean" protocol: each image resized to 299x299 with clean-fid's own PIL bicubic
   resizer (``build_resizer("clean")``), the 2048-d pool3 features of the FID Inception network (NVIDIA's
   TorchScript port of the 2015-12-05 TF weights), FID with clean-fid's ``fid_from_feats`` and KID with clean-fid's
-  ``kernel_distance`` (subsets of up to 1,000, mean +- std over 100 subsets).
+  estimator of ``kernel_distance`` on subsets of up to 1,000 (mean +- std over 100 subsets, sampled and spread as
+  torchmetrics' ``KernelInceptionDistance`` does).
 * **seed** -- the protocol of the reference notebook (torchmetrics ``FrechetInceptionDistance(feature=64)`` /
   ``KernelInceptionDistance(feature=64, subset_size=50)``): uint8 images resized to 299 with torch-fidelity's
   TF1-compatible bilinear resize, the same network's 64 channels after its first max-pool, averaged over space.
@@ -22,16 +23,18 @@ import json
 import os
 import time
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from cleanfid.fid import fid_from_feats, kernel_distance
+from cleanfid.fid import fid_from_feats
 from cleanfid.resize import build_resizer
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from .data import file_digest, load_medmnist_tensors
+from .data import class_counts, file_digest, load_medmnist_tensors
+from .generation import generate_images, labels_like_split
 
 PROTOCOLS = ("standard", "seed")
 # The reference notebook's reported numbers (torchmetrics, 64-d features, contaminated real statistics).
@@ -196,20 +199,37 @@ def fid(real_features: np.ndarray, fake_features: np.ndarray) -> float:
 
 
 def kid(real_features: np.ndarray, fake_features: np.ndarray, subset_size: int = 1000, num_subsets: int = 100,
-        seed: int = 0) -> Dict[str, float]:
-    """KID mean and std over ``num_subsets`` random subsets, each scored by clean-fid's ``kernel_distance``.
+        seed: int = 0) -> Dict[str, Optional[float]]:
+    """KID mean and spread over ``num_subsets`` random subsets, the way torchmetrics' ``KernelInceptionDistance``
+    computes it: each subset pairs ``subset_size`` real and ``subset_size`` generated features drawn with
+    ``torch.randperm`` (torch generator seeded with ``seed``), scored with the unbiased polynomial-kernel MMD (the
+    estimator of clean-fid's ``kernel_distance``); the spread is ``std(unbiased=False)``, torchmetrics' ``kid_std``.
 
-    clean-fid returns only the mean, so it is called once per subset (same estimator, same sampling); the mean of
-    those values is exactly what ``kernel_distance(num_subsets=num_subsets)`` returns for the same RNG state.
+    When a set is smaller than ``subset_size``, the subset is that whole set (as clean-fid does); when both are, every
+    subset is the same and one is computed, with no spread (``std`` None): it would mean nothing.
     """
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        values = np.array([kernel_distance(real_features, fake_features, num_subsets=1, max_subset_size=subset_size)
-                           for _ in range(num_subsets)])
-    finally:
-        np.random.set_state(state)
-    return {"mean": float(values.mean()), "std": float(values.std(ddof=1))}
+    real = torch.from_numpy(np.asarray(real_features, dtype=np.float64))
+    fake = torch.from_numpy(np.asarray(fake_features, dtype=np.float64))
+    size = min(subset_size, len(real), len(fake))
+    if size < 2:
+        raise EvaluationError(f"KID needs at least 2 images on each side; got {len(real)} real, {len(fake)} generated.")
+    whole = size == len(real) == len(fake)
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(1 if whole else num_subsets):
+        x = real[torch.randperm(len(real), generator=generator)[:size]]
+        y = fake[torch.randperm(len(fake), generator=generator)[:size]]
+        values.append(_polynomial_mmd(x, y))
+    values = torch.stack(values)
+    return {"mean": float(values.mean()), "std": None if whole else float(values.std(unbiased=False))}
+
+
+def _polynomial_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Unbiased MMD^2 with the kernel k(a, b) = (a.b / d + 1)^3 (Binkowski et al. 2018; clean-fid, torchmetrics)."""
+    d, m = x.shape[1], x.shape[0]
+    k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    within = (k_xx.sum() - k_xx.diagonal().sum() + k_yy.sum() - k_yy.diagonal().sum()) / (m * (m - 1))
+    return within - 2 * k_xy.sum() / m**2
 
 
 def scores(real: Dict[str, np.ndarray], fake: Dict[str, np.ndarray], seed: int = 0,
@@ -347,49 +367,14 @@ def evaluate_images(
                          standard_fid=False),
             }
     result["seed_reference"] = dict(SEED_REFERENCE)
-    result["inception"] = {"path": str(extractor.path), "sha256": extractor.sha256}
+    # The file's name and checksum identify the network; a local path would leak into committed/pushed results.
+    result["inception"] = {"file": extractor.path.name, "sha256": extractor.sha256}
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     return result
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Generated images from a pipeline, an npz or a folder
-
-def generate_images(pipe, num_images: int, labels: Optional[np.ndarray] = None, num_inference_steps: int = 20,
-                    guidance_scale: Optional[float] = None, seed: int = 0, batch_size: int = 256,
-                    progress: bool = True) -> np.ndarray:
-    """uint8 (N, H, W, 3) images, generated in batches from one seeded generator (same seed -> same images)."""
-    generator = torch.Generator(device="cpu").manual_seed(seed)
-    out = []
-    pipe.set_progress_bar_config(disable=True)
-    starts = _batches(num_images, batch_size, progress, "generating")
-    for start in starts:
-        count = min(batch_size, num_images - start)
-        kwargs = {}
-        if labels is not None:
-            kwargs["class_labels"] = [int(label) for label in labels[start:start + count]]
-            if guidance_scale is not None:
-                kwargs["guidance_scale"] = guidance_scale
-        batch = pipe(batch_size=count, num_inference_steps=num_inference_steps, generator=generator,
-                     output_type="np", **kwargs).images
-        out.append(to_uint8(batch))
-    return np.concatenate(out)
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """[0, 1] floats to uint8 exactly as diffusers' ``numpy_to_pil`` (so saved PNGs and evaluated arrays agree)."""
-    return (np.asarray(images) * 255).round().astype(np.uint8)
-
-
-def labels_like_split(dataset: str, split: str, num: int, seed: int = 0, root: Optional[str] = None) -> np.ndarray:
-    """``num`` class indices with the split's class frequencies (largest remainder), in a seeded random order."""
-    counts = np.bincount(load_medmnist_tensors(dataset, split, root=root).labels.numpy())
-    exact = counts / counts.sum() * num
-    per_class = np.floor(exact).astype(int)
-    per_class[np.argsort(per_class - exact)[: num - per_class.sum()]] += 1
-    labels = np.repeat(np.arange(len(counts)), per_class)
-    return np.random.default_rng(seed).permutation(labels)
-
+# Generated images from an npz or a folder (from a pipeline: medgen_diffusers.generation)
 
 def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] = None):
     """(images uint8 NHWC, labels or None) from an npz (MedMNIST keys ``*_images``/``*_labels``, or ``images``) or a
@@ -398,6 +383,9 @@ def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] 
 
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
+        if not zipfile.is_zipfile(path):
+            raise EvaluationError(f"{path} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes): pass "
+                                  "a MedMNIST-style npz with '*_images' arrays, a folder of PNGs, or a pipeline.")
         with np.load(path) as data:
             keys = [k for k in data.files if k.endswith("images")]
             if not keys:
@@ -419,7 +407,8 @@ def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] 
         if class_names is not None and all(f.parent.name in class_names for f in files):
             labels = np.array([class_names.index(f.parent.name) for f in files])
         return np.stack(images), labels
-    raise EvaluationError(f"{path} is neither an .npz file nor a folder of images.")
+    raise EvaluationError(f"{path} is neither an .npz file nor a folder of images: pass generated images as a "
+                          "MedMNIST-style .npz or a folder of PNGs, or a pipeline folder / Hub repo id.")
 
 
 def write_json(result: Dict, path: Union[str, os.PathLike]) -> None:
@@ -438,7 +427,7 @@ class TrainingEvaluator:
         reals = RealFeatures(self.extractor, dataset, size, root)
         self.real = {"train": reals.get("train", "standard", num=num_samples, seed=seed)[0],
                      "val": reals.get("val", "standard", num=num_val, seed=seed)[0]}
-        self.labels = labels_like_split(dataset, "train", num_samples, seed, root)
+        self.labels = labels_like_split(class_counts(dataset, "train", size, root), num_samples)
         self.num_samples, self.num_inference_steps, self.seed = num_samples, num_inference_steps, seed
 
     def __call__(self, pipe) -> Dict[str, float]:
@@ -448,13 +437,17 @@ class TrainingEvaluator:
                           pipe.config.class_names)
         labels = self.labels if pipe.config.class_names else None
         images = generate_images(fast, self.num_samples, labels, self.num_inference_steps, seed=self.seed,
-                                 progress=False)
+                                 progress=False)  # the same images `medgen sample` would write
         fake = self.extractor.standard(images)
         logs = {}
         for split, real in self.real.items():
             logs[f"eval/fid_{split}"] = fid(real, fake)
             logs[f"eval/kid_{split}"] = kid(real, fake, seed=self.seed)["mean"]
         return logs
+
+
+def _spread(std: Optional[float], digits: int) -> str:
+    return "" if std is None else f" +- {std:.{digits}f}"
 
 
 def summary(result: Dict) -> str:
@@ -464,10 +457,10 @@ def summary(result: Dict) -> str:
         parts = []
         if "standard" in block:
             s = block["standard"]
-            parts.append(f"FID {s['fid']:.3f}  KID {s['kid']:.5f} +- {s['kid_std']:.5f}")
+            parts.append(f"FID {s['fid']:.3f}  KID {s['kid']:.5f}{_spread(s['kid_std'], 5)}")
         if "seed" in block:
             s = block["seed"]
-            parts.append(f"FID64 {s['fid64']:.3f}  KID64 {s['kid64']:.3f} +- {s['kid64_std']:.3f}")
+            parts.append(f"FID64 {s['fid64']:.3f}  KID64 {s['kid64']:.3f}{_spread(s['kid64_std'], 3)}")
         if parts:
             lines.append(f"  {name:<22} " + " | ".join(parts))
     ref = result.get("seed_reference", SEED_REFERENCE)

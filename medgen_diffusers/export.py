@@ -1,8 +1,9 @@
 """Synthetic datasets from a pipeline: MedMNIST-layout npz, a folder per class, or a saved ``datasets.Dataset``.
 
 Images are generated in chunks that are written as they finish (``OUT.parts/``), so memory stays at one chunk and
-a killed run continues where it stopped when rerun with the same arguments. Every chunk has its own generator
-seeded from (seed, chunk index): the result is byte-identical however often the run was interrupted.
+a killed run continues where it stopped when rerun with the same arguments. Images come from
+:mod:`medgen_diffusers.generation` (one generator per image): the result is byte-identical however often the run
+was interrupted.
 """
 
 import hashlib
@@ -10,10 +11,11 @@ import json
 import shutil
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Tuple
 
 import numpy as np
-import torch
+
+from .generation import DEFAULT_CHUNK_SIZE, chunk_ranges, iter_chunks
 
 FORMATS = ("npz", "folder", "datasets", "grid")
 # Fixed zip timestamps: the same images give the same npz bytes.
@@ -38,83 +40,28 @@ def infer_format(out: str, fmt: Optional[str]) -> str:
                       f"--format ({', '.join(FORMATS)}).")
 
 
-def plan_labels(class_names: Optional[Sequence[str]], num_images: int, class_name=None, balanced: bool = False,
-                like_split: Optional[str] = None, dataset: str = "bloodmnist", data_root=None,
-                seed: int = 0) -> Optional[np.ndarray]:
-    """The class index of every image to generate (None for an unconditional pipeline)."""
-    chosen = sum(x is not None and x is not False for x in (class_name, balanced or None, like_split))
-    if chosen > 1:
-        raise ExportError("Pass at most one of --class, --balanced and --like-split.")
-    if not class_names:
-        if chosen:
-            raise ExportError("This pipeline is unconditional: --class, --balanced and --like-split need a "
-                              "class-conditional one.")
-        return None
-    num_classes = len(class_names)
-    if class_name is not None:
-        if isinstance(class_name, str) and not class_name.isdigit():
-            matches = [i for i, name in enumerate(class_names) if name.lower().startswith(class_name.lower())]
-            if len(matches) != 1:
-                raise ExportError(f"--class {class_name!r} matches {len(matches)} classes; valid: "
-                                  f"{'; '.join(class_names)}.")
-            index = matches[0]
-        else:
-            index = int(class_name)
-            if not 0 <= index < num_classes:
-                raise ExportError(f"--class {index} is out of range 0..{num_classes - 1}.")
-        return np.full(num_images, index, dtype=np.int64)
-    if like_split is not None:
-        from .evaluation import labels_like_split
-
-        return np.sort(labels_like_split(dataset, like_split, num_images, seed, data_root))
-    # --balanced, and the default for conditional pipelines: equal counts, the remainder to the first classes.
-    if balanced and num_images % num_classes:
-        raise ExportError(f"--balanced needs a multiple of {num_classes} images; got {num_images}.")
-    return np.arange(num_images, dtype=np.int64) * num_classes // num_images
-
-
-def chunk_ranges(num_images: int, chunk_size: int) -> List[Tuple[int, int]]:
-    return [(start, min(start + chunk_size, num_images)) for start in range(0, num_images, chunk_size)]
-
-
 def generate_chunks(pipe, labels: Optional[np.ndarray], num_images: int, parts_dir: Path, run_key: dict,
                     num_inference_steps: int, guidance_scale: Optional[float], seed: int,
-                    chunk_size: int = 256) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
-    """Yield (uint8 images NHWC, labels) per chunk, generating only chunks not already on disk."""
-    from tqdm.auto import tqdm
-
-    from .evaluation import to_uint8
-
+                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
+    """Yield (uint8 images NHWC, labels) per chunk, generating (with :mod:`.generation`) only the chunks that are not
+    already on disk."""
     parts_dir.mkdir(parents=True, exist_ok=True)
     manifest = parts_dir / "run.json"
     if manifest.is_file() and json.loads(manifest.read_text()) != run_key:
         raise ExportError(f"{parts_dir} holds chunks of a run with other arguments; delete it or rerun with the "
                           f"same arguments ({json.loads(manifest.read_text())}).")
     manifest.write_text(json.dumps(run_key, indent=2, sort_keys=True))
-    pipe.set_progress_bar_config(disable=True)
     ranges = chunk_ranges(num_images, chunk_size)
-    done = sum((parts_dir / f"chunk-{i:05d}.npz").is_file() for i in range(len(ranges)))
-    bar = tqdm(total=num_images, initial=sum(b - a for i, (a, b) in enumerate(ranges)
-                                             if (parts_dir / f"chunk-{i:05d}.npz").is_file()),
-               desc="generating", unit="img", disable=done == len(ranges))
+    chunk_path = lambda index: parts_dir / f"chunk-{index:05d}.npz"  # noqa: E731
+    missing = [index for index in range(len(ranges)) if not chunk_path(index).is_file()]
+    for index, images in iter_chunks(pipe, num_images, labels, num_inference_steps, guidance_scale, seed, chunk_size,
+                                     progress=bool(missing), chunks=missing):
+        tmp = chunk_path(index).with_name(f"chunk-{index:05d}.tmp.npz")
+        np.savez(tmp, images=images)
+        tmp.replace(chunk_path(index))  # atomic: an interrupted chunk is regenerated, never half-read
     for index, (start, stop) in enumerate(ranges):
-        path = parts_dir / f"chunk-{index:05d}.npz"
-        if not path.is_file():
-            generator = torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + index)
-            kwargs = {}
-            if labels is not None:
-                kwargs["class_labels"] = [int(x) for x in labels[start:stop]]
-                if guidance_scale is not None:
-                    kwargs["guidance_scale"] = guidance_scale
-            images = pipe(batch_size=stop - start, num_inference_steps=num_inference_steps, generator=generator,
-                          output_type="np", **kwargs).images
-            tmp = path.with_name(path.stem + ".tmp.npz")
-            np.savez(tmp, images=to_uint8(images))
-            tmp.replace(path)  # atomic: an interrupted chunk is regenerated, never half-read
-            bar.update(stop - start)
-        with np.load(path) as chunk:
+        with np.load(chunk_path(index)) as chunk:
             yield chunk["images"], None if labels is None else labels[start:stop]
-    bar.close()
 
 
 def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, blocks) -> None:
@@ -129,7 +76,7 @@ def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, block
 
 
 def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarray], num_inference_steps: int,
-           guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: int = 256) -> str:
+           guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
     """Generate and write; returns a one-line summary."""
     out_path = Path(out)
     parts = out_path.with_name(out_path.name + ".parts")

@@ -123,14 +123,15 @@ def eval_curves(metrics: List[dict], path) -> bool:
     return True
 
 
-def class_rows_figure(pipe, images_per_class: int, path, generator=None, **call_kwargs) -> None:
-    """One labelled row per class of a class-conditional pipeline."""
+def class_rows_figure(pipe, images_per_class: int, path, seed: int = 0, num_inference_steps=None) -> None:
+    """One labelled row per class of a class-conditional pipeline (the images `medgen sample --balanced` makes)."""
     import numpy as np
 
+    from .generation import generate_images, plan_labels
+
     names = list(pipe.config.class_names)
-    labels = [i for i in range(len(names)) for _ in range(images_per_class)]
-    images = pipe(batch_size=len(labels), class_labels=labels, generator=generator, output_type="np",
-                  **call_kwargs).images
+    labels = plan_labels(names, images_per_class * len(names), balanced=True)
+    images = generate_images(pipe, len(labels), labels, num_inference_steps, seed=seed, progress=False)
     plt, fig, (ax,) = _figure(width=images_per_class * 0.9 + 2.2, height=len(names) * 0.9)
     rows = [np.concatenate(list(images[r * images_per_class:(r + 1) * images_per_class]), axis=1)
             for r in range(len(names))]
@@ -209,7 +210,6 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     progressive_with_real(frames, real_images, out_dir / "progressive.png")
     written.append("progressive.png")
     if pipe.config.class_names:
-        class_rows_figure(pipe, 8, out_dir / "classes.png", generator=torch.Generator().manual_seed(seed),
-                          num_inference_steps=num_inference_steps)
+        class_rows_figure(pipe, 8, out_dir / "classes.png", seed=seed, num_inference_steps=num_inference_steps)
         written.append("classes.png")
     return written

@@ -1,16 +1,18 @@
 """Push a saved pipeline to the Hugging Face Hub in one commit (pull is plain ``from_pretrained(repo_id)``)."""
 
-import fnmatch
 from pathlib import Path
 from typing import List, Optional
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import filter_repo_objects
 
-# What a pipeline folder sends: weights (safetensors only), configs, the pipeline source, card and figures.
-PUSH_PATTERNS = ["*.json", "*.safetensors", "*.py", "README.md", "*.png"]
-# Never sent: training state and logs (checkpoint-*/ holds optimizer state and pickles).
-SKIP_DIRS = ("checkpoint-", "logs", "samples", ".")
+# What a pipeline folder sends: weights (safetensors only), configs, the pipeline source, card and figures
+# (samples.png, which the card shows, included). huggingface_hub's own pattern rules, as upload_folder applies them.
+ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.py", "README.md", "*.png"]
+# Never sent: training state and logs (checkpoint-*/ holds optimizer state and pickles), the per-step sample grids
+# under samples/, an unfinished checkpoint, hidden files.
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", "logs/*", "samples/*", ".*", "*/.*"]
 
 
 class HubError(RuntimeError):
@@ -26,14 +28,9 @@ def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
         raise FileNotFoundError(f"{folder} has no model card: run `medgen card {folder}` first.")
     if any(folder.rglob("*.bin")) and not any(folder.rglob("*.safetensors")):
         raise ValueError(f"{folder} holds .bin weights only; re-save it with save_pretrained (safetensors).")
-    operations = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder)
-        if relative.parts[0].startswith(SKIP_DIRS) or not any(fnmatch.fnmatch(path.name, pattern)
-                                                              for pattern in PUSH_PATTERNS):
-            continue
-        operations.append(CommitOperationAdd(path_in_repo=relative.as_posix(), path_or_fileobj=str(path)))
-    return operations
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
+            for name in filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS)]
 
 
 def push_pipeline(pipeline_dir, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:

@@ -65,7 +65,27 @@ def test_standard_fid_and_kid_equal_cleanfid_on_folders(inception, real_sets, tm
     reference_kid = kernel_distance(feats_test, feats_train, num_subsets=100)
     ours = evaluation.kid(ours_test, ours_train, subset_size=1000, num_subsets=100, seed=0)
     assert abs(ours["mean"] - reference_kid) <= 1e-4 * abs(reference_kid) + 1e-9
-    assert ours["std"] >= 0
+    assert ours["std"] is None  # both sets are smaller than a subset: every subset is the whole set, no spread
+
+
+def test_kid_equals_torchmetrics_on_the_same_features():
+    """Subsets, estimator and spread exactly as torchmetrics' KernelInceptionDistance (std with unbiased=False)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    class Given(torch.nn.Module):  # the "images" are the features themselves
+        def forward(self, x):
+            return x
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(120, 16)), rng.normal(0.3, 1.1, size=(90, 16))
+    metric = KernelInceptionDistance(feature=Given(), subsets=30, subset_size=50)
+    metric.update(torch.from_numpy(real), real=True)
+    metric.update(torch.from_numpy(fake), real=False)
+    torch.manual_seed(7)
+    reference_mean, reference_std = (float(x) for x in metric.compute())
+    ours = evaluation.kid(real, fake, subset_size=50, num_subsets=30, seed=7)
+    assert abs(ours["mean"] - reference_mean) < 1e-10 and abs(ours["std"] - reference_std) < 1e-12
+    assert ours["std"] > 1e-4  # distinct subsets: a real spread
 
 
 def test_seed_protocol_fid_equals_torchmetrics(inception, real_sets):

@@ -73,6 +73,7 @@ def test_classifier_free_guidance_changes_the_images(conditional_pipe):
         (dict(batch_size=0), "batch_size"),
         (dict(num_inference_steps=0), "num_inference_steps"),
         (dict(output_type="tensor"), "output_type"),
+        (dict(class_labels=[[0, 1]]), "ints or class names"),
         (dict(class_labels=8), "out of range"),
         (dict(class_labels=-1), "out of range"),
         (dict(class_labels="red cell"), "Unknown class name"),
@@ -222,3 +223,42 @@ def test_batch_size_follows_the_given_latents(unconditional_pipe):
     latents = torch.randn(3, 3, 28, 28, generator=torch.Generator().manual_seed(0))
     images = unconditional_pipe(latents=latents, num_inference_steps=2, output_type="np").images
     assert images.shape == (3, 28, 28, 3)
+
+
+# diffusers' shared pipeline conventions -----------------------------------------------------------------------------
+def test_latent_output_is_the_unclamped_model_range_x0(conditional_pipe):
+    kwargs = dict(class_labels=[1, 6], num_inference_steps=4)
+    latent = conditional_pipe(generator=seeded(), output_type="latent", **kwargs).images
+    pt = conditional_pipe(generator=seeded(), output_type="pt", **kwargs).images
+    assert latent.shape == (2, 3, 28, 28) and latent.min() < 0  # model range [-1, 1], not [0, 1]
+    torch.testing.assert_close((latent / 2 + 0.5).clamp(0, 1), pt)
+
+
+def test_callback_reads_call_state_and_turns_guidance_off_mid_run(conditional_pipe):
+    unet_batches, seen = [], []
+    hook = conditional_pipe.unet.register_forward_hook(lambda module, args, out: unet_batches.append(len(args[0])))
+
+    def guidance_off_after_two(pipe, step_index, timestep, callback_kwargs):
+        seen.append((pipe.num_timesteps, pipe.guidance_scale, pipe.do_classifier_free_guidance))
+        if step_index == 1:
+            pipe._guidance_scale = 1.0
+        return callback_kwargs
+
+    kwargs = dict(class_labels=[2, 5], num_inference_steps=5, output_type="np")
+    switched = conditional_pipe(generator=seeded(), guidance_scale=3.0, callback_on_step_end=guidance_off_after_two,
+                                **kwargs).images
+    hook.remove()
+    assert seen[:2] == [(5, 3.0, True)] * 2 and seen[2:] == [(5, 1.0, False)] * 3
+    assert unet_batches == [4, 4, 2, 2, 2]  # (conditional, null) pairs only while guiding
+    always = conditional_pipe(generator=seeded(), guidance_scale=3.0, **kwargs).images
+    never = conditional_pipe(generator=seeded(), **kwargs).images
+    assert not np.allclose(switched, always) and not np.allclose(switched, never)
+
+
+def test_batched_one_label_lists_and_neutral_guidance(conditional_pipe, unconditional_pipe):
+    kwargs = dict(num_inference_steps=3, output_type="np")
+    nested = conditional_pipe(class_labels=[[1], [7], ["platelet"]], generator=seeded(), **kwargs).images
+    flat = conditional_pipe(class_labels=[1, 7, 7], generator=seeded(), **kwargs).images
+    np.testing.assert_array_equal(nested, flat)
+    neutral = unconditional_pipe(batch_size=2, guidance_scale=1.0, generator=seeded(), **kwargs).images
+    np.testing.assert_array_equal(neutral, unconditional_pipe(batch_size=2, generator=seeded(), **kwargs).images)

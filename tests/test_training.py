@@ -107,3 +107,57 @@ def test_two_cpu_processes_stay_in_sync_and_only_rank0_writes(tmp_path, data_roo
         p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and "logs" not in p.parts
         and not p.parts[len(d.parts)].startswith("checkpoint-"))
     assert outside_checkpoints(double) == outside_checkpoints(single)
+
+
+def sha_tree(folder):
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sigkill_at_random_moments_then_resume_ends_exactly(tmp_path, data_root):
+    """Kill -9 while training runs (mid-step or mid-save, wherever it falls), resume with `latest` each time: the
+    run ends at exactly --max_train_steps with the losses of an uninterrupted run, and never resumes a torn
+    checkpoint (verify_checkpoint would stop it). Then a truncated checkpoint file is refused by name."""
+    import random
+
+    args = [*SHORT, "--max_train_steps", "24", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3"]
+    reference = tmp_path / "reference"
+    run_training(reference, data_root, *args)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "train_unconditional.py"), "--output_dir", str(killed), "--data_root",
+           str(data_root), "--model_preset", "tiny", *args, "--resume_from_checkpoint", "latest"]
+    rng = random.Random(0)
+    metrics = killed / "metrics.jsonl"
+    steps_before = 0
+    for _ in range(3):
+        process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        # Training is under way once a new step is logged; then a random moment of the next ~0.5 s.
+        while process.poll() is None and time.time() < deadline and (
+                not metrics.exists() or len(metrics.read_text().splitlines()) <= steps_before):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (killed / "model_index.json").exists(), "the run finished before it could be killed"
+        steps_before = len(metrics.read_text().splitlines())
+    run_training(killed, data_root, *args, "--resume_from_checkpoint", "latest")
+    assert json.loads((killed / "train_summary.json").read_text())["global_step"] == 24
+    assert not list(killed.glob("checkpoint-*.tmp"))
+    expected, resumed = read_metrics(reference), read_metrics(killed)
+    assert [m["step"] for m in resumed] == list(range(1, 25))
+    assert [m["loss"] for m in resumed] == [m["loss"] for m in expected]
+    final_ref = BloodMNISTPipeline.from_pretrained(reference).unet.state_dict()
+    final_res = BloodMNISTPipeline.from_pretrained(killed).unet.state_dict()
+    assert all(torch.equal(final_ref[k], final_res[k]) for k in final_ref)
+
+    # A checkpoint file truncated after the fact: one clear error naming it, nothing changed, no silent restart.
+    broken = killed / "checkpoint-24" / "unet_ema" / "diffusion_pytorch_model.safetensors"
+    broken.write_bytes(broken.read_bytes()[:1000])
+    before = sha_tree(killed)
+    result = run_training(killed, data_root, *args, "--max_train_steps", "26", "--resume_from_checkpoint", "latest",
+                          check=False)
+    assert result.returncode != 0 and f"Checkpoint file {broken} is corrupt" in result.stderr, result.stderr[-2000:]
+    assert sha_tree(killed) == before

@@ -17,11 +17,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
+from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
 
 PIPELINE_FILE = "pipeline_bloodmnist.py"
 PIPELINE_CLASS = "BloodMNISTPipeline"
+# MedMNIST's BloodMNIST classes, in label order: the default names of an 8-class conditional UNet.
+BLOODMNIST_CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocytes(myelocytes, metamyelocytes and "
+                      "promyelocytes)", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 ClassLabel = Union[int, str]
+logger = logging.get_logger(__name__)
 
 
 class BloodMNISTPipeline(DiffusionPipeline):
@@ -36,7 +42,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
             Any diffusers scheduler, e.g. [`DDPMScheduler`] (default), [`DDIMScheduler`] or
             [`DPMSolverMultistepScheduler`]; swap with `X.from_config(pipe.scheduler.config)`.
         class_names (`List[str]`, *optional*):
-            Names of the classes, in label order. Required for a class-conditional `unet`.
+            Names of the classes, in label order (saved in `model_index.json`). Default for a class-conditional
+            `unet`: BloodMNIST's eight names when it has 8 classes, otherwise `class_0` ... `class_{K-1}`.
         default_num_inference_steps (`int`, *optional*):
             Steps used when a call does not pass `num_inference_steps` (saved in `model_index.json`). Unset: 1000,
             which suits [`DDPMScheduler`]; a pipeline saved with a fast solver stores its own (e.g. 20).
@@ -50,7 +57,11 @@ class BloodMNISTPipeline(DiffusionPipeline):
         super().__init__()
         num_class_embeds = unet.config.num_class_embeds
         if num_class_embeds is not None:
-            if class_names is None or len(class_names) + 1 != num_class_embeds:
+            if class_names is None:  # built from the registered modules alone, as diffusers pipelines are
+                num_classes = num_class_embeds - 1
+                class_names = (BLOODMNIST_CLASSES if num_classes == len(BLOODMNIST_CLASSES)
+                               else [f"class_{i}" for i in range(num_classes)])
+            if len(class_names) + 1 != num_class_embeds:
                 raise ValueError(
                     f"The UNet has {num_class_embeds} class embeddings, so it needs {num_class_embeds - 1} "
                     f"class_names (the last embedding is the null class for guidance); got {class_names!r}."
@@ -60,6 +71,20 @@ class BloodMNISTPipeline(DiffusionPipeline):
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(class_names=list(class_names) if class_names is not None else None,
                                 default_num_inference_steps=default_num_inference_steps)
+
+    # diffusers' call-state properties: a `callback_on_step_end` may read them, and may change guidance mid-run by
+    # setting `pipe._guidance_scale` (e.g. to 0.0: plain conditional steps from then on).
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self.is_conditional and self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
 
     @property
     def is_conditional(self) -> bool:
@@ -96,21 +121,24 @@ class BloodMNISTPipeline(DiffusionPipeline):
             return torch.arange(batch_size) % self.num_classes
         if not isinstance(class_labels, (list, tuple)):
             class_labels = [class_labels] * batch_size
+        # A batch of one-label lists ([[3], [7]]), as diffusers' batched inputs and DiTPipeline allow.
+        class_labels = [label[0] if isinstance(label, (list, tuple)) and len(label) == 1 else label
+                        for label in class_labels]
         ids = [self.label_to_id(label) for label in class_labels]
         if len(ids) != batch_size:
             raise ValueError(f"Got {len(ids)} class_labels for batch_size={batch_size}; pass one label per image.")
         return torch.tensor(ids, dtype=torch.long)
 
-    def _predict(self, latents, t, class_ids, guidance_scale):
+    def _predict(self, latents, t, class_ids):
         if class_ids is None:
             return self.unet(latents, t).sample
-        if guidance_scale == 1.0:
+        if not self.do_classifier_free_guidance:
             return self.unet(latents, t, class_labels=class_ids).sample
         # Classifier-free guidance: one batched pass over (conditional, null-class) inputs.
         null_ids = torch.full_like(class_ids, self.num_classes)
         both = self.unet(torch.cat([latents, latents]), t, class_labels=torch.cat([class_ids, null_ids])).sample
         cond, uncond = both.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        return uncond + self._guidance_scale * (cond - uncond)
 
     @torch.no_grad()
     def __call__(
@@ -136,8 +164,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
                 image (one label is repeated for the batch). Conditional models only; `None` cycles through the
                 classes, giving a balanced batch.
             guidance_scale (`float`, *optional*): classifier-free guidance weight `w` in
-                `eps = eps_null + w * (eps_class - eps_null)`; 1.0 (the default) is plain conditional sampling.
-                Conditional models only.
+                `eps = eps_null + w * (eps_class - eps_null)`, used when `w > 1` (diffusers' convention); 1.0 (the
+                default) and below are plain conditional sampling. Values other than 1.0 need a conditional model.
             num_inference_steps (`int`, *optional*): denoising steps; defaults to the pipeline's
                 `default_num_inference_steps`, else 1000 (right for [`DDPMScheduler`]; use ~20 with
                 [`DPMSolverMultistepScheduler`] or ~50 with [`DDIMScheduler`]).
@@ -145,7 +173,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
             latents (`torch.Tensor`, *optional*): the starting noise x_T, shape (batch, C, H, W); drawn from
                 `generator` when omitted.
             output_type (`str`, defaults to `"pil"`): `"pil"` (list of `PIL.Image`), `"np"` (float array
-                (B, H, W, C) in [0, 1]) or `"pt"` (float tensor (B, C, H, W) in [0, 1]).
+                (B, H, W, C) in [0, 1]), `"pt"` (float tensor (B, C, H, W) in [0, 1]) or `"latent"` (the final
+                x_0 as the model produced it, (B, C, H, W) in the model's [-1, 1] range, not clamped).
             return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step_index, timestep,
                 callback_kwargs)` after every step, with `callback_kwargs["latents"]` holding x_t. This is how to
@@ -162,16 +191,20 @@ class BloodMNISTPipeline(DiffusionPipeline):
             num_inference_steps = self.config.get("default_num_inference_steps") or 1000
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"Unknown output_type {output_type!r}: use 'pil', 'np' or 'pt'.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"Unknown output_type {output_type!r}: use one of {', '.join(OUTPUT_TYPES)}.")
         unknown_inputs = set(callback_on_step_end_tensor_inputs) - set(self._callback_tensor_inputs)
         if unknown_inputs:
             raise ValueError(f"callback_on_step_end_tensor_inputs may only hold {self._callback_tensor_inputs}.")
-        if guidance_scale is not None and not self.is_conditional:
+        guidance_scale = 1.0 if guidance_scale is None else float(guidance_scale)
+        if guidance_scale != 1.0 and not self.is_conditional:
             raise ValueError(
                 "guidance_scale needs a class-conditional UNet; this one is unconditional: remove guidance_scale."
             )
-        guidance_scale = 1.0 if guidance_scale is None else float(guidance_scale)
+        self._guidance_scale = guidance_scale
+        if "thresholding" not in inspect.signature(type(self.scheduler).__init__).parameters:
+            logger.warning(f"{type(self.scheduler).__name__} does not clamp its x0 estimate (no `thresholding`): "
+                           "fast samplers can drift out of the image range. DDPM, DDIM, DPM-Solver++ and UniPC can.")
         if isinstance(class_labels, torch.Tensor):
             class_labels = class_labels.flatten().tolist()
         if isinstance(class_labels, (list, tuple)) and batch_size == 1 and len(class_labels) > 0:
@@ -180,28 +213,34 @@ class BloodMNISTPipeline(DiffusionPipeline):
             batch_size = latents.shape[0]  # the batch is given by the starting noise
 
         class_ids = self._class_ids(class_labels, batch_size)
+        # _execution_device, not device: with enable_model_cpu_offload() the UNet waits on the CPU between calls.
+        device = self._execution_device
         shape = (batch_size, self.unet.config.in_channels, *(2 * [self.unet.config.sample_size]))
         if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape}; got {tuple(latents.shape)}.")
-        latents = latents.to(device=self.device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        latents = latents.to(device=device, dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
         if class_ids is not None:
-            class_ids = class_ids.to(self.device)
+            class_ids = class_ids.to(device)
 
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._num_timesteps = len(self.scheduler.timesteps)
         # Stochastic schedulers (DDPM, DDIM with eta > 0) take the generator; deterministic ones refuse it.
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
         for step_index, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(latents, t)
-            model_output = self._predict(model_input, t, class_ids, guidance_scale)
+            model_output = self._predict(model_input, t, class_ids)
             latents = self.scheduler.step(model_output, t, latents, **step_kwargs).prev_sample
             if callback_on_step_end is not None:
                 callback_outputs = callback_on_step_end(self, step_index, t, {"latents": latents}) or {}
                 latents = callback_outputs.pop("latents", latents)
 
-        images = (latents / 2 + 0.5).clamp(0, 1)
-        if output_type != "pt":
+        if output_type == "latent":
+            images = latents
+        else:
+            images = (latents / 2 + 0.5).clamp(0, 1)
+        if output_type in ("np", "pil"):
             images = images.cpu().permute(0, 2, 3, 1).float().numpy()
             if output_type == "pil":
                 images = self.numpy_to_pil(images)
@@ -213,6 +252,11 @@ class BloodMNISTPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
         """Save as diffusers does (safetensors), plus this source file so that the folder loads anywhere with
         `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`."""
+        if kwargs.get("push_to_hub"):
+            # diffusers uploads inside its save_pretrained, before this file is copied and `_class_name` rewritten:
+            # the pushed repo would not load. Save, then push the folder in one commit.
+            raise ValueError("save_pretrained(push_to_hub=True) would publish a pipeline that cannot be loaded: call "
+                             "save_pretrained(folder), then `medgen push folder REPO_ID` (or upload the folder).")
         kwargs["safe_serialization"] = True
         super().save_pretrained(save_directory, **kwargs)
         shutil.copyfile(os.path.abspath(__file__), os.path.join(save_directory, PIPELINE_FILE))
@@ -233,6 +277,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
             except ImportError:
                 raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
             pretrained_model_name_or_path = DEFAULT_MODEL
+        if os.path.isdir(pretrained_model_name_or_path):
+            _check_saved_files(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
@@ -243,3 +289,24 @@ class BloodMNISTPipeline(DiffusionPipeline):
         if config.get("_class_name") == [PIPELINE_FILE[: -len(".py")], PIPELINE_CLASS]:
             config["_class_name"] = cls.__name__
         return config
+
+
+def _check_saved_files(folder: Union[str, os.PathLike]) -> None:
+    """One clear error naming the broken file of a saved pipeline (truncated or corrupt JSON or safetensors), before
+    diffusers reports it in its own terms. Reads only; never changes the folder."""
+    from safetensors import safe_open
+
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            try:
+                if name.endswith(".json"):
+                    with open(path, encoding="utf-8") as f:
+                        json.load(f)
+                elif name.endswith(".safetensors"):
+                    with safe_open(path, framework="pt") as f:
+                        for key in f.keys():  # reading every tensor finds a truncated data section too
+                            f.get_slice(key)[:]
+            except Exception as error:  # noqa: BLE001 - json, OS and safetensors errors all mean the same here
+                raise ValueError(f"{path} is corrupt or truncated ({type(error).__name__}: {error}). Restore it from "
+                                 "the original (re-download or re-save the pipeline); nothing was changed.") from None

@@ -1,0 +1,138 @@
+"""The one way images are generated from a pipeline: ``medgen sample``, ``medgen evaluate``, training-time
+evaluation, figures and the audit all call :func:`generate_chunk` (directly or through :func:`generate_images`).
+
+* **Labels** come from :func:`plan_labels` (one class, balanced, or a real split's class mix, sorted by class).
+* **Seeding** is per image: image ``i`` of a run with seed ``s`` draws all its noise from its own generator, seeded
+  from ``numpy.random.SeedSequence([s, i])`` (torch's CPU generator keeps only 32 bits of a seed, so a plain
+  ``s * 2**32 + i`` would give every seed the same images). An image therefore does not depend on which other images are generated with it, on
+  resuming, or on how the work is split between processes.
+* **Chunking** is fixed by ``chunk_size`` (images ``[k * chunk_size, (k + 1) * chunk_size)`` form chunk ``k``), so
+  batches -- and hence every floating-point operation -- are the same however the chunks are scheduled.
+* **Device**: the pipeline's own (move it first); noise is drawn on the CPU, so a seed gives the same starting noise
+  on every device.
+"""
+
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+DEFAULT_CHUNK_SIZE = 256
+
+
+class GenerationError(ValueError):
+    """A bad generation request: says what is wrong and how to fix it."""
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to uint8 exactly as diffusers' ``numpy_to_pil`` (so saved PNGs and evaluated arrays agree)."""
+    return (np.asarray(images) * 255).round().astype(np.uint8)
+
+
+def image_generators(seed: int, start: int, stop: int) -> List[torch.Generator]:
+    """One CPU generator per image index in ``[start, stop)``."""
+    if seed < 0:
+        raise GenerationError(f"seed must be >= 0; got {seed}.")
+    return [torch.Generator(device="cpu").manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+            for index in range(start, stop)]
+
+
+def chunk_ranges(num_images: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> List[Tuple[int, int]]:
+    if chunk_size < 1:
+        raise GenerationError(f"chunk size must be >= 1; got {chunk_size}.")
+    return [(start, min(start + chunk_size, num_images)) for start in range(0, num_images, chunk_size)]
+
+
+def generate_chunk(pipe, start: int, stop: int, labels: Optional[np.ndarray] = None,
+                   num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
+                   seed: int = 0) -> np.ndarray:
+    """uint8 (stop - start, H, W, C) images number ``start`` ... ``stop - 1`` of the run."""
+    kwargs = {}
+    if labels is not None:
+        kwargs["class_labels"] = [int(label) for label in labels[start:stop]]
+        if guidance_scale is not None:
+            kwargs["guidance_scale"] = guidance_scale
+    elif guidance_scale not in (None, 1.0):
+        raise GenerationError("guidance needs class labels (a class-conditional pipeline).")
+    steps = num_inference_steps or pipe.config.get("default_num_inference_steps") or 1000
+    images = pipe(batch_size=stop - start, num_inference_steps=steps, generator=image_generators(seed, start, stop),
+                  output_type="np", **kwargs).images
+    return to_uint8(images)
+
+
+def generate_images(pipe, num_images: int, labels: Optional[np.ndarray] = None,
+                    num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: int = 0,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, progress: bool = True) -> np.ndarray:
+    """All ``num_images`` images in memory, uint8 (N, H, W, C); the same images ``medgen sample`` writes."""
+    return np.concatenate([images for _, images in iter_chunks(pipe, num_images, labels, num_inference_steps,
+                                                                guidance_scale, seed, chunk_size, progress)])
+
+
+def iter_chunks(pipe, num_images: int, labels: Optional[np.ndarray] = None, num_inference_steps: Optional[int] = None,
+                guidance_scale: Optional[float] = None, seed: int = 0, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                progress: bool = True, chunks: Optional[Sequence[int]] = None) -> Iterator[Tuple[int, np.ndarray]]:
+    """(chunk index, uint8 images) for every chunk, or only the chunk indices in ``chunks``."""
+    from tqdm.auto import tqdm
+
+    if num_images < 1:
+        raise GenerationError(f"number of images must be >= 1; got {num_images}.")
+    if labels is not None and len(labels) != num_images:
+        raise GenerationError(f"{len(labels)} labels for {num_images} images.")
+    ranges = chunk_ranges(num_images, chunk_size)
+    wanted = range(len(ranges)) if chunks is None else chunks
+    pipe.set_progress_bar_config(disable=True)
+    todo = sum(ranges[i][1] - ranges[i][0] for i in wanted)
+    bar = tqdm(total=num_images, initial=num_images - todo, desc="generating", unit="img", disable=not progress)
+    for index in wanted:
+        start, stop = ranges[index]
+        yield index, generate_chunk(pipe, start, stop, labels, num_inference_steps, guidance_scale, seed)
+        bar.update(stop - start)
+    bar.close()
+
+
+def labels_like_split(counts: Sequence[int], num: int) -> np.ndarray:
+    """``num`` class indices in proportion to ``counts`` (largest remainder), sorted by class."""
+    counts = np.asarray(counts, dtype=np.float64)
+    exact = counts / counts.sum() * num
+    per_class = np.floor(exact).astype(int)
+    per_class[np.argsort(per_class - exact, kind="stable")[: num - per_class.sum()]] += 1
+    return np.repeat(np.arange(len(counts)), per_class).astype(np.int64)
+
+
+def plan_labels(class_names: Optional[Sequence[str]], num_images: int, class_name=None, balanced: bool = False,
+                split_counts: Optional[Sequence[int]] = None) -> Optional[np.ndarray]:
+    """The class index of every image to generate, sorted by class (None for an unconditional pipeline).
+
+    ``class_name``: one class (name, unique prefix or index); ``balanced``: equal counts (N a multiple of the class
+    count); ``split_counts``: a real split's per-class counts; none of them: equal counts, the remainder to the
+    first classes.
+    """
+    chosen = sum(x is not None and x is not False for x in (class_name, balanced or None, split_counts))
+    if chosen > 1:
+        raise GenerationError("Pass at most one of --class, --balanced and --like-split.")
+    if not class_names:
+        if chosen:
+            raise GenerationError("This pipeline is unconditional: --class, --balanced and --like-split need a "
+                                  "class-conditional one.")
+        return None
+    num_classes = len(class_names)
+    if class_name is not None:
+        if isinstance(class_name, str) and not class_name.isdigit():
+            matches = [i for i, name in enumerate(class_names) if name.lower().startswith(class_name.lower())]
+            if len(matches) != 1:
+                raise GenerationError(f"--class {class_name!r} matches {len(matches)} classes; valid: "
+                                      f"{'; '.join(class_names)}.")
+            index = matches[0]
+        else:
+            index = int(class_name)
+            if not 0 <= index < num_classes:
+                raise GenerationError(f"--class {index} is out of range 0..{num_classes - 1}.")
+        return np.full(num_images, index, dtype=np.int64)
+    if split_counts is not None:
+        if len(split_counts) != num_classes:
+            raise GenerationError(f"The real split has {len(split_counts)} classes but the pipeline {num_classes}: "
+                                  "is this the right --dataset?")
+        return labels_like_split(split_counts, num_images)
+    if balanced and num_images % num_classes:
+        raise GenerationError(f"--balanced needs a multiple of {num_classes} images; got {num_images}.")
+    return np.arange(num_images, dtype=np.int64) * num_classes // num_images
