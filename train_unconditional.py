@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
-from medgen_diffusers.data import augment_dihedral, available_flags, file_digest, load_medmnist_tensors, to_model_range
+from medgen_diffusers.data import augment_dihedral, file_digest, load_images, to_model_range
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
@@ -46,16 +46,24 @@ EMA_FOLDER = "unet_ema"  # EMA weights inside a checkpoint: safetensors + config
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="bloodmnist", choices=available_flags(), help="MedMNIST 2D flag.")
-    g.add_argument("--resolution", type=int, default=28, choices=(28, 64, 128, 224))
-    g.add_argument("--data_root", default=None, help="Folder holding the .npz (default: $MEDMNIST_ROOT, ~/.medmnist).")
+    g.add_argument("--dataset", default="bloodmnist",
+                   help="A MedMNIST 2D flag, a folder of images (one sub-folder per class, or none: unlabeled), a "
+                        "MedMNIST-layout .npz of your own, or a datasets dataset (save_to_disk folder or Hub name).")
+    g.add_argument("--resolution", type=int, default=None,
+                   help="Image size to train at (default: the data's own; MedMNIST: 28, or its 64/128/224 file). "
+                        "Other sizes are resized to it.")
+    g.add_argument("--data_root", default=None, help="Folder holding MedMNIST .npz files (default: $MEDMNIST_ROOT, "
+                                                     "~/.medmnist).")
+    g.add_argument("--image_column", default="image", help="Image column of a datasets dataset.")
+    g.add_argument("--label_column", default="label", help="Label column of a datasets dataset ('none': unlabeled).")
     g.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N images only.")
     g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="Random flips and 90° rotations (cells have no canonical orientation).")
     g = p.add_argument_group("model")
     g.add_argument("--model_preset", default="tiny", choices=sorted(UNET_PRESETS))
     g.add_argument("--model_config", default=None, help="UNet2DModel config JSON; overrides --model_preset.")
-    g.add_argument("--class_conditional", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--class_conditional", action=argparse.BooleanOptionalAction, default=None,
+                   help="Default: on when the data has one class label per image, off otherwise (with a notice).")
     g.add_argument("--label_dropout", type=float, default=0.1,
                    help="Probability of replacing a label by the null class (enables classifier-free guidance).")
     # Defaults = the ablation's winner (benchmarks/results/ablation/): v-prediction on the cosine schedule reached
@@ -99,6 +107,8 @@ def parse_args(argv=None):
     g.add_argument("--eval_num_val", type=int, default=None, help="Val images per evaluation (default: all).")
     g.add_argument("--eval_inference_steps", type=int, default=20, help="DPM-Solver++ steps for evaluation samples.")
     g.add_argument("--logger", default="tensorboard", choices=("tensorboard", "none"))
+    g.add_argument("--record_data_order", action="store_true",
+                   help="Write data_order/rankR.jsonl: the training-image indices of every batch each rank drew.")
     g.add_argument("--push_to_hub", action="store_true", help="Push the final pipeline to the Hub (see `medgen push`).")
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_token", default=None)
@@ -227,24 +237,40 @@ def main(argv=None):
     set_seed(args.seed)  # identical initial weights on every rank
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
+        if args.record_data_order:
+            (output_dir / "data_order").mkdir(exist_ok=True)
         for stale in output_dir.glob("checkpoint-*.tmp"):  # left by a killed run; never resumed from
             shutil.rmtree(stale)
 
-    # Data: the whole split as uint8 tensors in memory; augmentation happens on the batch, on the device.
+    # Data: the whole split as uint8 tensors in memory, from any source (data.py); augmentation happens on the
+    # batch, on the device.
+    source_options = dict(image_column=args.image_column,
+                          label_column=None if args.label_column.lower() == "none" else args.label_column)
     with accelerator.main_process_first():  # a download happens once, on the main process
-        data = load_medmnist_tensors(args.dataset, "train", args.resolution, args.data_root)
-    images, labels = data.images, data.labels
+        data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
+    if data.notice:
+        logger.warning(data.notice)
+    if data.labels is None and args.class_conditional:
+        raise ValueError(f"--class_conditional needs one class label per image, and {args.dataset} has none "
+                         f"({data.notice or 'unlabeled images'}); drop --class_conditional.")
+    class_conditional = data.labels is not None if args.class_conditional is None else args.class_conditional
+    if data.labels is None and accelerator.is_main_process:
+        logger.info(f"{args.dataset}: no class labels, training an unconditional model.")
+    images = data.images
+    labels = data.labels if data.labels is not None else torch.zeros(len(images), dtype=torch.long)
+    resolution = images.shape[-1]
     if args.max_train_samples is not None:
         images, labels = images[: args.max_train_samples], labels[: args.max_train_samples]
     if len(images) < args.train_batch_size * accelerator.num_processes:
         raise ValueError(f"{len(images)} training images are fewer than one global batch "
                          f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
-    train_dataloader = DataLoader(TensorDataset(images, labels), batch_size=args.train_batch_size, shuffle=True,
+    indices = torch.arange(len(images))  # which images a batch holds (--record_data_order)
+    train_dataloader = DataLoader(TensorDataset(images, labels, indices), batch_size=args.train_batch_size, shuffle=True,
                                   drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-    num_classes = len(data.class_names) if args.class_conditional else None
+    num_classes = len(data.class_names) if class_conditional else None
 
     # Model and noise schedule.
-    unet = build_unet(args.model_preset, args.model_config, args.resolution, images.shape[1], num_classes)
+    unet = build_unet(args.model_preset, args.model_config, resolution, images.shape[1], num_classes)
     # Images live in [-1, 1]. Thresholding (with sample_max_value=1) clamps each step's x0 estimate to that range;
     # it is saved in the scheduler config, so DDIM, DPM-Solver++, ... swapped in with `from_config` use it too.
     # Without it, x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a) amplifies eps errors ~150x at t ~ 1000 and fast samplers
@@ -298,7 +324,8 @@ def main(argv=None):
         accelerator.register_load_state_pre_hook(load_ema)
 
     run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
-    run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
+    run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes, resolution=resolution,
+                      channels=images.shape[1], class_conditional=class_conditional,
                       total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
                       resolved_max_train_steps=max_train_steps, data_md5=data.md5,
                       num_parameters=sum(p.numel() for p in unet.parameters()))
@@ -306,8 +333,9 @@ def main(argv=None):
         (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
     evaluator = None
     if args.eval_steps and accelerator.is_main_process:
-        evaluator = TrainingEvaluator(args.dataset, args.resolution, args.data_root, args.eval_num_samples,
-                                      args.eval_num_val, args.eval_inference_steps, args.seed)
+        evaluator = TrainingEvaluator(args.dataset, resolution, args.data_root, args.eval_num_samples,
+                                      args.eval_num_val, args.eval_inference_steps, args.seed,
+                                      device=accelerator.device, conditional=class_conditional, **source_options)
     if accelerator.is_main_process and args.logger != "none":
         accelerator.init_trackers("train", config={k: v for k, v in run_config.items()
                                                    if isinstance(v, (int, float, str, bool))})
@@ -338,9 +366,12 @@ def main(argv=None):
         batches = train_dataloader
         if epoch == first_epoch and batches_to_skip:
             batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        for batch_images, batch_labels in batches:
+        for batch_images, batch_labels, batch_indices in batches:
             if global_step >= max_train_steps:  # resumed at the end: only save the pipeline
                 break
+            if args.record_data_order:  # every rank its own file: which training images it drew, in order
+                with (output_dir / "data_order" / f"rank{accelerator.process_index}.jsonl").open("a") as f:
+                    f.write(json.dumps({"epoch": epoch, "step": global_step, "indices": batch_indices.tolist()}) + "\n")
             clean = to_model_range(batch_images)
             if args.augment:
                 clean = augment_dihedral(clean)

@@ -1,4 +1,5 @@
-"""Parameter count and CPU/GPU training-step time of each UNet preset (batch 128, fp32, 28x28, conditional).
+"""Parameter count and CPU/GPU training-step time of each UNet preset at every preset size (fp32, RGB,
+class-conditional with 8 classes). Batch 128 at 28 px, 32 at 64 px, 8 at 128 px, 4 at 224 px (compare images/s).
 
     python benchmarks/bench_presets.py            # writes benchmarks/results/presets.json
 
@@ -16,7 +17,9 @@ from pathlib import Path
 
 import torch
 
-from medgen_diffusers.models import UNET_PRESETS, build_unet
+from medgen_diffusers.models import PRESET_SIZES, UNET_PRESETS, build_unet
+
+BATCH_SIZES = {28: 128, 64: 32, 128: 8, 224: 4}
 
 
 def machine():
@@ -25,11 +28,11 @@ def machine():
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def step_time(preset, batch_size, warmup, repeats, device):
+def step_time(preset, size, batch_size, warmup, repeats, device):
     torch.manual_seed(0)
-    unet = build_unet(preset, num_classes=8).to(device)
+    unet = build_unet(preset, sample_size=size, num_classes=8).to(device)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    x = torch.randn(batch_size, 3, 28, 28, device=device)
+    x = torch.randn(batch_size, 3, size, size, device=device)
     t = torch.randint(0, 1000, (batch_size,), device=device)
     y = torch.randint(0, 9, (batch_size,), device=device)
     times = []
@@ -48,19 +51,23 @@ def step_time(preset, batch_size, warmup, repeats, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--sizes", default=",".join(map(str, PRESET_SIZES)))
+    parser.add_argument("--presets", default=",".join(UNET_PRESETS))
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "presets.json"))
     args = parser.parse_args()
     rows = []
-    for preset in UNET_PRESETS:
-        params, seconds = step_time(preset, args.batch_size, args.warmup, args.repeats, args.device)
-        rows.append({"preset": preset, "parameters": params, "seconds_per_step": round(seconds, 3),
-                     "images_per_second": round(args.batch_size / seconds, 1)})
-        print(f"{preset:6s} {params / 1e6:6.2f}M params  {seconds:7.3f} s/step  ({args.batch_size / seconds:.0f} img/s)")
-    result = {"benchmark": "preset training step", "batch_size": args.batch_size, "device": args.device,
+    for size in map(int, args.sizes.split(",")):
+        for preset in args.presets.split(","):
+            batch = BATCH_SIZES.get(size, 8)
+            params, seconds = step_time(preset, size, batch, args.warmup, args.repeats, args.device)
+            rows.append({"size": size, "preset": preset, "batch_size": batch, "parameters": params,
+                         "seconds_per_step": round(seconds, 3), "images_per_second": round(batch / seconds, 2)})
+            print(f"{size:4d}px {preset:6s} {params / 1e6:7.2f}M params  batch {batch:3d}  {seconds:7.3f} s/step  "
+                  f"({batch / seconds:.1f} img/s)", flush=True)
+    result = {"benchmark": "preset training step", "device": args.device,
               "machine": machine(), "date": time.strftime("%Y-%m-%d"), "results": rows}
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

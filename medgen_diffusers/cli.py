@@ -65,11 +65,42 @@ def resolve_steps(pipe, steps):
     return steps or pipe.config.get("default_num_inference_steps") or 1000
 
 
-def split_counts(split, args):
+def source_options(args):
+    """How to read ``--dataset`` (columns of a datasets dataset)."""
+    label = args.label_column
+    return dict(image_column=args.image_column, label_column=None if label.lower() == "none" else label)
+
+
+def split_counts(split, args, size=None):
     """Per-class counts of the real ``split`` (None when not asked for)."""
     from .data import class_counts
 
-    return None if split is None else class_counts(args.dataset, split, root=args.data_root)
+    return None if split is None else class_counts(args.dataset, split, size, args.data_root, **source_options(args))
+
+
+def resolve_device(name="auto"):
+    """--device: auto = CUDA, else Apple MPS, else CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else
+                            "mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU: use --device auto or cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps, but torch sees no Apple GPU: use --device auto or cpu.")
+    return torch.device(name)
+
+
+def process_state(device):
+    """Accelerate's PartialState when launched with several processes (torchrun / accelerate launch), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.type == "cpu")  # gloo on CPUs, NCCL on GPUs
 
 
 def cmd_sample(args):
@@ -80,11 +111,18 @@ def cmd_sample(args):
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
     fmt = infer_format(args.out, args.format)
     writable(args.out)
-    pipe = load_pipeline(args.pipeline, args.scheduler)
+    device = resolve_device(args.device)
+    state = process_state(device)
+    if state is not None and device.type == "cuda":
+        device = state.device  # one GPU per process
+    pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
     labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced,
                          split_counts(args.like_split, args))
-    print(export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps), args.guidance_scale,
-                 args.seed, run_key(vars(args)), args.chunk_size))
+    key = run_key({k: v for k, v in vars(args).items() if k != "device"})  # the device does not change the images
+    summary = export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps),
+                     args.guidance_scale, args.seed, key, args.chunk_size, state=state)
+    if summary:
+        print(summary)
 
 
 def cmd_evaluate(args):
@@ -92,7 +130,8 @@ def cmd_evaluate(args):
 
     from . import DEFAULT_MODEL, evaluation
 
-    extractor = evaluation.InceptionFeatures(args.inception_weights)
+    device = resolve_device(args.device)
+    extractor = evaluation.InceptionFeatures(args.inception_weights, device=device)
     shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
     source = Path(args.source)
@@ -103,9 +142,10 @@ def cmd_evaluate(args):
     # No absolute path of this machine in a result that may be committed or pushed.
     generation = {"source": "medgen_diffusers/pretrained/bloodmnist (shipped)" if shipped else args.source}
     if source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file()):
-        from .data import class_names
+        from .data import load_images
 
-        images, labels = evaluation.read_images(source, class_names(args.dataset))
+        real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
+        images, labels = evaluation.read_images(source, real.class_names)
         if args.num_samples is not None:
             if args.num_samples > len(images):
                 raise ValueError(f"--num-samples {args.num_samples} but {source} holds {len(images)} images.")
@@ -114,12 +154,17 @@ def cmd_evaluate(args):
     else:
         from .generation import generate_images, plan_labels
 
-        pipe = load_pipeline(args.source, args.scheduler)
-        counts = split_counts(args.split, args)
-        num = args.num_samples or sum(counts)
+        from .data import load_images
+
+        pipe = load_pipeline(args.source, args.scheduler).to(device)
+        args.size = args.size or pipe.unet.config.sample_size  # real images at the model's size
+        real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
+        counts = split_counts(args.split, args, args.size) if real.labels is not None else None
+        num = args.num_samples or len(real)
         # Same class mix as the real split, so class frequencies do not bias FID; exactly the images of
         # `medgen sample --like-split SPLIT --num-images N --seed S` (generation.py is the one generation path).
-        labels = plan_labels(pipe.config.class_names, num, split_counts=counts if pipe.config.class_names else None)
+        labels = plan_labels(pipe.config.class_names, num,
+                             split_counts=counts if pipe.config.class_names and counts is not None else None)
         steps = resolve_steps(pipe, args.steps)
         images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, args.chunk_size)
         guided = labels is not None and (args.guidance_scale or 1.0) > 1.0  # the pipeline guides only above 1
@@ -127,9 +172,10 @@ def cmd_evaluate(args):
                           seed=args.seed, nfe_per_image=steps * (2 if guided else 1),
                           timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
     generation["images_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
-    result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.num_real,
+    result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.size, args.num_real,
                                         protocols=args.protocols.split(","), floor=not args.no_floor,
-                                        extractor=extractor, root=args.data_root, seed=args.seed, progress=True)
+                                        extractor=extractor, root=args.data_root, seed=args.seed, progress=True,
+                                        source_options=source_options(args))
     result["generation"] = generation
     evaluation.write_json(result, out)
     print(evaluation.summary(result))
@@ -173,6 +219,15 @@ def cmd_data(args):
     print(f"md5 {data.md5} (verified)")
 
 
+def add_data_options(p):
+    p.add_argument("--dataset", default="bloodmnist",
+                   help="Real data: a MedMNIST 2D flag, a folder of images (sub-folder per class), a MedMNIST-layout "
+                        ".npz, or a datasets dataset (save_to_disk folder or Hub name).")
+    p.add_argument("--data-root", default=None, help="Folder holding MedMNIST .npz files.")
+    p.add_argument("--image-column", default="image", help="Image column of a datasets dataset.")
+    p.add_argument("--label-column", default="label", help="Label column of a datasets dataset ('none': unlabeled).")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,8 +240,9 @@ def build_parser():
                        help="Denoising steps (default: the pipeline's saved default, else 1000).")
         p.add_argument("--guidance-scale", type=float, default=None, help="Classifier-free guidance (conditional).")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--dataset", default="bloodmnist")
-        p.add_argument("--data-root", default=None, help="Folder holding the MedMNIST .npz.")
+        add_data_options(p)
+        p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                       help="Where to run (auto: CUDA, else MPS, else CPU).")
 
     sample = commands.add_parser("sample", help="Generate images: PNG grid, MedMNIST npz, class folders, datasets.")
     sample.add_argument("pipeline", nargs="?", default=None,
@@ -209,6 +265,9 @@ def build_parser():
                           help="Pipeline folder / Hub repo id, or generated images (.npz or a folder); "
                                "default: the shipped BloodMNIST model.")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test"))
+    evaluate.add_argument("--size", type=int, default=None,
+                          help="Image size of the real data (default: the pipeline's; MedMNIST: that size's file, "
+                               "other sources are resized).")
     evaluate.add_argument("--num-samples", type=int, default=None, help="Generated images (default: split size).")
     evaluate.add_argument("--num-real", type=int, default=None,
                           help="Random subset of the real split (quick checks only; default: all of it).")

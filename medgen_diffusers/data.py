@@ -1,4 +1,11 @@
-"""MedMNIST 2D data: find (or download) the official ``.npz``, verify its MD5, and serve it two ways.
+"""Training and reference images from any source, as in-memory uint8 tensors: :func:`load_images`.
+
+Sources (``--dataset``): a MedMNIST 2D flag (any set, sizes 28/64/128/224; the official file, MD5-verified), a folder
+of images (one sub-folder per class, or none = unlabeled; optional ``train/``, ``val/``, ``test/`` split folders), a
+MedMNIST-layout ``.npz`` of your own, or a Hugging Face ``datasets`` dataset (a ``save_to_disk`` folder or a Hub
+name). All are decoded once into the same :class:`ImageData`.
+
+For MedMNIST itself:
 
 * :func:`load_medmnist` returns a ``datasets.Dataset`` with an ``Image`` and a ``ClassLabel`` column: the view
   for browsing, sharing and any ``datasets``-based code.
@@ -9,6 +16,7 @@
 
 import hashlib
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -122,26 +130,56 @@ def medmnist_path(
 
 
 @dataclass
-class MedMNISTTensors:
-    """One split held in memory: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+class ImageData:
+    """One split held in memory: ``images`` uint8 (N, C, H, W) with C = 1 or 3; ``labels`` int64 (N,) or None
+    (unlabeled or multi-label data); ``md5`` identifies the source's content (the official file's MD5 for MedMNIST,
+    a checksum of the decoded pixels and labels otherwise) and keys every cache."""
 
     images: torch.Tensor
-    labels: torch.Tensor
-    class_names: List[str]
+    labels: Optional[torch.Tensor]
+    class_names: Optional[List[str]]
     flag: str
     split: str
     md5: str
+    notice: Optional[str] = None  # something the user should know (e.g. multi-label data trained unconditionally)
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.images)
+
+
+MedMNISTTensors = ImageData  # the earlier name
 
 
 def _read_split(path: Path, split: str) -> Tuple[np.ndarray, np.ndarray]:
     with np.load(path) as npz:
-        images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+        if f"{split}_images" not in npz.files:
+            raise DataError(f"{path} has no '{split}_images' array (arrays: {', '.join(npz.files)}); MedMNIST's layout "
+                            "is train_images/train_labels, val_..., test_....")
+        images = npz[f"{split}_images"]
+        labels = npz[f"{split}_labels"] if f"{split}_labels" in npz.files else None
     if images.ndim == 3:  # grayscale datasets store (N, H, W)
         images = images[..., None]
-    return images, labels.reshape(len(labels), -1)[:, 0]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3) or images.dtype != np.uint8:
+        raise DataError(f"{path}: '{split}_images' must be uint8 (N, H, W) or (N, H, W, 1|3); got {images.dtype} "
+                        f"{images.shape}.")
+    if labels is not None:
+        labels = labels.reshape(len(labels), -1)
+        if len(labels) != len(images):
+            raise DataError(f"{path}: {len(images)} {split} images but {len(labels)} labels.")
+    return images, labels
+
+
+def _labels_or_notice(labels: Optional[np.ndarray], names: Optional[List[str]], source: str):
+    """(int64 labels or None, class names or None, notice): multi-label sets never lose labels silently."""
+    if labels is None:
+        return None, None, None
+    if labels.shape[1] > 1:
+        return None, None, (f"{source} has {labels.shape[1]} labels per image (multi-label): it is used unlabeled "
+                            "(unconditional); class conditioning needs exactly one class per image.")
+    labels = labels[:, 0].astype(np.int64)
+    if names is None:
+        names = [f"class_{i}" for i in range(int(labels.max()) + 1)]
+    return labels, names, None
 
 
 def load_medmnist_tensors(
@@ -155,21 +193,199 @@ def load_medmnist_tensors(
     _check_request(flag, split, size)
     path = medmnist_path(flag, size, root, download)
     images, labels = _read_split(path, split)
-    return MedMNISTTensors(
-        images=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
-        labels=torch.from_numpy(labels.astype(np.int64)),
-        class_names=class_names(flag),
-        flag=flag,
-        split=split,
-        md5=_verified_md5(path),
-    )
+    labels, names, notice = _labels_or_notice(labels, class_names(flag), flag)
+    return ImageData(images=torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                     labels=None if labels is None else torch.from_numpy(labels), class_names=names, flag=flag,
+                     split=split, md5=_verified_md5(path), notice=notice)
 
 
-def class_counts(flag: str = "bloodmnist", split: str = "train", size: int = 28,
-                 root: Optional[Union[str, os.PathLike]] = None) -> List[int]:
+def class_counts(source: str = "bloodmnist", split: str = "train", size: Optional[int] = None,
+                 root: Optional[Union[str, os.PathLike]] = None, **source_options) -> List[int]:
     """Images per class of a split (for generating in its class mix)."""
-    data = load_medmnist_tensors(flag, split, size, root)
+    data = load_images(source, split, size, root, **source_options)
+    if data.labels is None:
+        raise DataError(f"{source} ({split}) has no class labels, so it has no class mix: drop --like-split.")
     return torch.bincount(data.labels, minlength=len(data.class_names)).tolist()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Any source: MedMNIST flag, image folder, .npz, datasets dataset
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_LOADED = {}  # (source, split, size, options) -> ImageData: a split is decoded once per process
+
+
+def load_images(source: str = "bloodmnist", split: str = "train", size: Optional[int] = None,
+                root: Optional[Union[str, os.PathLike]] = None, download: bool = True,
+                image_column: str = "image", label_column: Optional[str] = "label") -> ImageData:
+    """One split of any source as :class:`ImageData` (see the module docstring for the sources).
+
+    ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
+    size (MedMNIST: 28). ``root``: the MedMNIST data folder. ``image_column``/``label_column``: for ``datasets``
+    sources (``label_column=None``: unlabeled).
+    """
+    source = str(source)
+    key = (source, split, size, str(root), image_column, label_column)
+    if key in _LOADED:
+        return _LOADED[key]
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split {split!r}. Valid splits: {', '.join(SPLITS)}.")
+    path = Path(source).expanduser()
+    if source in INFO:
+        data = load_medmnist_tensors(source, split, size or 28, root, download)
+    elif path.suffix == ".npz":
+        data = _load_npz(path, split)
+    elif path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json",
+                                                                      "state.json")):
+        data = _load_datasets(str(path), split, image_column, label_column, from_disk=True)
+    elif path.is_dir():
+        data = _load_folder(path, split, size)
+    elif "/" in source and not path.exists() and not source.startswith((".", "/", "~")):
+        data = _load_datasets(source, split, image_column, label_column, from_disk=False)
+    else:
+        raise ValueError(f"Unknown dataset {source!r}: pass a MedMNIST 2D flag ({', '.join(available_flags())}), "
+                         "a folder of images, a MedMNIST-layout .npz, or a datasets dataset (save_to_disk folder or "
+                         "Hub name).")
+    if size is not None and data.images.shape[-1] != size:
+        data.images = resize_images(data.images, size)
+    _LOADED[key] = data
+    return data
+
+
+def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing (clean for down-scaling)."""
+    out = []
+    for start in range(0, len(images), 1024):
+        batch = images[start:start + 1024].float()
+        batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
+                                                align_corners=False)
+        out.append(batch.round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(out)
+
+
+def _content_digest(images: np.ndarray, labels: Optional[np.ndarray], names=None) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        digest.update(np.ascontiguousarray(labels).tobytes())
+    if names:
+        digest.update("\n".join(names).encode())
+    return digest.hexdigest()[:32]
+
+
+def _image_data(images_nhwc: np.ndarray, labels, names, source: str, split: str) -> ImageData:
+    labels, names, notice = _labels_or_notice(labels, names, source)
+    return ImageData(images=torch.from_numpy(np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2))),
+                     labels=None if labels is None else torch.from_numpy(labels), class_names=names,
+                     flag=Path(source).name or source, split=split,
+                     md5=_content_digest(images_nhwc, labels, names), notice=notice)
+
+
+def _load_npz(path: Path, split: str) -> ImageData:
+    if not path.is_file():
+        raise DataError(f"{path} does not exist: pass the path of your MedMNIST-layout .npz.")
+    if not zipfile.is_zipfile(path):
+        raise DataError(f"{path} is not an .npz archive (numpy.savez writes one); MedMNIST's layout has "
+                        "train_images (N, H, W[, C]) uint8 and train_labels (N, 1).")
+    images, labels = _read_split(path, split)  # your own file: no MD5 check, shape and dtype checked
+    return _image_data(images, labels, None, str(path), split)
+
+
+def _decode(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("L", "I", "I;16", "F", "LA", "1"):
+                array = np.asarray(image.convert("L"))[..., None]
+            else:
+                array = np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DataError(f"Cannot read image {path} ({error}); fix or remove it.") from None
+    return array
+
+
+def _load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
+    import logging
+
+    split_dirs = [name for name in SPLITS if (path / name).is_dir()]
+    if split_dirs:
+        if split not in split_dirs:
+            raise DataError(f"{path} has split folders {split_dirs} but no '{split}/': add it or choose another split.")
+        path = path / split
+    elif split != "train":
+        raise DataError(f"{path} has no train/val/test sub-folders, so all its images are its 'train' split; there is "
+                        f"no '{split}' split: add {path}/{split}/ (same layout) or use split 'train'.")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    ignored = len(files) - len(images)
+    if ignored:
+        logging.getLogger(__name__).warning(f"{path}: ignored {ignored} non-image file(s) (e.g. "
+                                            f"{next(p for p in files if p not in images).name}).")
+    if not images:
+        raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): put them in one sub-folder per "
+                        "class, or directly in the folder for unlabeled data.")
+    classes = sorted({p.parent.relative_to(path).as_posix() for p in images})
+    labeled = "." not in classes
+    if not labeled and len(classes) > 1:
+        raise DataError(f"{path} mixes images at its top level with images in sub-folders {classes[1:4]}: put every "
+                        "image in a class sub-folder (labeled) or all at the top level (unlabeled).")
+    arrays = [_decode(p) for p in images]
+    shapes = {a.shape[:2] for a in arrays}
+    if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
+        if size is None:
+            odd = next(p for p, a in zip(images, arrays) if a.shape[:2] != arrays[0].shape[:2] or a.shape[0] != a.shape[1])
+            raise DataError(f"{path}: images differ in size or are not square (e.g. {images[0].name} is "
+                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}, {odd.name} is "
+                            f"{arrays[images.index(odd)].shape[1]}x{arrays[images.index(odd)].shape[0]}): pass "
+                            "--resolution N to resize every image to N x N.")
+        arrays = [resize_images(torch.from_numpy(a.copy()).permute(2, 0, 1)[None].contiguous(), size)[0].permute(1, 2, 0)
+                  .numpy() for a in arrays]
+    if len({a.shape[-1] for a in arrays}) > 1:  # some grayscale, some colour: colour wins
+        arrays = [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
+    labels = np.array([[classes.index(p.parent.relative_to(path).as_posix())] for p in images]) if labeled else None
+    return _image_data(np.stack(arrays), labels, classes if labeled else None, str(path), split)
+
+
+def _load_datasets(name: str, split: str, image_column: str, label_column: Optional[str],
+                   from_disk: bool) -> ImageData:
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name)
+    except Exception as error:  # noqa: BLE001 - datasets raises many kinds for "not there / not reachable"
+        raise DataError(f"Could not load the datasets dataset {name!r} ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''}).") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{name} has splits {list(loaded)} but no '{split}'.")
+        loaded = loaded[split]
+    elif split != "train":
+        raise DataError(f"{name} is a single dataset (no splits): it is the 'train' split; there is no '{split}'.")
+    columns = loaded.column_names
+    if image_column not in columns:
+        raise DataError(f"{name} has no column {image_column!r} (columns: {', '.join(columns)}): pass "
+                        "--image_column NAME.")
+    if label_column is not None and label_column not in columns:
+        if label_column != "label":
+            raise DataError(f"{name} has no column {label_column!r} (columns: {', '.join(columns)}): pass "
+                            "--label_column NAME.")
+        label_column = None  # the default: no "label" column = unlabeled
+    arrays = []
+    for row, image in enumerate(loaded[image_column]):
+        array = np.asarray(image.convert("L"))[..., None] if image.mode in ("L", "I", "I;16", "F", "1", "LA") \
+            else np.asarray(image.convert("RGB"))
+        if arrays and array.shape != arrays[0].shape:
+            raise DataError(f"{name}: row {row} of {image_column!r} is {array.shape}, row 0 {arrays[0].shape}; "
+                            "images must share one size and channel count.")
+        arrays.append(array)
+    labels, names = None, None
+    if label_column is not None:
+        labels = np.asarray(loaded[label_column])
+        labels = labels.reshape(len(labels), -1)
+        feature = loaded.features[label_column]
+        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    return _image_data(np.stack(arrays), labels, names, name, split)
 
 
 def load_medmnist(

@@ -21,6 +21,7 @@ network's checksum (``$MEDGEN_CACHE``, default ``~/.cache/medgen-diffusers``).
 import importlib.util
 import json
 import os
+import re
 import time
 import warnings
 import zipfile
@@ -33,7 +34,7 @@ from cleanfid.fid import fid_from_feats
 from cleanfid.resize import build_resizer
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-from .data import class_counts, file_digest, load_medmnist_tensors
+from .data import DataError, class_counts, file_digest, load_images
 from .generation import generate_images, labels_like_split
 
 PROTOCOLS = ("standard", "seed")
@@ -176,18 +177,23 @@ def _batches(n: int, batch_size: int, progress: bool, desc: str):
 
 
 def check_images(images: np.ndarray, size: Optional[int] = None) -> np.ndarray:
-    """uint8 (N, H, W, 3) or clear error."""
+    """uint8 (N, H, W, 3), or a clear error. Grayscale -- (N, H, W) or (N, H, W, 1) -- is replicated to 3 channels
+    before the Inception network, as clean-fid does."""
     images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
     if images.ndim != 4 or images.shape[-1] != 3:
-        raise EvaluationError(f"Expected RGB images shaped (N, H, W, 3); got {images.shape}. Grayscale MedMNIST sets "
-                              "need converting to 3 channels first.")
+        raise EvaluationError(f"Expected images shaped (N, H, W), (N, H, W, 1) or (N, H, W, 3); got {images.shape}.")
     if len(images) == 0:
         raise EvaluationError("No images to evaluate.")
     if images.dtype != np.uint8:
         raise EvaluationError(f"Expected uint8 images in 0..255; got {images.dtype}.")
     if size is not None and images.shape[1:3] != (size, size):
-        raise EvaluationError(f"Images are {images.shape[1]}x{images.shape[2]} but the real split is {size}x{size}; "
-                              "evaluate against the matching --size.")
+        raise EvaluationError(f"Images are {images.shape[1]}x{images.shape[2]} but the real split is {size}x{size}: "
+                              f"pass --size {images.shape[1]} (the real images are resized to it, or the MedMNIST "
+                              "file of that size is used) or a --dataset of that size.")
     return images
 
 
@@ -261,15 +267,13 @@ def cache_dir() -> Path:
 class RealFeatures:
     """Features of a real split (or of a seeded random subset of it), cached on disk."""
 
-    def __init__(self, extractor: InceptionFeatures, dataset: str = "bloodmnist", size: int = 28,
-                 root: Optional[str] = None):
+    def __init__(self, extractor: InceptionFeatures, dataset: str = "bloodmnist", size: Optional[int] = None,
+                 root: Optional[str] = None, **source_options):
         self.extractor, self.dataset, self.size, self.root = extractor, dataset, size, root
-        self._splits = {}
+        self.source_options = source_options
 
     def split(self, name: str):
-        if name not in self._splits:
-            self._splits[name] = load_medmnist_tensors(self.dataset, name, self.size, self.root)
-        return self._splits[name]
+        return load_images(self.dataset, name, self.size, self.root, **self.source_options)
 
     def subset_indices(self, split: str, num: Optional[int], seed: int = 0) -> np.ndarray:
         n = len(self.split(split))
@@ -284,9 +288,12 @@ class RealFeatures:
         data = self.split(split)
         indices = self.subset_indices(split, num, seed)
         subset = "all" if len(indices) == len(data) else f"n{len(indices)}-seed{seed}"
-        key = f"{self.dataset}_{self.size}_{split}_{protocol}_{subset}_data-{data.md5[:10]}_net-{self.extractor.sha256[:10]}"
+        # Keyed by the source's own checksum (file MD5 / decoded content), so another folder or npz never hits it.
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", data.flag)[:40]
+        key = (f"{name}_{data.images.shape[-1]}_{split}_{protocol}_{subset}_data-{data.md5[:10]}"
+               f"_net-{self.extractor.sha256[:10]}")
         path = cache_dir() / f"{key}.npy"
-        labels = data.labels.numpy()[indices]
+        labels = None if data.labels is None else data.labels.numpy()[indices]
         if path.is_file():
             features = np.load(path)
             if len(features) == len(indices):
@@ -308,6 +315,7 @@ def evaluate_images(
     labels: Optional[np.ndarray] = None,
     split: str = "test",
     dataset: str = "bloodmnist",
+    size: Optional[int] = None,
     num_real: Optional[int] = None,
     protocols: Sequence[str] = PROTOCOLS,
     floor: bool = True,
@@ -316,6 +324,7 @@ def evaluate_images(
     root: Optional[str] = None,
     seed: int = 0,
     progress: bool = False,
+    source_options: Optional[Dict] = None,
 ) -> Dict:
     """All numbers for generated ``images`` (uint8, N x H x W x 3) against the real ``split``.
 
@@ -328,11 +337,13 @@ def evaluate_images(
         if protocol not in PROTOCOLS:
             raise EvaluationError(f"Unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}.")
     extractor = extractor or InceptionFeatures()
-    reals = RealFeatures(extractor, dataset, root=root)
+    reals = RealFeatures(extractor, dataset, size, root, **(source_options or {}))
     real_split = reals.split(split)
     size = real_split.images.shape[-1]
     images = check_images(images, size)
     n = len(images)
+    if real_split.labels is None:
+        labels = None  # unlabeled real data: no per-class numbers
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)
         if len(labels) != n:
@@ -347,7 +358,7 @@ def evaluate_images(
         real[protocol], real_labels = reals.get(split, protocol, num=num_real, seed=seed, progress=progress)
         fake[protocol] = extractor.features(images, protocol, progress)
     result = {
-        "dataset": dataset, "split": split, "size": size, "num_real": len(real_labels), "num_generated": n,
+        "dataset": dataset, "split": split, "size": size, "num_real": len(real[protocols[0]]), "num_generated": n,
         **scores(real, fake, seed),
     }
     if floor:
@@ -355,7 +366,7 @@ def evaluate_images(
             raise EvaluationError(f"The floor needs {n} train images; the train split has {len(reals.split('train'))}.")
         train = {p: reals.get("train", p, num=n, seed=seed, progress=progress)[0] for p in protocols}
         result["floor"] = {"num_train": n, **scores(real, train, seed)}
-    if labels is not None and per_class:
+    if labels is not None and per_class and real_labels is not None:
         result["per_class"] = {}
         for index, name in enumerate(real_split.class_names):
             mine, theirs = labels == index, real_labels == index
@@ -421,13 +432,18 @@ class TrainingEvaluator:
     """Standard-protocol FID/KID of a pipeline's samples during training, against a fixed train subset and the val
     split. Real features are computed once (and cached on disk); each call costs only sampling + fake features."""
 
-    def __init__(self, dataset: str = "bloodmnist", size: int = 28, root: Optional[str] = None,
-                 num_samples: int = 256, num_val: Optional[int] = None, num_inference_steps: int = 20, seed: int = 0):
-        self.extractor = InceptionFeatures()
-        reals = RealFeatures(self.extractor, dataset, size, root)
-        self.real = {"train": reals.get("train", "standard", num=num_samples, seed=seed)[0],
-                     "val": reals.get("val", "standard", num=num_val, seed=seed)[0]}
-        self.labels = labels_like_split(class_counts(dataset, "train", size, root), num_samples)
+    def __init__(self, dataset: str = "bloodmnist", size: Optional[int] = None, root: Optional[str] = None,
+                 num_samples: int = 256, num_val: Optional[int] = None, num_inference_steps: int = 20, seed: int = 0,
+                 device: Union[str, torch.device] = "cpu", conditional: bool = True, **source_options):
+        self.extractor = InceptionFeatures(device=device)  # on the training device
+        reals = RealFeatures(self.extractor, dataset, size, root, **source_options)
+        self.real = {"train": reals.get("train", "standard", num=num_samples, seed=seed)[0]}
+        try:  # a folder or single datasets dataset may have no val split: then the train subset only
+            self.real["val"] = reals.get("val", "standard", num=num_val, seed=seed)[0]
+        except DataError:
+            pass
+        self.labels = (labels_like_split(class_counts(dataset, "train", size, root, **source_options), num_samples)
+                       if conditional else None)
         self.num_samples, self.num_inference_steps, self.seed = num_samples, num_inference_steps, seed
 
     def __call__(self, pipe) -> Dict[str, float]:
@@ -435,7 +451,7 @@ class TrainingEvaluator:
 
         fast = type(pipe)(pipe.unet, DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
                           pipe.config.class_names)
-        labels = self.labels if pipe.config.class_names else None
+        labels = self.labels if pipe.config.class_names and self.labels is not None else None
         images = generate_images(fast, self.num_samples, labels, self.num_inference_steps, seed=self.seed,
                                  progress=False)  # the same images `medgen sample` would write
         fake = self.extractor.standard(images)

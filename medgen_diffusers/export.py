@@ -40,27 +40,52 @@ def infer_format(out: str, fmt: Optional[str]) -> str:
                       f"--format ({', '.join(FORMATS)}).")
 
 
-def generate_chunks(pipe, labels: Optional[np.ndarray], num_images: int, parts_dir: Path, run_key: dict,
-                    num_inference_steps: int, guidance_scale: Optional[float], seed: int,
-                    chunk_size: int = DEFAULT_CHUNK_SIZE) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
-    """Yield (uint8 images NHWC, labels) per chunk, generating (with :mod:`.generation`) only the chunks that are not
-    already on disk."""
-    parts_dir.mkdir(parents=True, exist_ok=True)
+def write_missing_chunks(pipe, labels: Optional[np.ndarray], num_images: int, parts_dir: Path, run_key: dict,
+                         num_inference_steps: int, guidance_scale: Optional[float], seed: int,
+                         chunk_size: int = DEFAULT_CHUNK_SIZE, state=None) -> None:
+    """Generate (with :mod:`.generation`) and write every chunk not already in ``parts_dir``. With an Accelerate
+    ``state`` of several processes, the missing chunks are split between them (``split_between_processes``); each
+    rank writes its own chunks. Chunk boundaries and per-image seeds do not depend on the split, so the output is
+    byte-identical to a one-process run."""
+    main = state is None or state.is_main_process
     manifest = parts_dir / "run.json"
+    # Listed before any rank writes a chunk (the barriers below), so every rank splits the same list.
+    missing = [index for index in range(len(chunk_ranges(num_images, chunk_size)))
+               if not chunk_path(parts_dir, index).is_file()]
+    # Every rank checks (read-only) before anyone writes, so a refusal stops all of them, not just the main one.
     if manifest.is_file() and json.loads(manifest.read_text()) != run_key:
         raise ExportError(f"{parts_dir} holds chunks of a run with other arguments; delete it or rerun with the "
                           f"same arguments ({json.loads(manifest.read_text())}).")
-    manifest.write_text(json.dumps(run_key, indent=2, sort_keys=True))
-    ranges = chunk_ranges(num_images, chunk_size)
-    chunk_path = lambda index: parts_dir / f"chunk-{index:05d}.npz"  # noqa: E731
-    missing = [index for index in range(len(ranges)) if not chunk_path(index).is_file()]
+    if state is not None:
+        state.wait_for_everyone()
+    if main:
+        parts_dir.mkdir(parents=True, exist_ok=True)
+        manifest.write_text(json.dumps(run_key, indent=2, sort_keys=True))
+    if state is not None:
+        state.wait_for_everyone()
+    if state is None:
+        mine = missing
+    else:
+        with state.split_between_processes(missing) as share:
+            mine = list(share)
     for index, images in iter_chunks(pipe, num_images, labels, num_inference_steps, guidance_scale, seed, chunk_size,
-                                     progress=bool(missing), chunks=missing):
-        tmp = chunk_path(index).with_name(f"chunk-{index:05d}.tmp.npz")
+                                     progress=bool(mine) and main, chunks=mine):
+        tmp = chunk_path(parts_dir, index).with_name(f"chunk-{index:05d}.tmp.npz")
         np.savez(tmp, images=images)
-        tmp.replace(chunk_path(index))  # atomic: an interrupted chunk is regenerated, never half-read
-    for index, (start, stop) in enumerate(ranges):
-        with np.load(chunk_path(index)) as chunk:
+        tmp.replace(chunk_path(parts_dir, index))  # atomic: an interrupted chunk is regenerated, never half-read
+    if state is not None:
+        state.wait_for_everyone()
+
+
+def chunk_path(parts_dir: Path, index: int) -> Path:
+    return parts_dir / f"chunk-{index:05d}.npz"
+
+
+def read_chunks(parts_dir: Path, labels: Optional[np.ndarray], num_images: int,
+                chunk_size: int) -> Iterator[Tuple[np.ndarray, Optional[np.ndarray]]]:
+    """(uint8 images NHWC, labels) per chunk, in order, from ``parts_dir``."""
+    for index, (start, stop) in enumerate(chunk_ranges(num_images, chunk_size)):
+        with np.load(chunk_path(parts_dir, index)) as chunk:
             yield chunk["images"], None if labels is None else labels[start:stop]
 
 
@@ -76,14 +101,19 @@ def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, block
 
 
 def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarray], num_inference_steps: int,
-           guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
-    """Generate and write; returns a one-line summary."""
+           guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: int = DEFAULT_CHUNK_SIZE,
+           state=None) -> Optional[str]:
+    """Generate and write; returns a one-line summary (None on the other ranks of a multi-process run, where only
+    the main process assembles the output)."""
     out_path = Path(out)
     parts = out_path.with_name(out_path.name + ".parts")
     if out_path.exists() and not parts.exists():  # an unfinished run of ours keeps OUT.parts/ next to it
         raise ExportError(f"{out_path} already exists; choose another --out or delete it first (nothing was written).")
-    chunks = lambda: generate_chunks(pipe, labels, num_images, parts, run_key, num_inference_steps,  # noqa: E731
-                                     guidance_scale, seed, chunk_size)
+    write_missing_chunks(pipe, labels, num_images, parts, run_key, num_inference_steps, guidance_scale, seed,
+                         chunk_size, state)
+    if state is not None and not state.is_main_process:
+        return None
+    chunks = lambda: read_chunks(parts, labels, num_images, chunk_size)  # noqa: E731
     class_names = list(pipe.config.class_names or [])
     size = pipe.unet.config.sample_size
     channels = pipe.unet.config.out_channels

@@ -135,7 +135,8 @@ def class_rows_figure(pipe, images_per_class: int, path, seed: int = 0, num_infe
     plt, fig, (ax,) = _figure(width=images_per_class * 0.9 + 2.2, height=len(names) * 0.9)
     rows = [np.concatenate(list(images[r * images_per_class:(r + 1) * images_per_class]), axis=1)
             for r in range(len(names))]
-    ax.imshow(np.concatenate(rows, axis=0), interpolation="nearest")
+    grid = np.concatenate(rows, axis=0)
+    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", interpolation="nearest")
     size = images.shape[1]
     # Long MedMNIST names ("immature granulocytes(myelocytes, ...)") would squeeze the grid: drop the parenthesis.
     ax.set_yticks([size * (r + 0.5) for r in range(len(names))], [name.split("(")[0].strip() for name in names])
@@ -151,12 +152,12 @@ def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Sequen
     import numpy as np
 
     plt, fig, axes = _figure(ncols=2, width=4.5, height=4.0)
-    axes[0].imshow(np.asarray(progressive_figure(frames)), interpolation="nearest")
+    axes[0].imshow(np.asarray(progressive_figure(frames)), cmap="gray", interpolation="nearest")
     size = next(iter(frames.values()))[0].width
     axes[0].set_xticks([size * (c + 0.5) for c in range(len(frames))], list(frames), fontsize=8)
     axes[0].set_yticks([])
     axes[0].set_title("Progressive generation")
-    axes[1].imshow(np.asarray(square_grid(list(real))), interpolation="nearest")
+    axes[1].imshow(np.asarray(square_grid(list(real))), cmap="gray", interpolation="nearest")
     axes[1].set_axis_off()
     axes[1].set_title("Real images")
     fig.tight_layout()
@@ -176,7 +177,7 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
 
     from diffusers import DDIMScheduler
 
-    from .data import load_medmnist_tensors
+    from .data import load_images
     from .pipelines import BloodMNISTPipeline
 
     run_dir = Path(run_dir)
@@ -199,12 +200,16 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     pipe = BloodMNISTPipeline.from_pretrained(run_dir)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
-    if dataset is None:
-        config_path = run_dir / "run_config.json"
-        dataset = json.loads(config_path.read_text())["dataset"] if config_path.is_file() else "bloodmnist"
-    real = load_medmnist_tensors(dataset, "train", root=data_root)
+    config_path = run_dir / "run_config.json"
+    run_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    dataset = dataset or run_config.get("dataset", "bloodmnist")
+    options = {k: run_config[k] for k in ("image_column", "label_column") if k in run_config}
+    if options.get("label_column", "").lower() == "none":
+        options["label_column"] = None
+    real = load_images(dataset, "train", pipe.unet.config.sample_size, data_root, **options)
     pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:16]
-    real_images = [PIL.Image.fromarray(image) for image in real.images[pick].permute(0, 2, 3, 1).numpy()]
+    real_images = [PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+                   for image in real.images[pick].permute(0, 2, 3, 1).numpy()]
     frames = progressive_frames(pipe, batch_size=4, generator=torch.Generator().manual_seed(seed),
                                 num_inference_steps=num_inference_steps)
     progressive_with_real(frames, real_images, out_dir / "progressive.png")
