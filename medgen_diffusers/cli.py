@@ -182,6 +182,35 @@ def cmd_evaluate(args):
     print(f"wrote {out}")
 
 
+def cmd_audit(args):
+    from .audit import run_audit
+    from .evaluation import write_json
+
+    out = writable(args.out)
+    figure = writable(args.figure, "--figure") if args.figure else None
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
+    spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
+    extractor = None
+    if "inception" in spaces:
+        from .evaluation import InceptionFeatures
+
+        extractor = InceptionFeatures(device=device)
+    result = run_audit(pipe, args.dataset, args.num_samples, args.num_train, args.num_test, args.num_mia, spaces,
+                       resolve_steps(pipe, args.steps), args.guidance_scale, args.seed, args.data_root, extractor,
+                       figure, **source_options(args))
+    result["source"] = "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(args.pipeline) else args.pipeline
+    write_json(result, out)
+    for space, stats in result["nearest_neighbours"].items():
+        print(f"{space:9s} copy rate {stats['copy_rate']['synthetic']:.4f} (test baseline "
+              f"{stats['copy_rate']['test']:.4f}); Gu memorized {stats['memorized_gu']['synthetic']:.4f} (test "
+              f"{stats['memorized_gu']['test']:.4f}); median NN distance {stats['median_nn_distance']['synthetic']:.3f}"
+              f" (test {stats['median_nn_distance']['test']:.3f})")
+    mia = result["membership_inference"]
+    print(f"membership inference: AUC {mia['auc']:.4f} (0.5 = nothing learned), TPR@1%FPR {mia['tpr_at_1pct_fpr']:.4f}")
+    print(f"wrote {out}" + (f" and {figure}" if figure else ""))
+
+
 def cmd_figures(args):
     from . import DEFAULT_MODEL
     from .figures import write_run_figures
@@ -190,7 +219,7 @@ def cmd_figures(args):
     # Default: the run's own folder; for the shipped model (read-only), the current directory.
     out_dir = writable(args.out_dir or ("." if is_shipped(run_dir) else run_dir), "--out-dir")
     written = write_run_figures(run_dir, data_root=args.data_root, seed=args.seed, num_inference_steps=args.steps,
-                                out_dir=out_dir)
+                                out_dir=out_dir, device=resolve_device(args.device))
     print(f"wrote {', '.join(written)} to {out_dir}")
 
 
@@ -281,6 +310,21 @@ def build_parser():
     add_generation_options(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
+    audit = commands.add_parser("audit", help="Privacy audit: nearest training images, copy rate, membership "
+                                              "inference, closest-pairs figure.")
+    audit.add_argument("pipeline", nargs="?", default=None,
+                       help="Pipeline folder or Hub repo id (default: the shipped BloodMNIST model).")
+    audit.add_argument("--num-samples", type=int, default=1000, help="Synthetic images to audit.")
+    audit.add_argument("--num-train", type=int, default=None, help="Random training images to compare with "
+                                                                  "(default: all).")
+    audit.add_argument("--num-test", type=int, default=None, help="Held-out test images, the baseline (default: all).")
+    audit.add_argument("--num-mia", type=int, default=1000, help="Members and non-members for the loss attack.")
+    audit.add_argument("--spaces", default="pixel,inception", help="Distance spaces: pixel, inception.")
+    audit.add_argument("--out", default="audit.json", help="JSON path.")
+    audit.add_argument("--figure", default="audit_closest_pairs.png", help="PNG of the closest pairs ('' for none).")
+    add_generation_options(audit)
+    audit.set_defaults(func=cmd_audit)
+
     figures = commands.add_parser("figures", help="Figures of a training run (curves, progressive, classes).")
     figures.add_argument("run_dir", nargs="?", default=None,
                          help="Training output_dir or pipeline folder (default: the shipped BloodMNIST model).")
@@ -289,6 +333,7 @@ def build_parser():
     figures.add_argument("--steps", type=int, default=50, help="DDIM steps for the generated figures.")
     figures.add_argument("--seed", type=int, default=0)
     figures.add_argument("--data-root", default=None)
+    figures.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     figures.set_defaults(func=cmd_figures)
 
     card = commands.add_parser("card", help="Write PIPELINE_DIR/README.md (the Hub model card).")

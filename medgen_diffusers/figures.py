@@ -166,7 +166,7 @@ def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Sequen
 
 
 def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, seed: int = 0,
-                      num_inference_steps: int = 50, out_dir=None) -> List[str]:
+                      num_inference_steps: int = 50, out_dir=None, device="cpu") -> List[str]:
     """All figures of a training output_dir or a saved pipeline, as PNGs in ``out_dir`` (default: ``run_dir``);
     returns the file names written. Curves need the run's metrics.jsonl, generated figures a saved pipeline.
 
@@ -197,7 +197,7 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     if not has_pipeline:
         return written  # training still running: no saved pipeline yet
 
-    pipe = BloodMNISTPipeline.from_pretrained(run_dir)
+    pipe = BloodMNISTPipeline.from_pretrained(run_dir).to(device)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     config_path = run_dir / "run_config.json"

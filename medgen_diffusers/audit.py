@@ -1,0 +1,211 @@
+"""Privacy audit of a generative model: does it copy its training images? (``medgen audit``)
+
+* **Nearest neighbours** -- for every synthetic image, the distance to its nearest and second-nearest *training*
+  image, in pixel space and in the FID Inception network's pool features; the same for held-out real **test**
+  images, which show what "not a copy" looks like. Reported: medians; the **copy rate** (share of synthetic images
+  closer to train than the 1st percentile of test-to-train distances; the percentile is taken on one half of the
+  test images and the baseline rate measured on the other half, so the baseline is not 1 % by construction); and the
+  memorization criterion of Gu et al. 2023 (arXiv 2310.02664): nearest / second-nearest distance < 1/3.
+* **Membership inference** -- a loss attack: the model's denoising loss on an image at a few fixed timesteps with
+  fixed noise; members (training images) should have lower loss if the model memorized them. ROC AUC (0.5: the
+  model reveals nothing about membership) and TPR at 1 % FPR, over all images and per class.
+* **Figure** -- the k synthetic images closest to a training image, each beside that training image.
+"""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+
+MEMORIZATION_RATIO = 1 / 3  # Gu et al.: nearest / second-nearest distance below this = memorized
+COPY_PERCENTILE = 1.0
+
+
+class AuditError(ValueError):
+    """A bad audit request: says what is wrong and how to fix it."""
+
+
+def nearest_two(queries: np.ndarray, references: np.ndarray, batch_size: int = 512):
+    """(d1, d2, index of the nearest) Euclidean distances of each query row to its two nearest reference rows."""
+    refs = torch.from_numpy(np.ascontiguousarray(references, dtype=np.float32))
+    d1, d2, nearest = [], [], []
+    for start in range(0, len(queries), batch_size):
+        q = torch.from_numpy(np.ascontiguousarray(queries[start:start + batch_size], dtype=np.float32))
+        values, indices = torch.cdist(q, refs).topk(2, dim=1, largest=False)
+        d1.append(values[:, 0]), d2.append(values[:, 1]), nearest.append(indices[:, 0])
+    return torch.cat(d1).numpy(), torch.cat(d2).numpy(), torch.cat(nearest).numpy()
+
+
+def copy_statistics(synthetic: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int = 0) -> Dict:
+    """Nearest-neighbour numbers of synthetic vs held-out test images, both measured against ``train`` (rows are
+    feature vectors)."""
+    if len(test) < 4:
+        raise AuditError(f"The copy-rate baseline needs at least 4 real test images; got {len(test)}.")
+    syn_d1, syn_d2, syn_nearest = nearest_two(synthetic, train)
+    test_d1, test_d2, _ = nearest_two(test, train)
+    order = np.random.default_rng(seed).permutation(len(test))
+    calibration, held_out = order[: len(test) // 2], order[len(test) // 2:]
+    threshold = float(np.percentile(test_d1[calibration], COPY_PERCENTILE))
+    ratio = lambda d1, d2: d1 / np.maximum(d2, 1e-12)  # noqa: E731
+    return {
+        "median_nn_distance": {"synthetic": float(np.median(syn_d1)), "test": float(np.median(test_d1))},
+        "copy_threshold": threshold,
+        "copy_rate": {"synthetic": float(np.mean(syn_d1 < threshold)),
+                      "test": float(np.mean(test_d1[held_out] < threshold))},
+        "memorized_gu": {"synthetic": float(np.mean(ratio(syn_d1, syn_d2) < MEMORIZATION_RATIO)),
+                         "test": float(np.mean(ratio(test_d1, test_d2) < MEMORIZATION_RATIO))},
+        "_nearest": (syn_d1, syn_nearest),
+    }
+
+
+def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Dict[str, float]:
+    """ROC AUC (Mann-Whitney, ties counted half) and TPR at 1 % FPR; higher score = "member"."""
+    from scipy.stats import rankdata
+
+    scores = np.concatenate([member_scores, nonmember_scores])
+    ranks = rankdata(scores)
+    m, n = len(member_scores), len(nonmember_scores)
+    auc = (ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
+    threshold = np.quantile(nonmember_scores, 0.99)
+    return {"auc": float(auc), "tpr_at_1pct_fpr": float(np.mean(member_scores > threshold))}
+
+
+@torch.no_grad()
+def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], timesteps: Sequence[int] = (50, 200, 500),
+                     seed: int = 0, batch_size: int = 128) -> np.ndarray:
+    """Per-image denoising loss of the pipeline's UNet (its own prediction type), averaged over ``timesteps``, with
+    noise drawn per image from a fixed seed: the same image always gets the same noise."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    device = unet.device
+    config = scheduler.config
+    alphas = torch.cumprod(1 - _betas(config), dim=0)
+    prediction = config.get("prediction_type", "epsilon")
+    losses = []
+    for start in range(0, len(images), batch_size):
+        x0 = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+        cond = None
+        if labels is not None and unet.config.num_class_embeds is not None:
+            cond = torch.from_numpy(labels[start:start + batch_size]).long().to(device)
+        total = torch.zeros(len(x0), device=device)
+        for t in timesteps:
+            noise = torch.randn(x0.shape, generator=generator).to(device)
+            a = alphas[t].to(device)
+            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
+            out = unet(noisy, torch.full((len(x0),), t, device=device), class_labels=cond).sample
+            total += ((out.float() - target) ** 2).mean(dim=(1, 2, 3))
+        losses.append((total / len(timesteps)).cpu())
+    return torch.cat(losses).numpy()
+
+
+def _betas(config) -> torch.Tensor:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(config).betas.float()
+
+
+def membership_inference(pipe, members: np.ndarray, member_labels: Optional[np.ndarray], nonmembers: np.ndarray,
+                         nonmember_labels: Optional[np.ndarray], class_names: Optional[Sequence[str]] = None,
+                         seed: int = 0) -> Dict:
+    """Loss attack: members (training images) vs non-members (held-out test images), overall and per class."""
+    member_loss = denoising_losses(pipe, members, member_labels, seed=seed)
+    nonmember_loss = denoising_losses(pipe, nonmembers, nonmember_labels, seed=seed + 1)
+    result = {"num_members": len(members), "num_nonmembers": len(nonmembers), "timesteps": [50, 200, 500],
+              **roc_auc(-member_loss, -nonmember_loss),
+              "median_loss": {"members": float(np.median(member_loss)), "nonmembers": float(np.median(nonmember_loss))}}
+    if member_labels is not None and nonmember_labels is not None and class_names:
+        result["per_class"] = {}
+        for index, name in enumerate(class_names):
+            a, b = member_labels == index, nonmember_labels == index
+            if a.sum() >= 10 and b.sum() >= 10:  # too few for a meaningful AUC otherwise
+                result["per_class"][name] = roc_auc(-member_loss[a], -nonmember_loss[b])["auc"]
+    return result
+
+
+def closest_pairs_figure(synthetic: np.ndarray, train: np.ndarray, distances: np.ndarray, nearest: np.ndarray,
+                         path, k: int = 8, space: str = "pixel") -> None:
+    """The k synthetic images closest to a training image (top row) above that training image (bottom row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    order = np.argsort(distances)[:k]
+    fig, axes = plt.subplots(2, len(order), figsize=(1.3 * len(order), 3.0), squeeze=False)
+    gray = synthetic.shape[-1] == 1
+    for column, i in enumerate(order):
+        for row, image in enumerate((synthetic[i], train[nearest[i]])):
+            ax = axes[row][column]
+            ax.imshow(image[..., 0] if gray else image, cmap="gray" if gray else None, interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[0][column].set_title(f"d={distances[i]:.2f}", fontsize=8)
+    axes[0][0].set_ylabel("synthetic", fontsize=8)
+    axes[1][0].set_ylabel("nearest train", fontsize=8)
+    fig.suptitle(f"Closest synthetic-train pairs ({space} distance)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_train: Optional[int] = None,
+              num_test: Optional[int] = None, num_mia: int = 1000, spaces: Sequence[str] = ("pixel", "inception"),
+              num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: int = 0,
+              root=None, extractor=None, figure=None, progress: bool = True, **source_options) -> Dict:
+    """The whole privacy audit of ``pipe`` against ``dataset``: synthetic images from the pipeline's own sampler (the
+    one generation path), nearest neighbours in each space, membership inference, and the figure."""
+    from .data import load_images
+    from .generation import generate_images, labels_like_split
+
+    train = load_images(dataset, "train", pipe.unet.config.sample_size, root, **source_options)
+    test = load_images(dataset, "test", pipe.unet.config.sample_size, root, **source_options)
+    if train.images.shape[1] != pipe.unet.config.in_channels:
+        raise AuditError(f"The model makes {pipe.unet.config.in_channels}-channel images but {dataset} has "
+                         f"{train.images.shape[1]} channels: audit it against the data it was trained on.")
+    for name, wanted, available in (("--num-train", num_train, len(train)), ("--num-test", num_test, len(test)),
+                                    ("--num-mia", num_mia, min(len(train), len(test)))):
+        if wanted is not None and wanted > available:
+            raise AuditError(f"{name} {wanted} but only {available} images are available; use <= {available}.")
+    rng = np.random.default_rng(seed)
+    pick = lambda n, total: np.sort(rng.choice(total, n, replace=False)) if n and n < total else np.arange(total)  # noqa: E731
+    train_idx, test_idx = pick(num_train, len(train)), pick(num_test, len(test))
+    to_nhwc = lambda data, idx: data.images[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
+    train_images, test_images = to_nhwc(train, train_idx), to_nhwc(test, test_idx)
+
+    conditional = bool(pipe.config.class_names) and train.labels is not None
+    labels = None
+    if conditional:  # the train split's class mix
+        labels = labels_like_split(np.bincount(train.labels.numpy(), minlength=len(train.class_names)), num_samples)
+    synthetic = generate_images(pipe, num_samples, labels, num_inference_steps, guidance_scale, seed,
+                                progress=progress)
+    result = {"dataset": dataset, "num_synthetic": num_samples, "num_train": len(train_idx),
+              "num_test": len(test_idx), "generation": {"steps": num_inference_steps or pipe.config.get(
+                  "default_num_inference_steps"), "guidance_scale": guidance_scale, "seed": seed,
+                  "scheduler": type(pipe.scheduler).__name__}, "nearest_neighbours": {}}
+    for space in spaces:
+        if space == "pixel":
+            as_vectors = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255  # noqa: E731
+            feats = [as_vectors(synthetic), as_vectors(train_images), as_vectors(test_images)]
+        elif space == "inception":
+            from .evaluation import InceptionFeatures, RealFeatures
+
+            extractor = extractor or InceptionFeatures()
+            reals = RealFeatures(extractor, dataset, pipe.unet.config.sample_size, root, **source_options)
+            feats = [extractor.standard(synthetic, progress),
+                     reals.get("train", "standard", num_train, seed, progress)[0],
+                     reals.get("test", "standard", num_test, seed, progress)[0]]
+        else:
+            raise AuditError(f"Unknown feature space {space!r}: use pixel, inception.")
+        stats = copy_statistics(*feats, seed=seed)
+        d1, nearest = stats.pop("_nearest")
+        result["nearest_neighbours"][space] = stats
+        if figure is not None and space == "pixel":
+            closest_pairs_figure(synthetic, train_images, d1, nearest, figure, space=space)
+
+    n = min(num_mia, len(train_idx), len(test_idx))
+    members, nonmembers = train_idx[:n], test_idx[:n]
+    labels_of = lambda data, idx: None if data.labels is None else data.labels.numpy()[idx]  # noqa: E731
+    result["membership_inference"] = membership_inference(
+        pipe, to_nhwc(train, members), labels_of(train, members), to_nhwc(test, nonmembers),
+        labels_of(test, nonmembers), train.class_names, seed)
+    return result

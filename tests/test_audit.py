@@ -1,0 +1,79 @@
+"""`medgen audit` on the shipped model and real BloodMNIST: copy detection that finds real copies, membership
+inference, the figure, and clear errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medgen_diffusers import BloodMNISTPipeline, load_medmnist_tensors
+from medgen_diffusers.audit import AuditError, copy_statistics, denoising_losses, roc_auc, run_audit
+
+BIN = Path(sys.executable).parent
+
+
+def pixels(data, count, offset=0):
+    images = data.images[offset:offset + count].permute(0, 2, 3, 1).numpy()
+    return images, images.reshape(len(images), -1).astype(np.float32) / 255
+
+
+def test_copies_of_training_images_are_caught_and_held_out_images_are_not(data_root):
+    train = load_medmnist_tensors("bloodmnist", "train", root=data_root)
+    test = load_medmnist_tensors("bloodmnist", "test", root=data_root)
+    _, train_vectors = pixels(train, 3000)
+    _, test_vectors = pixels(test, 400)
+    copies = train_vectors[:40] + np.random.default_rng(0).normal(0, 0.002, train_vectors[:40].shape)  # re-encoded
+    stats = copy_statistics(copies.astype(np.float32), train_vectors, test_vectors)
+    assert stats["copy_rate"]["synthetic"] == 1.0 and stats["memorized_gu"]["synthetic"] == 1.0
+    held_out = copy_statistics(test_vectors[:200], train_vectors, test_vectors[200:])
+    assert held_out["copy_rate"]["synthetic"] < 0.05 and held_out["memorized_gu"]["synthetic"] < 0.05
+    assert stats["median_nn_distance"]["synthetic"] < 0.1 < held_out["median_nn_distance"]["synthetic"]
+
+
+def test_roc_auc_and_tpr():
+    assert roc_auc(np.array([3.0, 4.0]), np.array([1.0, 2.0]))["auc"] == 1.0
+    assert roc_auc(np.array([1.0, 2.0]), np.array([3.0, 4.0]))["auc"] == 0.0
+    assert roc_auc(np.array([1.0, 2.0]), np.array([1.0, 2.0]))["auc"] == 0.5
+    scores = np.random.default_rng(0).normal(size=(2, 5000))
+    result = roc_auc(scores[0] + 10, scores[1])
+    assert result["auc"] == 1.0 and result["tpr_at_1pct_fpr"] == 1.0
+
+
+def test_audit_of_the_shipped_model_small(data_root, tmp_path):
+    pipe = BloodMNISTPipeline.from_pretrained()
+    train = load_medmnist_tensors("bloodmnist", "train", root=data_root)
+    images = train.images[:6].permute(0, 2, 3, 1).numpy()
+    labels = train.labels[:6].numpy()
+    first, again = denoising_losses(pipe, images, labels), denoising_losses(pipe, images, labels)
+    np.testing.assert_array_equal(first, again)  # fixed noise: the same image, the same loss
+    result = run_audit(pipe, "bloodmnist", num_samples=16, num_train=500, num_test=120, num_mia=60, spaces=("pixel",),
+                       seed=0, root=str(data_root), figure=tmp_path / "pairs.png", progress=False)
+    pixel = result["nearest_neighbours"]["pixel"]
+    assert 0 <= pixel["copy_rate"]["synthetic"] <= 1 and 0 <= pixel["copy_rate"]["test"] <= 1
+    assert pixel["median_nn_distance"]["synthetic"] > 1.0  # the shipped model does not reproduce train images
+    mia = result["membership_inference"]
+    assert mia["num_members"] == mia["num_nonmembers"] == 60 and 0 <= mia["auc"] <= 1
+    assert Image.open(tmp_path / "pairs.png").size[0] > 500
+
+
+def test_audit_bad_inputs_are_clear_errors(data_root, tmp_path, conditional_pipe):
+    with pytest.raises(AuditError, match=r"--num-train 20000 but only 11959"):
+        run_audit(conditional_pipe, "bloodmnist", num_samples=4, num_train=20000, root=str(data_root),
+                  progress=False)
+    gray = tmp_path / "gray"
+    for split in ("train", "test"):
+        (gray / split / "a").mkdir(parents=True)
+        for i in range(4):
+            Image.new("L", (28, 28), 10 * i).save(gray / split / "a" / f"{i}.png")
+    with pytest.raises(AuditError, match="3-channel images but .* has 1 channels"):
+        run_audit(conditional_pipe, str(gray), num_samples=4, progress=False)
+    result = subprocess.run([str(BIN / "medgen"), "audit", "--num-samples", "4", "--num-mia", "99999",
+                             "--data-root", str(data_root), "--out", str(tmp_path / "a.json")],
+                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert result.returncode == 2 and "--num-mia 99999" in result.stderr
+    assert not (tmp_path / "a.json").exists()
