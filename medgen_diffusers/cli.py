@@ -211,6 +211,26 @@ def cmd_audit(args):
     print(f"wrote {out}" + (f" and {figure}" if figure else ""))
 
 
+def cmd_utility(args):
+    from .evaluation import write_json
+    from .utility import run_utility
+
+    out = writable(args.out)
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
+    fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    seeds = list(range(args.num_seeds))
+    result = run_utility(pipe, args.dataset, args.num_train, fractions, seeds, args.epochs, resolve_steps(pipe, args.steps),
+                         args.guidance_scale, args.data_root, device, args.seed, **source_options(args))
+    result["source"] = "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(args.pipeline) else args.pipeline
+    write_json(result, out)
+    for name, arm in result["arms"].items():
+        print(f"{name:14s} ACC {arm['acc_mean']:.4f} +- {arm['acc_std']:.4f}  AUC {arm['auc_mean']:.4f} +- "
+              f"{arm['auc_std']:.4f}  ({arm['runs'][0]['num_images']} images)")
+    print(f"TSTR/TRTR ratio: ACC {result['tstr_ratio']['acc']:.3f}, AUC {result['tstr_ratio']['auc']:.3f}")
+    print(f"wrote {out}")
+
+
 def cmd_figures(args):
     from . import DEFAULT_MODEL
     from .figures import write_run_figures
@@ -324,6 +344,17 @@ def build_parser():
     audit.add_argument("--figure", default="audit_closest_pairs.png", help="PNG of the closest pairs ('' for none).")
     add_generation_options(audit)
     audit.set_defaults(func=cmd_audit)
+
+    utility = commands.add_parser("utility", help="Classifiers trained on synthetic vs real images, scored on real "
+                                                  "test images (TSTR, augmentation).")
+    utility.add_argument("pipeline", nargs="?", default=None, help="Pipeline folder or Hub repo id (default: shipped).")
+    utility.add_argument("--num-train", type=int, default=None, help="N for TRTR/TSTR (default: the train split).")
+    utility.add_argument("--fractions", default="0.01,0.1,1", help="Real-data fractions for the augmentation arms.")
+    utility.add_argument("--num-seeds", type=int, default=3, help="Classifier seeds per arm.")
+    utility.add_argument("--epochs", type=int, default=10, help="Classifier epochs (MedMNIST used 100).")
+    utility.add_argument("--out", default="utility.json")
+    add_generation_options(utility)
+    utility.set_defaults(func=cmd_utility)
 
     figures = commands.add_parser("figures", help="Figures of a training run (curves, progressive, classes).")
     figures.add_argument("run_dir", nargs="?", default=None,

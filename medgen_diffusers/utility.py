@@ -1,0 +1,162 @@
+"""Utility of synthetic images: does a classifier trained on them work on real ones? (``medgen utility``)
+
+Classifier: MedMNIST v2's ResNet-18 for 28 px -- torchvision's ResNet-18 with a 3x3 stride-1 first convolution and
+no max-pool, as in MedMNIST's experiments code -- trained from scratch with cross-entropy, Adam (lr 1e-3), batch 128,
+the learning rate divided by 10 at 50 % and 75 % of the epochs (MedMNIST's schedule; ``epochs`` is shorter than its
+100 so that CPUs can run it), no augmentation and no model selection (the last epoch is scored). Scored with
+``medmnist.Evaluator`` (ACC and AUC) on the real **test** split (for other sources: medmnist's ``getACC``/``getAUC``).
+
+Arms (each for several classifier seeds -> mean +- std):
+
+* ``trtr`` -- train on N real training images; ``tstr`` -- train on N synthetic images in the train split's class
+  mix (the pipeline's own sampler). The ratios tstr / trtr of ACC and AUC are the headline.
+* ``real_{f}`` / ``real_{f}+syn`` -- a stratified fraction f of the real train split, without and with added
+  synthetic images (as many as the whole real train split, in its class mix): does synthetic data help when real
+  data is scarce?
+"""
+
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import torch
+import torchvision
+
+
+class UtilityError(ValueError):
+    """A bad utility request: says what is wrong and how to fix it."""
+
+
+def medmnist_resnet18(in_channels: int, num_classes: int) -> torch.nn.Module:
+    model = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = torch.nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = torch.nn.Identity()
+    return model
+
+
+def _as_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float NCHW normalised as MedMNIST does (mean 0.5, std 0.5)."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
+
+
+def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int = 10,
+                     batch_size: int = 128, seed: int = 0, device="cpu") -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = medmnist_resnet18(images.shape[-1], num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.5 * epochs), int(0.75 * epochs)], gamma=0.1)
+    x, y = _as_input(images), torch.from_numpy(labels.astype(np.int64))
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            loss = torch.nn.functional.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def score_classifier(model, images: np.ndarray, labels: np.ndarray, device="cpu", evaluator=None) -> Dict[str, float]:
+    """ACC and AUC on real images: with ``medmnist.Evaluator`` (its labels from the official file; MedMNIST sets), else
+    with the same metric functions it uses."""
+    scores = torch.cat([model(batch.to(device)).softmax(1).cpu() for batch in _as_input(images).split(512)]).numpy()
+    return metrics_from_scores(scores, labels, evaluator)
+
+
+def metrics_from_scores(scores: np.ndarray, labels: np.ndarray, evaluator=None) -> Dict[str, float]:
+    from medmnist.evaluator import getACC, getAUC
+
+    if evaluator is not None:
+        auc, acc = evaluator.evaluate(scores)
+        return {"acc": float(acc), "auc": float(auc)}
+    return {"acc": float(getACC(labels, scores, "multi-class")), "auc": float(getAUC(labels, scores, "multi-class"))}
+
+
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Indices of ``fraction`` of every class (at least one image each)."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(labels == c), max(1, round(fraction * np.sum(labels == c))), replace=False)
+             for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
+
+
+def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = None,
+                fractions: Sequence[float] = (0.01, 0.1, 1.0), seeds: Sequence[int] = (0, 1, 2), epochs: int = 10,
+                num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, root=None,
+                device="cpu", generation_seed: int = 0, progress: bool = True, num_added: Optional[int] = None,
+                num_test: Optional[int] = None, **source_options) -> Dict:
+    """Every arm for every seed; returns per-arm mean/std and the TSTR ratios."""
+    from medmnist.info import INFO
+
+    from .data import load_images
+    from .generation import generate_images, labels_like_split
+
+    train = load_images(dataset, "train", pipe.unet.config.sample_size, root, **source_options)
+    test = load_images(dataset, "test", pipe.unet.config.sample_size, root, **source_options)
+    if train.labels is None or not pipe.config.class_names:
+        raise UtilityError("The utility protocol trains a classifier: it needs class labels in the data and a "
+                           "class-conditional pipeline.")
+    if len(pipe.config.class_names) != len(train.class_names):
+        raise UtilityError(f"The pipeline has {len(pipe.config.class_names)} classes but {dataset} has "
+                           f"{len(train.class_names)}: use the data it was trained on.")
+    real_x, real_y = train.images.permute(0, 2, 3, 1).numpy(), train.labels.numpy()
+    test_x, test_y = test.images.permute(0, 2, 3, 1).numpy(), test.labels.numpy()
+    if num_test is not None:  # quick checks only: a seeded subset, scored with the Evaluator's metric functions
+        keep = _first(num_test, len(test_x), 0)
+        test_x, test_y = test_x[keep], test_y[keep]
+    n = num_train or len(real_x)
+    if n > len(real_x):
+        raise UtilityError(f"--num-train {n} but the train split has {len(real_x)} images.")
+    counts = np.bincount(real_y, minlength=len(train.class_names))
+    added = num_added or len(real_x)  # synthetic images added in the augmentation arms (default: a whole train split)
+    num_synthetic = max(n, added) if fractions else n
+    syn_y = labels_like_split(counts, num_synthetic)
+    syn_x = generate_images(pipe, num_synthetic, syn_y, num_inference_steps, guidance_scale, generation_seed,
+                            progress=progress)
+    # TSTR uses n synthetic images spread over the classes like the real ones (every k-th of the sorted labels).
+    tstr_idx = np.linspace(0, num_synthetic - 1, n).round().astype(int)
+    arms = {"trtr": lambda seed: (real_x[_first(n, len(real_x), seed)], real_y[_first(n, len(real_x), seed)]),
+            "tstr": lambda seed: (syn_x[tstr_idx], syn_y[tstr_idx])}
+    for fraction in fractions:
+        def real_part(seed, fraction=fraction):
+            idx = stratified_subset(real_y, fraction, seed)
+            return real_x[idx], real_y[idx]
+        arms[f"real_{fraction:g}"] = real_part
+        added_idx = np.linspace(0, num_synthetic - 1, added).round().astype(int)
+        arms[f"real_{fraction:g}+syn"] = lambda seed, part=real_part, idx=added_idx: tuple(
+            np.concatenate([a, b]) for a, b in zip(part(seed), (syn_x[idx], syn_y[idx])))
+    evaluator = None
+    if dataset in INFO and num_test is None:  # the official scorer, on the official test labels
+        from medmnist import Evaluator
+
+        from .data import medmnist_path
+
+        evaluator = Evaluator(dataset, "test", size=pipe.unet.config.sample_size,
+                              root=str(medmnist_path(dataset, pipe.unet.config.sample_size, root).parent))
+    results = {}
+    for name, make in arms.items():
+        runs = []
+        for seed in seeds:
+            x, y = make(seed)
+            model = train_classifier(x, y, len(train.class_names), epochs, seed=seed, device=device)
+            runs.append({"seed": seed, "num_images": len(x),
+                         **score_classifier(model, test_x, test_y, device, evaluator)})
+        results[name] = {"runs": runs, **{f"{m}_{s}": float(getattr(np, s)([r[m] for r in runs]))
+                                          for m in ("acc", "auc") for s in ("mean", "std")}}
+    ratio = {m: results["tstr"][f"{m}_mean"] / results["trtr"][f"{m}_mean"] for m in ("acc", "auc")}
+    gains = {f"{f:g}": {m: results[f"real_{f:g}+syn"][f"{m}_mean"] - results[f"real_{f:g}"][f"{m}_mean"]
+                        for m in ("acc", "auc")} for f in fractions}
+    return {"dataset": dataset, "num_train": n, "num_synthetic_added": added, "epochs": epochs,
+            "seeds": list(seeds), "tstr_ratio": ratio, "augmentation_gain": gains, "arms": results,
+            "generation": {"steps": num_inference_steps or pipe.config.get("default_num_inference_steps"),
+                           "guidance_scale": guidance_scale, "seed": generation_seed,
+                           "scheduler": type(pipe.scheduler).__name__}}
+
+
+def _first(n: int, total: int, seed: int) -> np.ndarray:
+    """A seeded random subset of n of total indices (all when n == total)."""
+    if n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
