@@ -395,7 +395,8 @@ def load_medmnist(
     root: Optional[Union[str, os.PathLike]] = None,
     download: bool = True,
 ):
-    """A split as a ``datasets.Dataset`` with columns ``image`` (``Image``) and ``label`` (``ClassLabel``)."""
+    """A split as a ``datasets.Dataset`` with columns ``image`` (``Image``) and ``label`` (``ClassLabel``; for
+    multi-label sets a sequence of 0/1 per finding)."""
     import datasets
 
     _check_request(flag, split, size)
@@ -403,9 +404,11 @@ def load_medmnist(
     images, labels = _read_split(path, split)
     if images.shape[-1] == 1:
         images = images[..., 0]
-    features = datasets.Features(
-        {"image": datasets.Image(), "label": datasets.ClassLabel(names=class_names(flag))}
-    )
+    if labels.shape[1] == 1:
+        label_feature, labels = datasets.ClassLabel(names=class_names(flag)), labels[:, 0]
+    else:  # multi-label sets (ChestMNIST): one 0/1 entry per finding
+        label_feature = datasets.Sequence(datasets.Value("uint8"), length=labels.shape[1])
+    features = datasets.Features({"image": datasets.Image(), "label": label_feature})
     return datasets.Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
 
 
