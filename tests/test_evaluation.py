@@ -141,10 +141,13 @@ def test_identical_sets_score_zero(inception, real_sets):
 
 def test_bad_inputs_give_one_clear_error(inception, real_sets, data_root, tmp_path):
     images = real_sets[2]
-    with pytest.raises(EvaluationError, match="28x28"):
+    with pytest.raises(EvaluationError, match="32x32 but the real split is 28x28: pass --size 32"):
         evaluate_images(np.zeros((4, 32, 32, 3), np.uint8), split="test", extractor=inception, root=str(data_root))
-    with pytest.raises(EvaluationError, match="RGB"):
-        evaluate_images(images[..., 0], split="test", extractor=inception, root=str(data_root))
+    with pytest.raises(EvaluationError, match=r"\(N, H, W\), \(N, H, W, 1\) or \(N, H, W, 3\)"):
+        evaluate_images(images[..., :2], split="test", extractor=inception, root=str(data_root))
+    # Grayscale is replicated to 3 channels (as clean-fid does): the same features as the RGB-replicated image.
+    gray = images[:2, ..., :1]
+    np.testing.assert_array_equal(inception.seed(gray), inception.seed(np.repeat(gray, 3, axis=-1)))
     with pytest.raises(EvaluationError, match="has 3421"):
         evaluate_images(images, split="test", num_real=5000, extractor=inception, root=str(data_root))
     with pytest.raises(EvaluationError, match="right --dataset"):
