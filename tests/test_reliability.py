@@ -172,8 +172,7 @@ def test_loading_through_our_class_runs_our_code_on_the_pinned_diffusers(saved):
 # 9. ------------------------------------------------------------------------------------------------------------
 def test_evaluate_says_what_a_non_npz_file_should_be(tmp_path, capsys):
     fake = tmp_path / "images.npz"
-    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    shutil.move(tmp_path / "obj.npy", fake)  # a pickled .npy renamed to .npz: numpy would talk about pickles
+    fake.write_bytes(b"these are not arrays")  # numpy's own message for it would talk about pickled data
     assert main(["evaluate", str(fake), "--no-floor"]) == 2
     err = capsys.readouterr().err
     assert "is not an .npz archive" in err and "pickle" not in err
@@ -215,11 +214,11 @@ def test_guidance_moves_samples_toward_the_asked_class(data_root):
     """A linear classifier fit on real train pixels recognises guided samples far better than unguided ones. Were the
     conditional and null branches swapped, guidance would push away from the class and this accuracy would fall."""
     train = load_medmnist_tensors("bloodmnist", "train", root=data_root)
-    x, y = train.images[:6000].float().div(255).flatten(1), train.labels[:6000]
+    x, y = train.images[:4000].float().div(255).flatten(1), train.labels[:4000]
     torch.manual_seed(0)
     classifier = torch.nn.Linear(x.shape[1], 8)
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-3)
-    for _ in range(200):
+    for _ in range(150):
         optimizer.zero_grad()
         torch.nn.functional.cross_entropy(classifier(x), y).backward()
         optimizer.step()
