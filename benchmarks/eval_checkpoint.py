@@ -60,7 +60,9 @@ def main():
     labels = labels_like_split(class_counts("bloodmnist", args.split), args.num_samples)
     images = generate_images(pipe, args.num_samples, labels, args.steps)
     result = evaluate_images(images, labels, split=args.split, per_class=False, progress=True)
-    result["generation"] = {"checkpoint": args.checkpoint, "scheduler": "dpmsolver", "steps": args.steps,
+    checkpoint = Path(args.checkpoint).resolve()
+    # Run folder and checkpoint names only: committed results carry no local paths.
+    result["generation"] = {"checkpoint": f"{checkpoint.parent.name}/{checkpoint.name}", "scheduler": "dpmsolver", "steps": args.steps,
                             "prediction_type": args.prediction_type, "beta_schedule": args.beta_schedule,
                             "weights": args.weights}
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
