@@ -45,8 +45,12 @@ EOF
 # 5. Headline numbers: test split, N = 3,421, default sampler, both protocols, the floor.
 $BIN/medgen evaluate "$STAGE" --split test --out "$STAGE/evaluation.json"
 
+# 5b. Privacy audit (pixel space; all train and test images), which the card's "Utility and privacy" section reads.
+$BIN/medgen audit "$STAGE" --num-samples 1000 --num-mia 1000 --spaces pixel --out "$STAGE/audit.json" \
+    --figure "$RUN/audit_closest_pairs.png"
+
 # 6. Figures and the card (which reads evaluation.json).
 $BIN/medgen figures "$STAGE"
-$BIN/medgen card "$STAGE"
+$BIN/medgen card "$STAGE" --repo-id "$DEST"
 rm -rf "$DEST" && cp -r "$STAGE" "$DEST"
 du -sh "$DEST"

@@ -71,6 +71,10 @@ Trained with `train_unconditional.py` on the real {dataset} train split ({num_tr
 
 {metrics_section}
 
+## Utility and privacy
+
+{trust_section}
+
 ## Intended use and limitations
 
 For research and data augmentation only: **not for diagnosis** or any clinical decision. Synthetic images
@@ -85,6 +89,37 @@ Data: MedMNIST v2 (CC BY 4.0) and the blood-cell dataset it is built from.
 {citation}
 ```
 """
+
+
+def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
+    """Markdown from `medgen audit` (audit.json) and `medgen utility` (utility.json), each number beside its real
+    baseline."""
+    parts = []
+    if audit:
+        rows = ["| measure | synthetic | real test images (baseline) |", "|---|---|---|"]
+        for space, stats in audit.get("nearest_neighbours", {}).items():
+            rows.append(f"| copy rate, {space} space | {stats['copy_rate']['synthetic']:.4f} | "
+                        f"{stats['copy_rate']['test']:.4f} |")
+            rows.append(f"| nearest/second-nearest < 1/3 (Gu et al.), {space} | "
+                        f"{stats['memorized_gu']['synthetic']:.4f} | {stats['memorized_gu']['test']:.4f} |")
+            rows.append(f"| median distance to nearest training image, {space} | "
+                        f"{stats['median_nn_distance']['synthetic']:.3f} | {stats['median_nn_distance']['test']:.3f} |")
+        mia = audit.get("membership_inference")
+        if mia:
+            rows.append(f"| membership inference (loss attack) ROC AUC | {mia['auc']:.3f} | 0.5 = nothing learned |")
+            rows.append(f"| ... TPR at 1 % FPR | {mia['tpr_at_1pct_fpr']:.3f} | 0.01 = chance |")
+        parts.append(f"Privacy (`medgen audit`, {audit.get('num_synthetic')} synthetic images vs "
+                     f"{audit.get('num_train')} training and {audit.get('num_test')} held-out test images):\n\n"
+                     + "\n".join(rows))
+    if utility:
+        arms = utility["arms"]
+        rows = ["| arm | ACC | AUC |", "|---|---|---|"]
+        rows += [f"| {name} | {arm['acc_mean']:.3f} ± {arm['acc_std']:.3f} | {arm['auc_mean']:.3f} ± "
+                 f"{arm['auc_std']:.3f} |" for name, arm in arms.items()]
+        parts.append(f"Utility (`medgen utility`: ResNet-18 trained on real (TRTR) or synthetic (TSTR) images, scored "
+                     f"on the real test split; TSTR/TRTR ACC ratio **{utility['tstr_ratio']['acc']:.3f}**):\n\n"
+                     + "\n".join(rows))
+    return "\n\n".join(parts) or "Not audited yet: run `medgen audit` (and `medgen utility`) on this pipeline."
 
 
 def metrics_table(evaluation: Dict) -> str:
@@ -127,6 +162,8 @@ def build_model_card(
     repo_or_path: str = "path/to/pipeline",
     samples_image: Optional[str] = None,
     sampler_note: str = "DDPMScheduler, 1000 steps (the training scheduler)",
+    audit: Optional[Dict] = None,
+    utility: Optional[Dict] = None,
 ) -> ModelCard:
     """A model card whose YAML metadata validates on the Hub and whose body says how the model was made."""
     dataset = training_config.get("dataset", "bloodmnist")
@@ -161,6 +198,7 @@ def build_model_card(
         num_train_images=training_config.get("num_train_images", "all"),
         training_config=json.dumps(training_config, indent=2, sort_keys=True),
         metrics_section=metrics_section,
+        trust_section=trust_section(audit, utility),
         samples_section=f"![Generated samples]({samples_image})" if samples_image else "No sample grid saved.",
         sampler_note=sampler_note,
         citation=MEDMNIST_CITATION,
@@ -186,7 +224,12 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None) -> Path:
     if scheduler.get("timestep_spacing"):
         sampler_note += f", {scheduler['timestep_spacing']} spacing"
     samples = next((name for name in ("classes.png", "samples.png") if (folder / name).is_file()), None)
-    card = build_model_card(training_config, class_names, metrics, repo_or_path=repo_id or str(folder),
-                            samples_image=samples, sampler_note=sampler_note)
+    # `medgen audit/utility PIPELINE --out PIPELINE/audit.json` (utility.json) put their results where the card reads.
+    read = lambda name: json.loads((folder / name).read_text()) if (folder / name).is_file() else None  # noqa: E731
+    # The usage snippets name the repo id, else the folder as given -- never an absolute path of this machine.
+    where = repo_id or (folder.name if folder.is_absolute() else folder.as_posix())
+    card = build_model_card(training_config, class_names, metrics, repo_or_path=where,
+                            samples_image=samples, sampler_note=sampler_note, audit=read("audit.json"),
+                            utility=read("utility.json"))
     card.save(folder / "README.md")
     return folder / "README.md"

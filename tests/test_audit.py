@@ -104,3 +104,16 @@ def test_utility_protocol_small(data_root):
     scores[np.arange(len(labels))[::2], labels[::2]] += 1  # half of them right: ACC well above chance
     official = metrics_from_scores(scores, labels, Evaluator("bloodmnist", "test", root=str(data_root)))
     assert official == metrics_from_scores(scores, labels) and official["acc"] > 0.5
+
+
+def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path):
+    from medgen_diffusers.model_card import write_card
+
+    folder = tmp_path / "pipe"
+    conditional_pipe.save_pretrained(folder)
+    assert "Not audited yet" in write_card(folder).read_text()
+    shipped_audit = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "audit" / "shipped_pixel.json"
+    (folder / "audit.json").write_bytes(shipped_audit.read_bytes())
+    card = write_card(folder).read_text()
+    assert "## Utility and privacy" in card and "| copy rate, pixel space | 0.0020 | 0.0099 |" in card
+    assert "ROC AUC | 0.511" in card and str(tmp_path) not in card  # no local path in the usage snippets
