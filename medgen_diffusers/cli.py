@@ -60,6 +60,11 @@ def is_shipped(path) -> bool:
     return path is None or Path(path).resolve() == Path(DEFAULT_MODEL).resolve()
 
 
+def source_name(path) -> str:
+    """How a result names the pipeline it came from: as the user gave it, never the shipped folder's local path."""
+    return "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(path) else str(path)
+
+
 def resolve_steps(pipe, steps):
     """--steps, else the pipeline's saved default, else 1000 (DDPM)."""
     return steps or pipe.config.get("default_num_inference_steps") or 1000
@@ -140,7 +145,7 @@ def cmd_evaluate(args):
     own_folder = (source / "model_index.json").is_file() and not shipped
     out = writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json"))
     # No absolute path of this machine in a result that may be committed or pushed.
-    generation = {"source": "medgen_diffusers/pretrained/bloodmnist (shipped)" if shipped else args.source}
+    generation = {"source": source_name(None if shipped else args.source)}
     if source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file()):
         from .data import load_images
 
@@ -199,7 +204,7 @@ def cmd_audit(args):
     result = run_audit(pipe, args.dataset, args.num_samples, args.num_train, args.num_test, args.num_mia, spaces,
                        resolve_steps(pipe, args.steps), args.guidance_scale, args.seed, args.data_root, extractor,
                        figure, **source_options(args))
-    result["source"] = "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(args.pipeline) else args.pipeline
+    result["source"] = source_name(args.pipeline)
     write_json(result, out)
     for space, stats in result["nearest_neighbours"].items():
         print(f"{space:9s} copy rate {stats['copy_rate']['synthetic']:.4f} (test baseline "
@@ -222,7 +227,7 @@ def cmd_utility(args):
     seeds = list(range(args.num_seeds))
     result = run_utility(pipe, args.dataset, args.num_train, fractions, seeds, args.epochs, resolve_steps(pipe, args.steps),
                          args.guidance_scale, args.data_root, device, args.seed, **source_options(args))
-    result["source"] = "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(args.pipeline) else args.pipeline
+    result["source"] = source_name(args.pipeline)
     write_json(result, out)
     for name, arm in result["arms"].items():
         print(f"{name:14s} ACC {arm['acc_mean']:.4f} +- {arm['acc_std']:.4f}  AUC {arm['auc_mean']:.4f} +- "

@@ -119,7 +119,7 @@ def test_bad_sources_are_one_clear_error_each(sources, tmp_path):
         load_images(str(tmp_path / "broken"))
     with pytest.raises(DataError, match=r"no column 'picture'.*--image_column"):
         load_images(str(sources["datasets"]), image_column="picture")
-    with pytest.raises(DataError, match=r"no 'val' split|no '?val"):
+    with pytest.raises(DataError, match=r"has no 'val_images' array"):
         load_images(str(sources["npz"]), "val")
     np.savez(tmp_path / "floats.npz", train_images=np.zeros((4, 28, 28, 3), np.float32))
     with pytest.raises(DataError, match="must be uint8"):
