@@ -83,6 +83,17 @@ def split_counts(split, args, size=None):
     return None if split is None else class_counts(args.dataset, split, size, args.data_root, **source_options(args))
 
 
+def device_name(device) -> str:
+    """Which hardware a result came from (classifier training differs slightly between GPUs and CPUs)."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
 def resolve_device(name="auto"):
     """--device: auto = CUDA, else Apple MPS, else CPU."""
     import torch
@@ -205,6 +216,7 @@ def cmd_audit(args):
                        resolve_steps(pipe, args.steps), args.guidance_scale, args.seed, args.data_root, extractor,
                        figure, **source_options(args))
     result["source"] = source_name(args.pipeline)
+    result["device"] = device_name(device)
     write_json(result, out)
     for space, stats in result["nearest_neighbours"].items():
         print(f"{space:9s} copy rate {stats['copy_rate']['synthetic']:.4f} (test baseline "
@@ -226,8 +238,10 @@ def cmd_utility(args):
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
     seeds = list(range(args.num_seeds))
     result = run_utility(pipe, args.dataset, args.num_train, fractions, seeds, args.epochs, resolve_steps(pipe, args.steps),
-                         args.guidance_scale, args.data_root, device, args.seed, **source_options(args))
+                         args.guidance_scale, args.data_root, device, args.seed, split=args.split,
+                         arms=[a.strip() for a in args.arms.split(",") if a.strip()] or None, **source_options(args))
     result["source"] = source_name(args.pipeline)
+    result["device"] = device_name(device)
     write_json(result, out)
     for name, arm in result["arms"].items():
         print(f"{name:14s} ACC {arm['acc_mean']:.4f} +- {arm['acc_std']:.4f}  AUC {arm['auc_mean']:.4f} +- "
@@ -356,7 +370,12 @@ def build_parser():
     utility.add_argument("--num-train", type=int, default=None, help="N for TRTR/TSTR (default: the train split).")
     utility.add_argument("--fractions", default="0.01,0.1,1", help="Real-data fractions for the augmentation arms.")
     utility.add_argument("--num-seeds", type=int, default=3, help="Classifier seeds per arm.")
-    utility.add_argument("--epochs", type=int, default=10, help="Classifier epochs (MedMNIST used 100).")
+    utility.add_argument("--epochs", type=int, default=10,
+                         help="Classifier steps, in epochs of N images; every arm gets as many (MedMNIST used 100).")
+    utility.add_argument("--split", default="test", choices=("test", "val"),
+                         help="Real split the classifiers are scored on: test to report, val to choose settings.")
+    utility.add_argument("--arms", default="", help="Only these arms, e.g. 'trtr,tstr' for a guidance sweep "
+                                                    "(default: all).")
     utility.add_argument("--out", default="utility.json")
     add_generation_options(utility)
     utility.set_defaults(func=cmd_utility)

@@ -116,10 +116,36 @@ def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
         rows = ["| arm | ACC | AUC |", "|---|---|---|"]
         rows += [f"| {name} | {arm['acc_mean']:.3f} ± {arm['acc_std']:.3f} | {arm['auc_mean']:.3f} ± "
                  f"{arm['auc_std']:.3f} |" for name, arm in arms.items()]
-        parts.append(f"Utility (`medgen utility`: ResNet-18 trained on real (TRTR) or synthetic (TSTR) images, scored "
-                     f"on the real test split; TSTR/TRTR ACC ratio **{utility['tstr_ratio']['acc']:.3f}**):\n\n"
-                     + "\n".join(rows))
+        gains = "; ".join(f"{float(f):.0%} real: {g['acc']:+.3f}" for f, g in utility.get("augmentation_gain", {}).items())
+        added = (f"\n\nAdding {utility.get('num_synthetic_added')} synthetic images (the train split's class mix) "
+                 f"changes test ACC by {gains}." if gains else "")
+        parts.append(f"Utility (`medgen utility`: MedMNIST's ResNet-18 trained on {utility.get('num_train')} real (TRTR) "
+                     f"or synthetic (TSTR) images, {utility.get('classifier_steps')} steps per arm, "
+                     f"{len(utility.get('seeds', []))} seeds, scored on the real **{utility.get('split', 'test')}** "
+                     f"split; TSTR/TRTR ACC ratio **{utility['tstr_ratio']['acc']:.3f}**, AUC ratio "
+                     f"{utility['tstr_ratio']['auc']:.3f}; real_f = a stratified fraction f of the real train split, "
+                     f"+syn = with synthetic images added; run on {utility.get('device', 'an unrecorded device')}):\n\n"
+                     + "\n".join(rows) + added)
     return "\n\n".join(parts) or "Not audited yet: run `medgen audit` (and `medgen utility`) on this pipeline."
+
+
+def trust_summary(audit: Optional[Dict], utility: Optional[Dict]) -> Dict:
+    """The headline utility and privacy numbers, each with its real baseline, for evaluation.json (the full results
+    stay in audit.json and utility.json beside it)."""
+    summary = {}
+    if utility:
+        summary["utility"] = {"file": "utility.json", "split": utility.get("split", "test"),
+                              "tstr_ratio": utility["tstr_ratio"], "augmentation_gain": utility["augmentation_gain"],
+                              "trtr_acc": utility["arms"]["trtr"]["acc_mean"],
+                              "tstr_acc": utility["arms"]["tstr"]["acc_mean"], "device": utility.get("device")}
+    if audit:
+        summary["privacy"] = {"file": "audit.json", **{
+            f"{space}_{key}": stats[key] for space, stats in audit.get("nearest_neighbours", {}).items()
+            for key in ("copy_rate", "memorized_gu")}}
+        if audit.get("membership_inference"):
+            mia = audit["membership_inference"]
+            summary["privacy"]["membership_inference"] = {"auc": mia["auc"], "tpr_at_1pct_fpr": mia["tpr_at_1pct_fpr"]}
+    return summary
 
 
 def metrics_table(evaluation: Dict) -> str:

@@ -2,9 +2,12 @@
 
 Classifier: MedMNIST v2's ResNet-18 for 28 px -- torchvision's ResNet-18 with a 3x3 stride-1 first convolution and
 no max-pool, as in MedMNIST's experiments code -- trained from scratch with cross-entropy, Adam (lr 1e-3), batch 128,
-the learning rate divided by 10 at 50 % and 75 % of the epochs (MedMNIST's schedule; ``epochs`` is shorter than its
-100 so that CPUs can run it), no augmentation and no model selection (the last epoch is scored). Scored with
-``medmnist.Evaluator`` (ACC and AUC) on the real **test** split (for other sources: medmnist's ``getACC``/``getAUC``).
+the learning rate divided by 10 at 50 % and 75 % of the steps (MedMNIST's schedule), no augmentation and no model
+selection (the last step is scored). Every arm trains for the same number of optimizer steps, ``epochs`` epochs of N
+images (10 x 94 = 940 steps for BloodMNIST's 11,959; MedMNIST used 100 epochs), cycling through its own images: arms
+then differ in their data, not in how long the classifier trained (with epochs of their own, 1 % of the real data
+would get 10 steps). Scored with ``medmnist.Evaluator`` (ACC and AUC) on the real **test** split (``split="val"`` to
+choose settings; for other sources: medmnist's ``getACC``/``getAUC``).
 
 Arms (each for several classifier seeds -> mean +- std):
 
@@ -38,21 +41,26 @@ def _as_input(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).sub(0.5).div(0.5)
 
 
-def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, epochs: int = 10,
-                     batch_size: int = 128, seed: int = 0, device="cpu") -> torch.nn.Module:
+def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, steps: int, batch_size: int = 128,
+                     seed: int = 0, device="cpu") -> torch.nn.Module:
+    """``steps`` Adam steps over shuffled passes through the images (a pass smaller than a batch is one batch)."""
     torch.manual_seed(seed)
     model = medmnist_resnet18(images.shape[-1], num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.5 * epochs), int(0.75 * epochs)], gamma=0.1)
-    x, y = _as_input(images), torch.from_numpy(labels.astype(np.int64))
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.5 * steps), int(0.75 * steps)], gamma=0.1)
+    x, y = _as_input(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
     generator = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
-            loss.backward()
-            optimizer.step()
+    batches = iter(())
+    for _ in range(steps):
+        batch = next(batches, None)
+        if batch is None:  # a new shuffled pass
+            batches = iter(torch.randperm(len(x), generator=generator).split(batch_size))
+            batch = next(batches)
+        batch = batch.to(device)
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        optimizer.step()
         scheduler.step()
     return model.eval()
 
@@ -86,15 +94,24 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
                 fractions: Sequence[float] = (0.01, 0.1, 1.0), seeds: Sequence[int] = (0, 1, 2), epochs: int = 10,
                 num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, root=None,
                 device="cpu", generation_seed: int = 0, progress: bool = True, num_added: Optional[int] = None,
-                num_test: Optional[int] = None, **source_options) -> Dict:
-    """Every arm for every seed; returns per-arm mean/std and the TSTR ratios."""
+                num_test: Optional[int] = None, split: str = "test", arms: Optional[Sequence[str]] = None,
+                **source_options) -> Dict:
+    """Every arm (or those named in ``arms``) for every seed, scored on ``split`` ("test" to report, "val" to choose
+    settings such as the guidance scale); returns per-arm mean/std, the TSTR ratios and the augmentation gains."""
     from medmnist.info import INFO
 
     from .data import load_images
     from .generation import generate_images, labels_like_split
 
     train = load_images(dataset, "train", pipe.unet.config.sample_size, root, **source_options)
-    test = load_images(dataset, "test", pipe.unet.config.sample_size, root, **source_options)
+    arms_wanted = arms  # `arms` becomes the table of arm name -> training data below
+    if split not in ("val", "test"):
+        raise UtilityError(f"split={split!r}: score on 'test' (to report) or 'val' (to choose settings).")
+    names = ["trtr", "tstr"] + [f"real_{f:g}{syn}" for f in fractions for syn in ("", "+syn")]
+    if arms_wanted and (set(arms_wanted) - set(names) or not {"trtr", "tstr"} <= set(arms_wanted)):
+        raise UtilityError(f"arms={list(arms_wanted)}: choose among {names}, always with trtr and tstr (the ratio "
+                           "needs both); the real_* arms follow --fractions.")
+    test = load_images(dataset, split, pipe.unet.config.sample_size, root, **source_options)
     if train.labels is None or not pipe.config.class_names:
         raise UtilityError("The utility protocol trains a classifier: it needs class labels in the data and a "
                            "class-conditional pipeline.")
@@ -117,6 +134,7 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
                             progress=progress)
     # TSTR uses n synthetic images spread over the classes like the real ones (every k-th of the sorted labels).
     tstr_idx = np.linspace(0, num_synthetic - 1, n).round().astype(int)
+    steps = epochs * -(-n // 128)  # the same optimizer steps for every arm: `epochs` epochs of N images
     arms = {"trtr": lambda seed: (real_x[_first(n, len(real_x), seed)], real_y[_first(n, len(real_x), seed)]),
             "tstr": lambda seed: (syn_x[tstr_idx], syn_y[tstr_idx])}
     for fraction in fractions:
@@ -127,28 +145,34 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
         added_idx = np.linspace(0, num_synthetic - 1, added).round().astype(int)
         arms[f"real_{fraction:g}+syn"] = lambda seed, part=real_part, idx=added_idx: tuple(
             np.concatenate([a, b]) for a, b in zip(part(seed), (syn_x[idx], syn_y[idx])))
+    if arms_wanted:
+        arms = {name: make for name, make in arms.items() if name in arms_wanted}
     evaluator = None
     if dataset in INFO and num_test is None:  # the official scorer, on the official test labels
         from medmnist import Evaluator
 
         from .data import medmnist_path
 
-        evaluator = Evaluator(dataset, "test", size=pipe.unet.config.sample_size,
+        evaluator = Evaluator(dataset, split, size=pipe.unet.config.sample_size,
                               root=str(medmnist_path(dataset, pipe.unet.config.sample_size, root).parent))
     results = {}
     for name, make in arms.items():
+        if name == "real_1" and n == len(real_x) and "trtr" in results:
+            results[name] = results["trtr"]  # the same images, steps and seeds: the same classifiers
+            continue
         runs = []
         for seed in seeds:
             x, y = make(seed)
-            model = train_classifier(x, y, len(train.class_names), epochs, seed=seed, device=device)
+            model = train_classifier(x, y, len(train.class_names), steps, seed=seed, device=device)
             runs.append({"seed": seed, "num_images": len(x),
                          **score_classifier(model, test_x, test_y, device, evaluator)})
         results[name] = {"runs": runs, **{f"{m}_{s}": float(getattr(np, s)([r[m] for r in runs]))
                                           for m in ("acc", "auc") for s in ("mean", "std")}}
     ratio = {m: results["tstr"][f"{m}_mean"] / results["trtr"][f"{m}_mean"] for m in ("acc", "auc")}
     gains = {f"{f:g}": {m: results[f"real_{f:g}+syn"][f"{m}_mean"] - results[f"real_{f:g}"][f"{m}_mean"]
-                        for m in ("acc", "auc")} for f in fractions}
-    return {"dataset": dataset, "num_train": n, "num_synthetic_added": added, "epochs": epochs,
+                        for m in ("acc", "auc")} for f in fractions if {f"real_{f:g}", f"real_{f:g}+syn"} <= set(results)}
+    return {"dataset": dataset, "split": split, "num_train": n, "num_synthetic_added": added, "epochs": epochs,
+            "classifier_steps": steps,
             "seeds": list(seeds), "tstr_ratio": ratio, "augmentation_gain": gains, "arms": results,
             "generation": {"steps": num_inference_steps or pipe.config.get("default_num_inference_steps"),
                            "guidance_scale": guidance_scale, "seed": generation_seed,

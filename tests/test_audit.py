@@ -83,7 +83,7 @@ def test_utility_protocol_small(data_root):
     medmnist.Evaluator and the metric functions on our copy of the labels agree."""
     import torch
 
-    from medgen_diffusers.utility import medmnist_resnet18, metrics_from_scores, run_utility
+    from medgen_diffusers.utility import UtilityError, medmnist_resnet18, metrics_from_scores, run_utility
 
     model = medmnist_resnet18(3, 8)
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
@@ -97,6 +97,12 @@ def test_utility_protocol_small(data_root):
     assert result["arms"]["real_0.01+syn"]["runs"][0]["num_images"] == few + 32
     assert result["arms"]["tstr"]["runs"][0]["num_images"] == 96
     assert result["tstr_ratio"]["acc"] == result["arms"]["tstr"]["acc_mean"] / result["arms"]["trtr"]["acc_mean"]
+    assert result["classifier_steps"] == 1 and result["split"] == "test"  # 1 epoch of N=96 at batch 128, every arm
+    for bad, message in ((dict(arms=["tstr"]), "always with trtr and tstr"),
+                         (dict(arms=["trtr", "tstr", "real_0.5"]), "choose among"),
+                         (dict(split="train"), "score on 'test'")):
+        with pytest.raises(UtilityError, match=message):  # refused before any image is generated
+            run_utility(pipe, "bloodmnist", num_train=96, fractions=(0.01,), root=str(data_root), **bad)
     from medmnist import Evaluator
 
     labels = load_medmnist_tensors("bloodmnist", "test", root=data_root).labels.numpy()
@@ -117,3 +123,9 @@ def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path)
     card = write_card(folder).read_text()
     assert "## Utility and privacy" in card and "| copy rate, pixel space | 0.0020 | 0.0099 |" in card
     assert "ROC AUC | 0.511" in card and str(tmp_path) not in card  # no local path in the usage snippets
+    assert "TSTR/TRTR ACC ratio" not in card  # no utility run yet: no utility claim
+    shipped_utility = shipped_audit.parents[1] / "utility" / "shipped_test.json"
+    (folder / "utility.json").write_bytes(shipped_utility.read_bytes())
+    card = write_card(folder).read_text()
+    assert "TSTR/TRTR ACC ratio **0.941**" in card and "| real_0.01+syn | 0.906 ± 0.003 |" in card
+    assert "1% real: +0.221" in card and "NVIDIA H200" in card
