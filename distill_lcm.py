@@ -1,0 +1,247 @@
+"""Latent-consistency distillation of a BloodMNIST pipeline into a few-step sampler (pixel space, LCMScheduler).
+
+    python distill_lcm.py --output_dir runs/lcm --max_train_steps 3000      # teacher: the shipped model
+
+Reads top to bottom: teacher -> data -> student (a copy of the teacher) and target (an EMA of the student) -> loop.
+Each step follows diffusers' `train_lcm_distill_sd_wds.py`, in pixel space and without guidance conditioning:
+
+1. pick a point of the teacher's 50-step DDIM grid, t_n, and noise real images to x_{t_n};
+2. the student maps x_{t_n} to an x0 estimate, with the consistency boundary condition
+   f(x, t) = c_skip(t) x + c_out(t) x0_hat(x, t), which makes f the identity at t = 0;
+3. the teacher takes one DDIM step x_{t_n} -> x_{t_{n-1}} (its x0 clamped to [-1, 1], as its sampler does), and the
+   target network (an EMA of the student, decay 0.95) gives f(x_{t_{n-1}}, t_{n-1}) without gradient;
+4. pseudo-Huber loss between the two (c = 0.00054 sqrt(d), Song & Dhariwal 2023).
+
+The saved pipeline is a `BloodMNISTPipeline` with `LCMScheduler` (same noise schedule, `original_inference_steps`
+= the DDIM grid, the same `timestep_scaling` as training) and `default_num_inference_steps` = 4: it loads through
+`BloodMNISTPipeline.from_pretrained` and plain `DiffusionPipeline` like any other. The student is distilled from the
+teacher's class-conditional predictions without guidance: use it with guidance_scale 1 (the default).
+Checkpoints (Accelerate state + the target as safetensors) make it resumable: rerun the same command.
+"""
+
+import argparse
+import inspect
+import json
+import math
+import os
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMScheduler, LCMScheduler, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from torch.utils.data import DataLoader, TensorDataset
+from tqdm.auto import tqdm
+
+from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline
+from medgen_diffusers.data import augment_dihedral, load_images, to_model_range
+from medgen_diffusers.model_card import write_card
+from train_unconditional import quiet_diffusers, resume_checkpoint, save_checkpoint
+
+logger = get_logger(__name__)
+TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safetensors + config
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--teacher", default=DEFAULT_MODEL, help="Pipeline folder to distil (default: the shipped model).")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--dataset", default="bloodmnist", help="Training images the teacher was trained on (any source "
+                                                          "that train_unconditional.py reads).")
+    p.add_argument("--data_root", default=None)
+    p.add_argument("--max_train_steps", type=int, default=3000)
+    p.add_argument("--train_batch_size", type=int, default=128)
+    p.add_argument("--learning_rate", type=float, default=2e-4)
+    p.add_argument("--lr_warmup_steps", type=int, default=100)
+    p.add_argument("--num_ddim_timesteps", type=int, default=50, help="The teacher's solver grid (LCM's N).")
+    p.add_argument("--timestep_scaling", type=float, default=10.0, help="Boundary-condition time scale (LCM's).")
+    p.add_argument("--ema_decay", type=float, default=0.95, help="Target network = EMA of the student.")
+    p.add_argument("--num_inference_steps", type=int, default=4, help="The saved pipeline's default step count.")
+    p.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    p.add_argument("--checkpointing_steps", type=int, default=250)
+    p.add_argument("--checkpoints_total_limit", type=int, default=3)
+    p.add_argument("--resume_from_checkpoint", default="latest", help="A checkpoint folder, 'latest', or ''.")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cpu", action="store_true")
+    return p.parse_args(argv)
+
+
+def boundary_scalings(timesteps, timestep_scaling, sigma_data=0.5):
+    """c_skip, c_out of the consistency parameterisation -- the formula LCMScheduler uses at sampling time."""
+    scaled = timesteps.float() * timestep_scaling
+    c_skip = sigma_data ** 2 / (scaled ** 2 + sigma_data ** 2)
+    c_out = scaled / (scaled ** 2 + sigma_data ** 2) ** 0.5
+    return c_skip[:, None, None, None], c_out[:, None, None, None]
+
+
+def x0_and_eps(model_output, sample, alpha, sigma, prediction_type):
+    """The model's x0 and noise estimates for x_t = alpha x0 + sigma eps."""
+    if prediction_type == "v_prediction":
+        return alpha * sample - sigma * model_output, alpha * model_output + sigma * sample
+    if prediction_type == "epsilon":
+        return (sample - sigma * model_output) / alpha, model_output
+    if prediction_type == "sample":
+        return model_output, (sample - alpha * model_output) / sigma
+    raise ValueError(f"prediction_type {prediction_type!r} is not supported")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        project_config=ProjectConfiguration(project_dir=str(output_dir)),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
+        cpu=args.cpu or not torch.cuda.is_available(),
+    )
+    checkpoint = resume_checkpoint(args, output_dir)  # verified before anything is written
+    set_seed(args.seed)
+
+    # Teacher: frozen; its noise schedule defines the grid the student learns to jump along.
+    teacher_pipe = BloodMNISTPipeline.from_pretrained(args.teacher)
+    teacher = teacher_pipe.unet.requires_grad_(False).eval().to(accelerator.device)
+    schedule = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
+    prediction_type = schedule.config.prediction_type
+    alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
+    step_ratio = schedule.config.num_train_timesteps // args.num_ddim_timesteps
+    grid = torch.arange(1, args.num_ddim_timesteps + 1, device=accelerator.device) * step_ratio - 1  # 19, 39, ... 999
+    class_conditional = teacher.config.num_class_embeds is not None
+
+    # Data: the teacher's training split, as in train_unconditional.py.
+    resolution = teacher.config.sample_size
+    with accelerator.main_process_first():
+        data = load_images(args.dataset, "train", resolution, args.data_root)
+    labels = data.labels if data.labels is not None else torch.zeros(len(data.images), dtype=torch.long)
+    loader = DataLoader(TensorDataset(data.images, labels), batch_size=args.train_batch_size, shuffle=True,
+                        drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+
+    # Student starts as the teacher; the target is an EMA of the student (fixed decay, as in LCM).
+    student = UNet2DModel.from_config(teacher.config)
+    student.load_state_dict(teacher.state_dict())
+    student.train()
+    target = EMAModel(student.parameters(), decay=args.ema_decay, min_decay=args.ema_decay, use_ema_warmup=False,
+                      model_cls=UNet2DModel, model_config=student.config)
+    target_unet = UNet2DModel.from_config(teacher.config).requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate, weight_decay=0.0)
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps)
+    student, optimizer, loader, lr_scheduler = accelerator.prepare(student, optimizer, loader, lr_scheduler)
+    target.to(accelerator.device)
+    target_unet.to(accelerator.device)
+
+    def save_target(models, weights, checkpoint_dir):  # as safetensors, never a pickle
+        if accelerator.is_main_process:
+            target.save_pretrained(os.path.join(checkpoint_dir, TARGET_FOLDER))
+
+    def load_target(models, checkpoint_dir):
+        with warnings.catch_warnings(), quiet_diffusers():
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, TARGET_FOLDER), UNet2DModel)
+        target.load_state_dict(loaded.state_dict())
+        target.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_target)
+    accelerator.register_load_state_pre_hook(load_target)
+    global_step, first_epoch, skip = 0, 0, 0
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = int(checkpoint.name.split("-")[1])
+        first_epoch, skip = divmod(global_step, len(loader))
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "distill_config.json").write_text(json.dumps(
+            {**vars(args), "teacher": Path(args.teacher).name if Path(args.teacher).exists() else args.teacher,
+             "output_dir": output_dir.name, "data_md5": data.md5}, indent=2) + "\n")
+    huber_c = 0.00054 * math.sqrt(data.images[0].numel())
+    metrics = output_dir / "metrics.jsonl"
+
+    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="distill",
+                    disable=not accelerator.is_local_main_process)
+    start_time, start_step = time.time(), global_step
+    for epoch in range(first_epoch, math.ceil(args.max_train_steps / len(loader))):
+        loader.set_epoch(epoch)
+        batches = accelerator.skip_first_batches(loader, skip) if epoch == first_epoch and skip else loader
+        for images, batch_labels in batches:
+            if global_step >= args.max_train_steps:
+                break
+            clean = augment_dihedral(to_model_range(images))
+            class_labels = batch_labels if class_conditional else None
+            # 1. A grid point t_n (n >= 1) and the previous one t_{n-1} (t = 0 stands for "clean" at n = 0).
+            index = torch.randint(0, args.num_ddim_timesteps, (clean.shape[0],), device=clean.device)
+            t_start = grid[index]
+            t_prev = (t_start - step_ratio).clamp(min=0)
+            noise = torch.randn_like(clean)
+            x_start = schedule.add_noise(clean, noise, t_start)
+            alpha, sigma = (alphas_cumprod[t_start].sqrt()[:, None, None, None],
+                            (1 - alphas_cumprod[t_start]).sqrt()[:, None, None, None])
+            # 2. Student: f(x_{t_n}, t_n).
+            c_skip, c_out = boundary_scalings(t_start, args.timestep_scaling)
+            with accelerator.autocast():
+                out = student(x_start, t_start, class_labels=class_labels).sample.float()
+            x0_student, _ = x0_and_eps(out, x_start, alpha, sigma, prediction_type)
+            prediction = c_skip * x_start + c_out * x0_student
+            with torch.no_grad():
+                # 3. Teacher: one DDIM step to t_{n-1}; target: f(x_{t_{n-1}}, t_{n-1}).
+                with accelerator.autocast():
+                    out = teacher(x_start, t_start, class_labels=class_labels).sample.float()
+                x0_teacher, eps_teacher = x0_and_eps(out, x_start, alpha, sigma, prediction_type)
+                x0_teacher = x0_teacher.clamp(-1, 1)  # the teacher's sampler thresholds its x0 the same way
+                alpha_prev = torch.where(t_start - step_ratio >= 0, alphas_cumprod[t_prev],
+                                         alphas_cumprod[0])[:, None, None, None]
+                x_prev = alpha_prev.sqrt() * x0_teacher + (1 - alpha_prev).sqrt() * eps_teacher
+                target.copy_to(target_unet.parameters())
+                with accelerator.autocast():
+                    out = target_unet(x_prev, t_prev, class_labels=class_labels).sample.float()
+                x0_target, _ = x0_and_eps(out, x_prev, alpha_prev.sqrt(), (1 - alpha_prev).sqrt(), prediction_type)
+                c_skip_prev, c_out_prev = boundary_scalings(t_prev, args.timestep_scaling)
+                target_value = c_skip_prev * x_prev + c_out_prev * x0_target
+            # 4. Pseudo-Huber loss, one step, EMA target update.
+            loss = (torch.sqrt((prediction - target_value) ** 2 + huber_c ** 2) - huber_c).mean()
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+            target.step(accelerator.unwrap_model(student).parameters())
+            global_step += 1
+            progress.update(1)
+            logs = {"step": global_step, "loss": accelerator.gather(loss.detach()).mean().item(),
+                    "steps_per_s": (global_step - start_step) / (time.time() - start_time)}
+            progress.set_postfix(loss=f"{logs['loss']:.4f}")
+            if accelerator.is_main_process:
+                with metrics.open("a") as f:
+                    f.write(json.dumps(logs) + "\n")
+            if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        skip = 0
+        if global_step >= args.max_train_steps:
+            break
+    progress.close()
+
+    # The few-step pipeline: the student with LCMScheduler on the teacher's noise schedule.
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        # The teacher's noise schedule, thresholding and prediction type; keys LCMScheduler does not take
+        # (DDPM's variance_type) are left out, or every load would warn about them.
+        accepted = inspect.signature(LCMScheduler.__init__).parameters
+        scheduler = LCMScheduler(**{k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted},
+                                 original_inference_steps=args.num_ddim_timesteps,
+                                 timestep_scaling=args.timestep_scaling)
+        unet = UNet2DModel.from_config(teacher.config)
+        unet.load_state_dict(accelerator.unwrap_model(student).state_dict())
+        pipeline = BloodMNISTPipeline(unet=unet, scheduler=scheduler, class_names=teacher_pipe.config.class_names)
+        pipeline.register_to_config(default_num_inference_steps=args.num_inference_steps)
+        pipeline.save_pretrained(output_dir)
+        write_card(output_dir)
+        logger.info(f"Saved the {args.num_inference_steps}-step pipeline to {output_dir}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # bad teacher/data/checkpoint: one line, no trace
+        raise SystemExit(f"distill_lcm.py: error: {error}")

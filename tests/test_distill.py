@@ -1,0 +1,80 @@
+"""Few-step distillation (distill_lcm.py): real runs on the shipped teacher and real BloodMNIST, at toy length."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LCMScheduler
+
+from medgen_diffusers import BloodMNISTPipeline
+
+from conftest import REPO
+from test_pipeline import load_without_package
+
+
+def distill(output_dir, data_root, steps, *extra):
+    # One thread: the resume test compares weights bit for bit, and CPU kernels round differently per thread count.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(output_dir), "--data_root",
+           str(data_root), "--max_train_steps", str(steps), "--train_batch_size", "8", "--checkpointing_steps", "2",
+           *extra]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_boundary_scalings_are_the_ones_lcmscheduler_samples_with():
+    sys.path.insert(0, str(REPO))
+    from distill_lcm import boundary_scalings
+
+    scheduler = LCMScheduler(timestep_scaling=10.0)
+    for t in (0, 19, 500, 999):
+        c_skip, c_out = boundary_scalings(torch.tensor([t]), 10.0)
+        expected = scheduler.get_scalings_for_boundary_condition_discrete(t)
+        assert torch.allclose(c_skip.flatten(), torch.tensor([expected[0]], dtype=torch.float32))
+        assert torch.allclose(c_out.flatten(), torch.tensor([expected[1]], dtype=torch.float32))
+    assert boundary_scalings(torch.tensor([0]), 10.0)[0].item() == 1.0  # f(x, 0) = x: the consistency boundary
+
+
+def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_exactly(tmp_path, data_root):
+    teacher = BloodMNISTPipeline.from_pretrained()
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    distill(straight, data_root, 3)
+    distill(resumed, data_root, 2)
+    distill(resumed, data_root, 3)  # resumes from checkpoint-2 (the default is --resume_from_checkpoint latest)
+    steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+
+    pipe = BloodMNISTPipeline.from_pretrained(straight)
+    again = BloodMNISTPipeline.from_pretrained(resumed)
+    for name, tensor in pipe.unet.state_dict().items():
+        assert torch.equal(tensor, again.unet.state_dict()[name]), name  # resume = uninterrupted, bit for bit
+    changed = [n for n, t in pipe.unet.state_dict().items() if not torch.equal(t, teacher.unet.state_dict()[n])]
+    assert changed, "the student never moved away from the teacher"
+
+    assert isinstance(pipe.scheduler, LCMScheduler) and pipe.config.default_num_inference_steps == 4
+    for key in ("prediction_type", "beta_schedule", "thresholding", "sample_max_value", "num_train_timesteps"):
+        assert pipe.scheduler.config[key] == teacher.scheduler.config[key], key
+    assert pipe.scheduler.config.original_inference_steps == 50
+    assert "variance_type" not in json.loads((straight / "scheduler" / "scheduler_config.json").read_text())
+    batch_sizes = []
+    pipe.unet.register_forward_hook(lambda module, inputs, output: batch_sizes.append(inputs[0].shape[0]))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[0, 3, 7], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert batch_sizes == [3, 3, 3, 3]  # four network evaluations per image, no guidance batch
+    assert images.shape == (3, 28, 28, 3) and np.isfinite(images).all() and 0 <= images.min() and images.max() <= 1
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    kind = load_without_package(straight, tmp_path / "out.npy", env, cwd=tmp_path)
+    assert kind.endswith("BloodMNISTPipeline") and np.isfinite(np.load(tmp_path / "out.npy")).all()
+
+
+def test_distilling_a_missing_teacher_is_one_clear_error(tmp_path, data_root):
+    cmd = [sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(tmp_path / "out"), "--teacher",
+           str(tmp_path / "nowhere"), "--data_root", str(data_root)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "nowhere" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
