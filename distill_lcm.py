@@ -90,6 +90,20 @@ def x0_and_eps(model_output, sample, alpha, sigma, prediction_type):
     raise ValueError(f"prediction_type {prediction_type!r} is not supported")
 
 
+def lcm_pipeline(teacher_pipe, student_state, num_ddim_timesteps=50, timestep_scaling=10.0, default_steps=4):
+    """A BloodMNISTPipeline of the student's weights with LCMScheduler on the teacher's noise schedule, thresholding
+    and prediction type (keys LCMScheduler does not take, like DDPM's variance_type, are left out: every load would
+    warn about them)."""
+    accepted = inspect.signature(LCMScheduler.__init__).parameters
+    scheduler = LCMScheduler(**{k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted},
+                             original_inference_steps=num_ddim_timesteps, timestep_scaling=timestep_scaling)
+    unet = UNet2DModel.from_config(teacher_pipe.unet.config)
+    unet.load_state_dict(student_state)
+    pipeline = BloodMNISTPipeline(unet=unet.eval(), scheduler=scheduler, class_names=teacher_pipe.config.class_names)
+    pipeline.register_to_config(default_num_inference_steps=default_steps)
+    return pipeline
+
+
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -225,16 +239,8 @@ def main(argv=None):
     # The few-step pipeline: the student with LCMScheduler on the teacher's noise schedule.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        # The teacher's noise schedule, thresholding and prediction type; keys LCMScheduler does not take
-        # (DDPM's variance_type) are left out, or every load would warn about them.
-        accepted = inspect.signature(LCMScheduler.__init__).parameters
-        scheduler = LCMScheduler(**{k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted},
-                                 original_inference_steps=args.num_ddim_timesteps,
-                                 timestep_scaling=args.timestep_scaling)
-        unet = UNet2DModel.from_config(teacher.config)
-        unet.load_state_dict(accelerator.unwrap_model(student).state_dict())
-        pipeline = BloodMNISTPipeline(unet=unet, scheduler=scheduler, class_names=teacher_pipe.config.class_names)
-        pipeline.register_to_config(default_num_inference_steps=args.num_inference_steps)
+        pipeline = lcm_pipeline(teacher_pipe, accelerator.unwrap_model(student).state_dict(), args.num_ddim_timesteps,
+                                args.timestep_scaling, args.num_inference_steps)
         pipeline.save_pretrained(output_dir)
         write_card(output_dir)
         logger.info(f"Saved the {args.num_inference_steps}-step pipeline to {output_dir}")
