@@ -118,7 +118,7 @@ def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path)
     folder = tmp_path / "pipe"
     conditional_pipe.save_pretrained(folder)
     assert "Not audited yet" in write_card(folder).read_text()
-    shipped_audit = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "audit" / "shipped_pixel.json"
+    shipped_audit = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "audit" / "shipped.json"
     (folder / "audit.json").write_bytes(shipped_audit.read_bytes())
     card = write_card(folder).read_text()
     assert "## Utility and privacy" in card and "| copy rate, pixel space | 0.0020 | 0.0099 |" in card
