@@ -1,6 +1,6 @@
 """Latent-consistency distillation of a BloodMNIST pipeline into a few-step sampler (pixel space, LCMScheduler).
 
-    python distill_lcm.py --output_dir runs/lcm --max_train_steps 3000      # teacher: the shipped model
+    python distill_lcm.py --output_dir runs/lcm --max_train_steps 300      # teacher: the shipped model
 
 Reads top to bottom: teacher -> data -> student (a copy of the teacher) and target (an EMA of the student) -> loop.
 Each step follows diffusers' `train_lcm_distill_sd_wds.py`, in pixel space and without guidance conditioning:
@@ -54,9 +54,9 @@ def parse_args(argv=None):
     p.add_argument("--dataset", default="bloodmnist", help="Training images the teacher was trained on (any source "
                                                           "that train_unconditional.py reads).")
     p.add_argument("--data_root", default=None)
-    p.add_argument("--max_train_steps", type=int, default=3000)
+    p.add_argument("--max_train_steps", type=int, default=300)
     p.add_argument("--train_batch_size", type=int, default=128)
-    p.add_argument("--learning_rate", type=float, default=2e-4)
+    p.add_argument("--learning_rate", type=float, default=2e-5)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
     p.add_argument("--num_ddim_timesteps", type=int, default=50, help="The teacher's solver grid (LCM's N).")
     p.add_argument("--timestep_scaling", type=float, default=10.0, help="Boundary-condition time scale (LCM's).")
