@@ -130,6 +130,12 @@ def main(argv=None):
     resolution = teacher.config.sample_size
     with accelerator.main_process_first():
         data = load_images(args.dataset, "train", resolution, args.data_root)
+    if data.images.shape[1] != teacher.config.in_channels:
+        raise ValueError(f"{args.dataset} has {data.images.shape[1]}-channel images but the teacher takes "
+                         f"{teacher.config.in_channels}: distil on the data the teacher was trained on.")
+    if class_conditional and (data.labels is None or int(data.labels.max()) >= teacher.config.num_class_embeds - 1):
+        raise ValueError(f"The teacher knows {teacher.config.num_class_embeds - 1} classes, which {args.dataset}'s "
+                         "labels do not match: distil on the data the teacher was trained on.")
     labels = data.labels if data.labels is not None else torch.zeros(len(data.images), dtype=torch.long)
     loader = DataLoader(TensorDataset(data.images, labels), batch_size=args.train_batch_size, shuffle=True,
                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))

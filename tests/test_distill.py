@@ -78,3 +78,16 @@ def test_distilling_a_missing_teacher_is_one_clear_error(tmp_path, data_root):
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "nowhere" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_distilling_on_other_data_than_the_teachers_is_one_clear_error(tmp_path, data_root):
+    """A 1-channel dataset for the 3-channel shipped teacher: refused before any training, nothing written."""
+    real = np.load(data_root / "bloodmnist.npz")
+    gray = tmp_path / "gray.npz"
+    np.savez(gray, train_images=real["train_images"][:64].mean(-1).astype(np.uint8),
+             train_labels=real["train_labels"][:64])
+    cmd = [sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(tmp_path / "out"), "--dataset", str(gray)]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0 and "1-channel images but the teacher takes 3" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
