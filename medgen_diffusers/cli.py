@@ -91,7 +91,8 @@ def device_name(device) -> str:
 
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{device.type} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{device.type} ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
 def resolve_device(name="auto"):
