@@ -26,7 +26,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.utils import logging as diffusers_logging
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_snr
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
@@ -85,6 +85,8 @@ def parse_args(argv=None):
     g.add_argument("--adam_beta2", type=float, default=0.999)
     g.add_argument("--adam_weight_decay", type=float, default=0.0)
     g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--snr_gamma", type=float, default=None,
+                   help="Min-SNR-gamma loss weighting (Hang et al. 2023; 5.0 is the paper's choice). Default: none.")
     g.add_argument("--gradient_accumulation_steps", type=int, default=1)
     g.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
     g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
@@ -118,6 +120,8 @@ def parse_args(argv=None):
         p.error("--max_train_steps must be >= 1.")
     if not 0.0 <= args.label_dropout < 1.0:
         p.error("--label_dropout must be in [0, 1).")
+    if args.snr_gamma is not None and not args.snr_gamma > 0:
+        p.error("--snr_gamma must be > 0 (5.0 is the Min-SNR paper's value); leave it out for the plain MSE loss.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1.")
@@ -391,7 +395,16 @@ def main(argv=None):
 
             with accelerator.accumulate(unet):
                 prediction = unet(noisy, timesteps, class_labels=class_labels).sample
-                loss = F.mse_loss(prediction.float(), target.float())
+                loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+                if args.snr_gamma is not None:  # min(SNR, gamma), expressed for what the UNet predicts
+                    snr = compute_snr(noise_scheduler, timesteps)
+                    weights = snr.clamp(max=args.snr_gamma)
+                    if args.prediction_type == "epsilon":
+                        weights = weights / snr
+                    elif args.prediction_type == "v_prediction":
+                        weights = weights / (snr + 1)
+                    loss = loss * weights
+                loss = loss.mean()
                 accelerator.backward(loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)

@@ -161,3 +161,23 @@ def test_sigkill_at_random_moments_then_resume_ends_exactly(tmp_path, data_root)
                           check=False)
     assert result.returncode != 0 and f"Checkpoint file {broken} is corrupt" in result.stderr, result.stderr[-2000:]
     assert sha_tree(killed) == before
+
+
+def test_min_snr_weighting_changes_the_loss_as_the_paper_says(tmp_path, data_root):
+    """--snr_gamma weights each image's MSE by min(SNR, gamma) over what the UNet predicts (diffusers' compute_snr).
+
+    Step 1 sees the same batch, noise and timesteps in every run (same seed), so its losses compare directly:
+    for v-prediction the weights min(SNR, 5) / (SNR + 1) are all below 1 -> a smaller loss; for epsilon,
+    min(SNR, gamma) / SNR is exactly 1 once gamma exceeds every SNR -> the plain loss, bit for bit."""
+    def first_loss(name, *extra):
+        run_training(tmp_path / name, data_root, "--max_train_samples", "64", "--train_batch_size", "32",
+                     "--max_train_steps", "1", "--num_sample_images", "0", "--logger", "none", *extra)
+        return read_metrics(tmp_path / name)[0]["loss"]
+
+    v_plain, v_min_snr = first_loss("v"), first_loss("v_snr", "--snr_gamma", "5")
+    assert 0 < v_min_snr < 0.9 * v_plain, (v_min_snr, v_plain)
+    eps_plain = first_loss("eps", "--prediction_type", "epsilon")
+    assert first_loss("eps_snr", "--prediction_type", "epsilon", "--snr_gamma", "1e9") == eps_plain
+    bad = run_training(tmp_path / "bad", data_root, "--snr_gamma", "0", check=False)
+    assert bad.returncode == 2 and "--snr_gamma must be > 0" in bad.stderr
+    assert not (tmp_path / "bad").exists()
