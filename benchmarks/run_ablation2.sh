@@ -22,9 +22,9 @@ case $ARM in
   min_snr) EXTRA=(--snr_gamma 5) ;;
   # A batch of 256 costs ~2x a batch of 128 on the CPU: half the steps, the same images seen.
   batch256) EXTRA=(); BATCH=256; STEPS=2500 ;;
-  # `small` steps cost 3.95x `tiny` ones at batch 128 (results/presets.json, 2 quiet cores; the first ablation's
-  # ratio), so 5,000 / 3.95 ~ 1,250 steps.
-  small) EXTRA=(); PRESET=small; STEPS=1250 ;;
+  # `small` steps cost 5.0x `tiny` ones at batch 128 on one thread (results/presets.json: 5.61 vs 1.12 s; 3.95x on
+  # 2 quiet cores), so 1,000 steps; the CPU time each arm really used is logged beside it (ps cputime).
+  small) EXTRA=(); PRESET=small; STEPS=1000 ;;
   *) echo "unknown arm '$ARM'; the arms are: decay constant min_snr batch256 small" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"

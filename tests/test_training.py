@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import torch
-from diffusers import DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 from conftest import REPO, read_metrics, run_training
 
@@ -37,13 +37,15 @@ def test_short_training_lowers_the_loss_and_saves_a_loadable_pipeline(trained_ru
     pipe = BloodMNISTPipeline.from_pretrained(trained_run)
     pipe.set_progress_bar_config(disable=True)
     assert pipe.is_conditional and pipe.num_classes == 8
-    ddpm = pipe(class_labels=["platelet", "neutrophil"], num_inference_steps=1000, output_type="np",
-                generator=torch.Generator().manual_seed(0)).images
+    # A plain call samples with the fast default sampler (DDIM 20, trailing), not DDPM's 1,000 steps.
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.config.default_num_inference_steps == 20
+    default = pipe(class_labels=["platelet", "neutrophil"], output_type="np",
+                   generator=torch.Generator().manual_seed(0)).images
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
     pipe.scheduler.set_timesteps(20)
     assert pipe.scheduler.timesteps[0] == 999  # "trailing" spacing survives the save: fast samplers start at pure noise
     dpm = pipe(batch_size=8, num_inference_steps=20, output_type="np", generator=torch.Generator().manual_seed(0)).images
-    for images in (ddpm, dpm):
+    for images in (default, dpm):
         assert np.isfinite(images).all() and images.std() > 0.02  # not a constant or collapsed output
         # Smooth like cells, not pixel noise: mean neighbour difference (real BloodMNIST ~0.05, noise ~0.4).
         assert np.abs(np.diff(images, axis=2)).mean() < 0.2
