@@ -20,7 +20,7 @@ BIN=.venv/bin
 #      --max_train_steps STEPS and --resume_from_checkpoint latest, a rerun resumes and, at STEPS, only saves.
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $BIN/accelerate launch --cpu --num_processes 1 --num_machines 1 \
     --mixed_precision no --dynamo_backend no train_unconditional.py --output_dir "$RUN" --model_preset tiny \
-    --max_train_steps "$STEPS" --learning_rate 1e-3 --checkpointing_steps 500 --resume_from_checkpoint latest \
+    --max_train_steps "$STEPS" --learning_rate 1e-3 --lr_scheduler constant_with_warmup --checkpointing_steps 500 --resume_from_checkpoint latest \
     --save_images_steps 1000 --num_sample_images 16
 
 # 3. The shipped copy: weights, pipeline file, configs, metrics; saved with the default sampler and its steps.

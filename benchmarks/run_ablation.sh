@@ -3,7 +3,7 @@
 # final checkpoint on val with eval_checkpoint.py (N=256, DPM-Solver++ 20). Rerun after any interruption.
 #   bash benchmarks/run_ablation.sh lr3e-4
 # Everything not named by the arm is arm C's recipe (results/ablation/README.md): the training script's defaults
-# when the ablation ran, pinned here (--learning_rate 1e-3) so that later default changes do not move the baseline.
+# when the ablation ran, pinned here (--learning_rate 1e-3 --lr_scheduler constant_with_warmup) so that later default changes do not move the baseline.
 set -euo pipefail
 : "${MEDMNIST_ROOT:?set MEDMNIST_ROOT to the folder that holds bloodmnist.npz, e.g. MEDMNIST_ROOT=../shared/data}"
 export MEDMNIST_ROOT
@@ -29,7 +29,7 @@ if [ ! -d "$RUN/checkpoint-$STEPS" ]; then
   OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $BIN/accelerate launch --cpu --num_processes 1 --num_machines 1 \
       --mixed_precision no --dynamo_backend no train_unconditional.py --output_dir "$RUN" --model_preset $PRESET \
       --max_train_steps $STEPS --checkpointing_steps 250 --resume_from_checkpoint latest --num_sample_images 0 \
-      --logger none --learning_rate 1e-3 "${EXTRA[@]}"
+      --logger none --learning_rate 1e-3 --lr_scheduler constant_with_warmup "${EXTRA[@]}"
 fi
 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $BIN/python benchmarks/eval_checkpoint.py "$RUN/checkpoint-$STEPS" \
     --weights $WEIGHTS --prediction_type v_prediction --beta_schedule squaredcos_cap_v2 \
