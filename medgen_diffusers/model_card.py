@@ -112,16 +112,17 @@ def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
                      f"{audit.get('num_train')} training and {audit.get('num_test')} held-out test images):\n\n"
                      + "\n".join(rows))
     if utility:
-        arms = utility["arms"]
+        arms, seeds = utility["arms"], len(utility.get("seeds", []))
         rows = ["| arm | ACC | AUC |", "|---|---|---|"]
-        rows += [f"| {name} | {arm['acc_mean']:.3f} ± {arm['acc_std']:.3f} | {arm['auc_mean']:.3f} ± "
-                 f"{arm['auc_std']:.3f} |" for name, arm in arms.items()]
+        spread = lambda arm, m: "" if seeds == 1 else f" ± {arm[m + '_std']:.3f}"  # noqa: E731 (one seed: no spread)
+        rows += [f"| {name} | {arm['acc_mean']:.3f}{spread(arm, 'acc')} | {arm['auc_mean']:.3f}{spread(arm, 'auc')} |"
+                 for name, arm in arms.items()]
         gains = "; ".join(f"{float(f):.0%} real: {g['acc']:+.3f}" for f, g in utility.get("augmentation_gain", {}).items())
         added = (f"\n\nAdding {utility.get('num_synthetic_added')} synthetic images (the train split's class mix) "
                  f"changes test ACC by {gains}." if gains else "")
         parts.append(f"Utility (`medgen utility`: MedMNIST's ResNet-18 trained on {utility.get('num_train')} real (TRTR) "
                      f"or synthetic (TSTR) images, {utility.get('classifier_steps')} steps per arm, "
-                     f"{len(utility.get('seeds', []))} seeds, scored on the real **{utility.get('split', 'test')}** "
+                     f"{seeds} seed{'' if seeds == 1 else 's'}, scored on the real **{utility.get('split', 'test')}** "
                      f"split; TSTR/TRTR ACC ratio **{utility['tstr_ratio']['acc']:.3f}**, AUC ratio "
                      f"{utility['tstr_ratio']['auc']:.3f}; real_f = a stratified fraction f of the real train split, "
                      f"+syn = with synthetic images added; run on {utility.get('device', 'an unrecorded device')}):\n\n"
@@ -158,10 +159,10 @@ def metrics_table(evaluation: Dict) -> str:
         value = block.get(protocol, {}).get(key)
         return "–" if value is None else f"{value:.{digits}f}"
 
-    rows = [
-        ("this model", evaluation),
-        (f"real-vs-real floor ({floor.get('num_train', '?')} train images)", floor),
-    ]
+    rows = [("this model", evaluation)]
+    if evaluation.get("previous"):  # the model this one replaced, scored the same way (package_default_model.sh)
+        rows.append((f"previous version ({evaluation['previous'].get('label', 'replaced model')})", evaluation["previous"]))
+    rows.append((f"real-vs-real floor ({floor.get('num_train', '?')} train images)", floor))
     lines = ["| | FID | KID (x10^3) | FID64 | KID64 |", "|---|---|---|---|---|"]
     for name, block in rows:
         kid = block.get("standard", {}).get("kid")
