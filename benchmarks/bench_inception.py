@@ -24,7 +24,7 @@ from cleanfid.inception_torchscript import InceptionV3W
 from PIL import Image
 
 from medgen_diffusers.data import load_medmnist_tensors
-from medgen_diffusers.evaluation import InceptionFeatures
+from medgen_diffusers.inception import InceptionFeatures
 
 
 def cleanfid_model(layers):

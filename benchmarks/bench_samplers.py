@@ -22,8 +22,9 @@ import torch
 
 from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.data import class_counts
-from medgen_diffusers.evaluation import InceptionFeatures, RealFeatures, fid, kid
+from medgen_diffusers.evaluation import RealFeatures, fid, kid
 from medgen_diffusers.generation import generate_images, labels_like_split
+from medgen_diffusers.inception import InceptionFeatures
 
 # (scheduler class, steps, guidance scale, timestep spacing): DDPM's own 1000 steps, then the fast solvers.
 # "leading" (DDPM's default; 20 DDIM steps start at t=950) versus "trailing" (first step at t=999), written out so

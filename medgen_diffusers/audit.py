@@ -187,7 +187,8 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
             as_vectors = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255  # noqa: E731
             feats = [as_vectors(synthetic), as_vectors(train_images), as_vectors(test_images)]
         elif space == "inception":
-            from .evaluation import InceptionFeatures, RealFeatures
+            from .evaluation import RealFeatures
+            from .inception import InceptionFeatures
 
             extractor = extractor or InceptionFeatures()
             reals = RealFeatures(extractor, dataset, pipe.unet.config.sample_size, root, **source_options)

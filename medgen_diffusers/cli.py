@@ -146,9 +146,10 @@ def cmd_evaluate(args):
     import numpy as np
 
     from . import DEFAULT_MODEL, evaluation
+    from .inception import InceptionFeatures
 
     device = resolve_device(args.device)
-    extractor = evaluation.InceptionFeatures(args.inception_weights, device=device)
+    extractor = InceptionFeatures(args.inception_weights, device=device)
     shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
     source = Path(args.source)
@@ -210,7 +211,7 @@ def cmd_audit(args):
     spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
     extractor = None
     if "inception" in spaces:
-        from .evaluation import InceptionFeatures
+        from .inception import InceptionFeatures
 
         extractor = InceptionFeatures(device=device)
     result = run_audit(pipe, args.dataset, args.num_samples, args.num_train, args.num_test, args.num_mia, spaces,

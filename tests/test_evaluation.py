@@ -8,8 +8,10 @@ from cleanfid.inception_torchscript import InceptionV3W
 from PIL import Image
 
 from medgen_diffusers import evaluation
+from medgen_diffusers import inception as inception_module
 from medgen_diffusers.data import load_medmnist_tensors
-from medgen_diffusers.evaluation import EvaluationError, InceptionFeatures, evaluate_images, read_images
+from medgen_diffusers.evaluation import evaluate_images, read_images
+from medgen_diffusers.inception import EvaluationError, InceptionFeatures
 
 N = 24  # images per side: enough for non-degenerate statistics, ~10 s of CPU Inception per protocol
 
@@ -158,7 +160,7 @@ def test_bad_inputs_give_one_clear_error(inception, real_sets, data_root, tmp_pa
 
 
 def test_weights_resolution_and_checksum(tmp_path, monkeypatch):
-    monkeypatch.setenv(evaluation.WEIGHTS_ENV, str(tmp_path / "missing.pt"))
+    monkeypatch.setenv(inception_module.WEIGHTS_ENV, str(tmp_path / "missing.pt"))
     with pytest.raises(EvaluationError, match="do not exist"):
         InceptionFeatures()
     garbage = tmp_path / "garbage.pt"
@@ -179,7 +181,7 @@ def test_weights_resolution_and_checksum(tmp_path, monkeypatch):
     with pytest.raises(EvaluationError, match="not the FID Inception network"):
         InceptionFeatures(wrong)
 
-    monkeypatch.delenv(evaluation.WEIGHTS_ENV)
-    monkeypatch.setattr(evaluation, "CLEANFID_CACHED", tmp_path / "no-cleanfid-cache.pt")
-    resolved = evaluation.resolve_inception_weights()
-    assert resolved.name == "default_1.pt" and evaluation.sha256_file(resolved) == evaluation.FID_HELPER_SHA256
+    monkeypatch.delenv(inception_module.WEIGHTS_ENV)
+    monkeypatch.setattr(inception_module, "CLEANFID_CACHED", tmp_path / "no-cleanfid-cache.pt")
+    resolved = inception_module.resolve_inception_weights()
+    assert resolved.name == "default_1.pt" and inception_module.sha256_file(resolved) == inception_module.FID_HELPER_SHA256

@@ -10,7 +10,6 @@ import pytest
 import torch
 from diffusers import (
     DDIMScheduler,
-    DiffusionPipeline,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     ImagePipelineOutput,
