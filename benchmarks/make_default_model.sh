@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# How medgen_diffusers/pretrained/bloodmnist was made, end to end (resumable: rerun after any interruption).
+# How the first default model (5,500 steps, lr 1e-3; replaced by round 2, see train_round2.sh) was made, end to end
+# (resumable: rerun after any interruption). Its numbers are kept in benchmarks/results/previous_default/.
 #   STEPS=5500 bash benchmarks/make_default_model.sh
 # (The shipped run went to 3,500 steps, then was resumed with STEPS=5500; the val curve chose 5,500 over 3,500.)
 # 1. train (one CPU thread, so evaluation work can share a 2-core machine), 2. save the EMA pipeline at STEPS,

@@ -81,7 +81,9 @@ EOF
 # 6. Figures and the card (which reads evaluation.json), then the swap; the replaced model's numbers are kept.
 [ -f "$STAGE/classes.png" ] || $BIN/medgen figures "$STAGE"
 $BIN/medgen card "$STAGE" --repo-id "$DEST"
-if [ "$(realpath "$PREVIOUS")" = "$(realpath "$DEST")" ] && [ -f "$DEST/evaluation.json" ]; then
+# (Only while the package still holds the old weights: a rerun after the swap must not save the new model as "previous".)
+if [ "$(realpath "$PREVIOUS")" = "$(realpath "$DEST")" ] && [ -f "$DEST/evaluation.json" ] && \
+   ! cmp -s "$STAGE/unet/diffusion_pytorch_model.safetensors" "$DEST/unet/diffusion_pytorch_model.safetensors"; then
   mkdir -p benchmarks/results/previous_default  # its audit and utility results already live in results/
   cp "$DEST"/evaluation.json "$DEST"/run_config.json benchmarks/results/previous_default/
   [ ! -f "$DEST/fid_kid_curves.png" ] || cp "$DEST/fid_kid_curves.png" benchmarks/results/previous_default/
@@ -90,15 +92,15 @@ rm -rf "$DEST" && mkdir -p "$DEST"
 (cd "$STAGE" && find . -type f ! -name 'audit_closest_pairs.png' -print0 | xargs -0 cp --parents -t "$OLDPWD/$DEST")
 # The shipped JSONs name the package, not where this machine staged it (no local paths ship).
 $BIN/python - "$RUN" "$STAGE" "$DEST" <<'EOF'
-import sys
+import re, sys
 from pathlib import Path
 run, stage, dest = sys.argv[1:]
 names = sorted({run.rstrip("/"), stage.rstrip("/"), str(Path(run).resolve()), str(Path(stage).resolve())}, key=len,
                reverse=True)
-for path in Path(dest).rglob("*.json"):
+for path in Path(dest).rglob("*.json"):  # "source" fields and every "_name_or_path" (unet/config.json too)
     text = path.read_text()
     for name in names:
-        text = text.replace(f'"{name}"', f'"{dest}"')
+        text = re.sub('"' + re.escape(name) + '(?=["/])', '"' + dest, text)
     path.write_text(text)
 EOF
 cp "$STAGE/audit_closest_pairs.png" benchmarks/results/audit/default_closest_pairs_pixel.png

@@ -4,6 +4,11 @@
 # shipped model's 136 CPU-minutes at the 1.31 steps/s bf16 measured on one thread). One CPU thread, checkpoints outside the repository; rerun the
 # same command to resume after any interruption (it picks the newest complete checkpoint).
 #   RUN_DIR=/work/bg-runs/round2 bash benchmarks/train_round2.sh
+# It became the shipped default model (chosen on val, reported on test), packaged with
+#   RUN=../bg-runs/round2 STAGE=../bg-runs/round2_package CURVE_EVERY=0 \
+#   UTILITY_ARGS='--device cpu --arms trtr,tstr --fractions "" --num-seeds 1' \
+#   PREVIOUS_EVALUATION=benchmarks/results/few_step/teacher_test.json \
+#   PREVIOUS_LABEL="5,500 steps, lr 1e-3 constant, fp32" bash benchmarks/package_default_model.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-../bg-runs/round2}
