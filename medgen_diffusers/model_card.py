@@ -124,8 +124,10 @@ def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
                      f"or synthetic (TSTR) images, {utility.get('classifier_steps')} steps per arm, "
                      f"{seeds} seed{'' if seeds == 1 else 's'}, scored on the real **{utility.get('split', 'test')}** "
                      f"split; TSTR/TRTR ACC ratio **{utility['tstr_ratio']['acc']:.3f}**, AUC ratio "
-                     f"{utility['tstr_ratio']['auc']:.3f}; real_f = a stratified fraction f of the real train split, "
-                     f"+syn = with synthetic images added; run on {utility.get('device', 'an unrecorded device')}):\n\n"
+                     f"{utility['tstr_ratio']['auc']:.3f}; "
+                     + ("real_f = a stratified fraction f of the real train split, +syn = with synthetic images added; "
+                        if any(name.startswith("real_") for name in arms) else "")
+                     + f"run on {utility.get('device', 'an unrecorded device')}):\n\n"
                      + "\n".join(rows) + added)
     return "\n\n".join(parts) or "Not audited yet: run `medgen audit` (and `medgen utility`) on this pipeline."
 
