@@ -129,3 +129,9 @@ def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path)
     card = write_card(folder).read_text()
     assert "TSTR/TRTR ACC ratio **0.941**" in card and "| real_0.01+syn | 0.906 ± 0.003 |" in card
     assert "1% real: +0.221" in card and "NVIDIA H200" in card
+    # A one-seed headline run (trtr and tstr only, as the shipped model's CPU run): no "± 0.000", no legend for
+    # augmentation arms it does not have.
+    one_seed = Path(__file__).resolve().parents[1] / "medgen_diffusers" / "pretrained" / "bloodmnist" / "utility.json"
+    (folder / "utility.json").write_bytes(one_seed.read_bytes())
+    card = write_card(folder).read_text()
+    assert "1 seed, scored" in card and "| tstr | 0.920 | 0.994 |" in card and "real_f =" not in card
