@@ -235,21 +235,54 @@ def cmd_utility(args):
     from .utility import run_utility
 
     out = writable(args.out)
+    if args.merge:
+        from .utility import merge_utility
+
+        result = merge_utility([read_json(path, "--merge") for path in args.merge])
+        result["source"] = "merged: " + ", ".join(Path(path).name for path in args.merge)
+        write_json(result, out)
+        print_utility(result, out)
+        return
+    seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.num_seeds))
     device = resolve_device(args.device)
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
-    seeds = list(range(args.num_seeds))
     result = run_utility(pipe, args.dataset, args.num_train, fractions, seeds, args.epochs, resolve_steps(pipe, args.steps),
                          args.guidance_scale, args.data_root, device, args.seed, split=args.split,
                          arms=[a.strip() for a in args.arms.split(",") if a.strip()] or None, **source_options(args))
     result["source"] = source_name(args.pipeline)
     result["device"] = device_name(device)
     write_json(result, out)
+    print_utility(result, out)
+
+
+def print_utility(result, out):
     for name, arm in result["arms"].items():
         print(f"{name:14s} ACC {arm['acc_mean']:.4f} +- {arm['acc_std']:.4f}  AUC {arm['auc_mean']:.4f} +- "
-              f"{arm['auc_std']:.4f}  ({arm['runs'][0]['num_images']} images)")
+              f"{arm['auc_std']:.4f}  ({arm['runs'][0]['num_images']} images, seeds {[r['seed'] for r in arm['runs']]})")
     print(f"TSTR/TRTR ratio: ACC {result['tstr_ratio']['acc']:.3f}, AUC {result['tstr_ratio']['auc']:.3f}")
     print(f"wrote {out}")
+
+
+def read_json(path, option):
+    import json
+
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{option} {path}: no such file; give the JSON files that `medgen utility --out` wrote.")
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{option} {path}: not JSON ({error}); give the files that `medgen utility --out` wrote.")
+
+
+def parse_seeds(text):
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(seeds) != len(set(seeds)):
+        raise ValueError(f"--seeds {text!r}: give distinct integers separated by commas, e.g. --seeds 1,2.")
+    return seeds
 
 
 def cmd_figures(args):
@@ -371,7 +404,12 @@ def build_parser():
     utility.add_argument("pipeline", nargs="?", default=None, help="Pipeline folder or Hub repo id (default: shipped).")
     utility.add_argument("--num-train", type=int, default=None, help="N for TRTR/TSTR (default: the train split).")
     utility.add_argument("--fractions", default="0.01,0.1,1", help="Real-data fractions for the augmentation arms.")
-    utility.add_argument("--num-seeds", type=int, default=3, help="Classifier seeds per arm.")
+    utility.add_argument("--num-seeds", type=int, default=3, help="Classifier seeds per arm: 0 .. N-1.")
+    utility.add_argument("--seeds", default="", help="These classifier seeds instead, e.g. '1,2' to add seeds to "
+                                                     "an earlier run in a second process; combine with --merge.")
+    utility.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                         help="Combine result files of one protocol run with different --seeds into --out "
+                              "(no pipeline is run).")
     utility.add_argument("--epochs", type=int, default=10,
                          help="Classifier steps, in epochs of N images; every arm gets as many (MedMNIST used 100).")
     utility.add_argument("--split", default="test", choices=("test", "val"),

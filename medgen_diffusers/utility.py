@@ -155,28 +155,71 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
 
         evaluator = Evaluator(dataset, split, size=pipe.unet.config.sample_size,
                               root=str(medmnist_path(dataset, pipe.unet.config.sample_size, root).parent))
-    results = {}
+    runs = {}
     for name, make in arms.items():
-        if name == "real_1" and n == len(real_x) and "trtr" in results:
-            results[name] = results["trtr"]  # the same images, steps and seeds: the same classifiers
+        if name == "real_1" and n == len(real_x) and "trtr" in runs:
+            runs[name] = runs["trtr"]  # the same images, steps and seeds: the same classifiers
             continue
-        runs = []
+        runs[name] = []
         for seed in seeds:
             x, y = make(seed)
             model = train_classifier(x, y, len(train.class_names), steps, seed=seed, device=device)
-            runs.append({"seed": seed, "num_images": len(x),
-                         **score_classifier(model, test_x, test_y, device, evaluator)})
-        results[name] = {"runs": runs, **{f"{m}_{s}": float(getattr(np, s)([r[m] for r in runs]))
-                                          for m in ("acc", "auc") for s in ("mean", "std")}}
-    ratio = {m: results["tstr"][f"{m}_mean"] / results["trtr"][f"{m}_mean"] for m in ("acc", "auc")}
-    gains = {f"{f:g}": {m: results[f"real_{f:g}+syn"][f"{m}_mean"] - results[f"real_{f:g}"][f"{m}_mean"]
-                        for m in ("acc", "auc")} for f in fractions if {f"real_{f:g}", f"real_{f:g}+syn"} <= set(results)}
-    return {"dataset": dataset, "split": split, "num_train": n, "num_synthetic_added": added, "epochs": epochs,
-            "classifier_steps": steps,
-            "seeds": list(seeds), "tstr_ratio": ratio, "augmentation_gain": gains, "arms": results,
-            "generation": {"steps": num_inference_steps or pipe.config.get("default_num_inference_steps"),
-                           "guidance_scale": guidance_scale, "seed": generation_seed,
-                           "scheduler": type(pipe.scheduler).__name__}}
+            runs[name].append({"seed": seed, "num_images": len(x),
+                               **score_classifier(model, test_x, test_y, device, evaluator)})
+    return _summarize({"dataset": dataset, "split": split, "num_train": n, "num_synthetic_added": added,
+                       "epochs": epochs, "classifier_steps": steps, "fractions": [float(f) for f in fractions],
+                       "generation": {"steps": num_inference_steps or pipe.config.get("default_num_inference_steps"),
+                                      "guidance_scale": guidance_scale, "seed": generation_seed,
+                                      "scheduler": type(pipe.scheduler).__name__}}, runs)
+
+
+def _summarize(protocol: Dict, runs: Dict[str, list]) -> Dict:
+    """The result file: the protocol, every classifier run per arm, per-arm mean/std, TSTR ratios, augmentation gains."""
+    arms = {name: {"runs": arm_runs, **{f"{m}_{s}": float(getattr(np, s)([r[m] for r in arm_runs]))
+                                        for m in ("acc", "auc") for s in ("mean", "std")}}
+            for name, arm_runs in runs.items()}
+    ratio = {m: arms["tstr"][f"{m}_mean"] / arms["trtr"][f"{m}_mean"] for m in ("acc", "auc")}
+    gains = {f"{f:g}": {m: arms[f"real_{f:g}+syn"][f"{m}_mean"] - arms[f"real_{f:g}"][f"{m}_mean"]
+                        for m in ("acc", "auc")}
+             for f in protocol.get("fractions", []) if {f"real_{f:g}", f"real_{f:g}+syn"} <= set(arms)}
+    seeds = sorted({r["seed"] for arm_runs in runs.values() for r in arm_runs})
+    return {**protocol, "seeds": seeds, "tstr_ratio": ratio, "augmentation_gain": gains, "arms": arms}
+
+
+# What two result files must share to be one experiment: the same data, classifier budget and synthetic images.
+_PROTOCOL_KEYS = ("dataset", "split", "num_train", "num_synthetic_added", "epochs", "classifier_steps", "generation")
+
+
+def merge_utility(results: Sequence[Dict]) -> Dict:
+    """One result from several runs of the same protocol with different classifier seeds (e.g. seeds run in
+    parallel, or seeds added to an earlier run): every run is kept, means, ratios and gains are recomputed."""
+    if len(results) < 2:
+        raise UtilityError("Merging needs at least two utility result files.")
+    first = results[0]
+    for other in results[1:]:
+        differ = [k for k in _PROTOCOL_KEYS if other.get(k) != first.get(k)]
+        if differ:
+            raise UtilityError(f"These utility results are not one experiment: they differ in {differ}. Merge only "
+                               "runs of the same pipeline, data, --epochs, --num-train and sampler that differ in "
+                               "--seeds.")
+    runs: Dict[str, list] = {}
+    for result in results:
+        for name, arm in result["arms"].items():
+            runs.setdefault(name, []).extend(arm["runs"])
+    for name, arm_runs in runs.items():
+        seeds = [r["seed"] for r in arm_runs]
+        if len(seeds) != len(set(seeds)):
+            raise UtilityError(f"Arm {name!r} has classifier seed(s) {sorted({s for s in seeds if seeds.count(s) > 1})} "
+                               "in more than one file: run the extra files with other --seeds.")
+        arm_runs.sort(key=lambda r: r["seed"])
+    if len({len(arm_runs) for arm_runs in runs.values()}) > 1 or not {"trtr", "tstr"} <= set(runs):
+        raise UtilityError("Every file must score the same arms (trtr and tstr at least): "
+                           + ", ".join(f"{k}: {len(v)} runs" for k, v in runs.items()))
+    protocol = {k: v for k, v in first.items() if k not in ("seeds", "tstr_ratio", "augmentation_gain", "arms")}
+    protocol.setdefault("fractions", sorted({float(name.split("_")[1].removesuffix("+syn"))
+                                             for name in runs if name.startswith("real_")}))
+    protocol["merged_from"] = [{"seeds": r["seeds"], "device": r.get("device")} for r in results]
+    return _summarize(protocol, runs)
 
 
 def _first(n: int, total: int, seed: int) -> np.ndarray:

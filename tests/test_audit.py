@@ -112,6 +112,40 @@ def test_utility_protocol_small(data_root):
     assert official == metrics_from_scores(scores, labels) and official["acc"] > 0.5
 
 
+def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tmp_path):
+    """Seeds run in separate processes (`--seeds 1`) and merged (`--merge`) give the very result of one run with
+    every seed: the same classifiers, means and ratios; files of different protocols or repeated seeds are refused."""
+    import json
+
+    from medgen_diffusers.utility import UtilityError, merge_utility, run_utility
+
+    pipe = BloodMNISTPipeline.from_pretrained()
+    small = dict(num_train=64, fractions=(), epochs=1, num_inference_steps=2, root=str(data_root), progress=False,
+                 num_test=64, arms=["trtr", "tstr"])
+    both = run_utility(pipe, "bloodmnist", seeds=(0, 1), **small)
+    apart = [run_utility(pipe, "bloodmnist", seeds=(seed,), **small) for seed in (1, 0)]
+    for part, seed in zip(apart, (1, 0)):
+        json.dump(part, open(tmp_path / f"seed{seed}.json", "w"))
+    out = tmp_path / "merged.json"
+    result = subprocess.run([str(BIN / "medgen"), "utility", "--merge", str(tmp_path / "seed0.json"),
+                             str(tmp_path / "seed1.json"), "--out", str(out)], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    merged = json.loads(out.read_text())
+    assert merged["seeds"] == [0, 1] and merged["arms"]["tstr"]["runs"] == both["arms"]["tstr"]["runs"]
+    for key in ("tstr_ratio", "classifier_steps", "generation"):
+        assert merged[key] == both[key]
+    assert merged["arms"]["trtr"]["acc_std"] == both["arms"]["trtr"]["acc_std"]
+    with pytest.raises(UtilityError, match=r"seed\(s\) \[1\] in more than one file"):
+        merge_utility([both, apart[0]])
+    other = {**apart[0], "epochs": 2, "classifier_steps": 2}  # what `--epochs 2 --seeds 1` records
+    with pytest.raises(UtilityError, match=r"differ in \['epochs', 'classifier_steps'\]"):
+        merge_utility([both, other])
+    result = subprocess.run([str(BIN / "medgen"), "utility", "--seeds", "1,1", "--out", str(tmp_path / "x.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--seeds '1,1': give distinct integers" in result.stderr
+
+
 def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path):
     from medgen_diffusers.model_card import write_card
 
