@@ -9,7 +9,9 @@
 #   CURVE_EVERY    post-hoc FID/KID curve every N steps from the run's checkpoints (0: skip; ~4 CPU-min a point)
 #   UTILITY_ARGS   `medgen utility` options. Default: the full protocol (21 ResNet-18 runs; ~7 min on an H200,
 #                  ~10 hours on 2 CPU cores). Without a GPU, the headline pair on one seed (~75 min, one thread):
-#                  UTILITY_ARGS='--device cpu --arms trtr,tstr --fractions "" --num-seeds 1'
+#                  UTILITY_ARGS='--device cpu --arms trtr,tstr --fractions "" --num-seeds 1'; more seeds side by side
+#                  with `--seeds 1` / `--seeds 2` in other processes, merged into $STAGE/utility.json with
+#                  `medgen utility --merge`, then rerun this script (it rewrites the card and swaps again)
 #   PREVIOUS       the package being replaced: its evaluation.json, run_config.json and FID curve are kept under
 #                  benchmarks/results/previous_default/ so the README can show both (default: the current one)
 #   PREVIOUS_EVALUATION, PREVIOUS_LABEL   its test evaluation (same protocol) and name for the card's metrics table

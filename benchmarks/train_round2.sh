@@ -9,6 +9,9 @@
 #   UTILITY_ARGS='--device cpu --arms trtr,tstr --fractions "" --num-seeds 1' \
 #   PREVIOUS_EVALUATION=benchmarks/results/few_step/teacher_test.json \
 #   PREVIOUS_LABEL="5,500 steps, lr 1e-3 constant, fp32" bash benchmarks/package_default_model.sh
+# and seeds 1 and 2 of the utility pair added later (one process each, then merged; see results/round2/README.md):
+#   medgen utility ../bg-runs/round2_package --device cpu --arms trtr,tstr --fractions "" --seeds 1 --out s1.json
+#   medgen utility --merge s0.json s1.json s2.json --out ../bg-runs/round2_package/utility.json  # s0: the first run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR=${RUN_DIR:-../bg-runs/round2}

@@ -163,9 +163,24 @@ def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path)
     card = write_card(folder).read_text()
     assert "TSTR/TRTR ACC ratio **0.941**" in card and "| real_0.01+syn | 0.906 ± 0.003 |" in card
     assert "1% real: +0.221" in card and "NVIDIA H200" in card
-    # A one-seed headline run (trtr and tstr only, as the shipped model's CPU run): no "± 0.000", no legend for
-    # augmentation arms it does not have.
-    one_seed = Path(__file__).resolve().parents[1] / "medgen_diffusers" / "pretrained" / "bloodmnist" / "utility.json"
+    # A one-seed headline run (trtr and tstr only, as each of the shipped model's CPU runs): no "± 0.000", no legend
+    # for augmentation arms it does not have.
+    one_seed = shipped_audit.parents[1] / "utility" / "round2_seed0_test.json"
     (folder / "utility.json").write_bytes(one_seed.read_bytes())
     card = write_card(folder).read_text()
     assert "1 seed, scored" in card and "| tstr | 0.920 | 0.994 |" in card and "real_f =" not in card
+
+
+def test_shipped_utility_is_the_merge_of_its_committed_seed_runs():
+    """The shipped model's 3-seed utility was run one seed per CPU process; the committed per-seed files merge into
+    exactly the numbers the package (and its card) ship."""
+    import json
+
+    from medgen_diffusers import DEFAULT_MODEL
+    from medgen_diffusers.utility import merge_utility
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "utility"
+    merged = merge_utility([json.loads((results / f"round2_seed{s}_test.json").read_text()) for s in (0, 1, 2)])
+    shipped = json.loads((Path(DEFAULT_MODEL) / "utility.json").read_text())
+    assert shipped["seeds"] == [0, 1, 2] and shipped["arms"] == merged["arms"]
+    assert shipped["tstr_ratio"] == merged["tstr_ratio"]
