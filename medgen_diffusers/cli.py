@@ -238,6 +238,11 @@ def cmd_utility(args):
     if args.merge:
         from .utility import merge_utility
 
+        if args.pipeline or args.seeds:
+            raise ValueError("--merge combines result files and runs no pipeline: drop the pipeline and --seeds.")
+        if any(Path(path).resolve() == out.resolve() for path in args.merge):
+            raise ValueError(f"--out {out} is one of the --merge inputs: write the merge to a new file so no "
+                             "per-seed result is lost.")
         result = merge_utility([read_json(path, "--merge") for path in args.merge])
         result["source"] = "merged: " + ", ".join(Path(path).name for path in args.merge)
         write_json(result, out)

@@ -141,6 +141,12 @@ def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tm
     other = {**apart[0], "epochs": 2, "classifier_steps": 2}  # what `--epochs 2 --seeds 1` records
     with pytest.raises(UtilityError, match=r"differ in \['epochs', 'classifier_steps'\]"):
         merge_utility([both, other])
+    before = (tmp_path / "seed0.json").read_bytes()
+    result = subprocess.run([str(BIN / "medgen"), "utility", "--merge", str(tmp_path / "seed0.json"),
+                             str(tmp_path / "seed1.json"), "--out", str(tmp_path / "seed0.json")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "is one of the --merge inputs" in result.stderr
+    assert (tmp_path / "seed0.json").read_bytes() == before  # nothing lost
     result = subprocess.run([str(BIN / "medgen"), "utility", "--seeds", "1,1", "--out", str(tmp_path / "x.json")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--seeds '1,1': give distinct integers" in result.stderr
