@@ -23,9 +23,7 @@ import argparse
 import inspect
 import json
 import math
-import os
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -39,9 +37,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline
-from medgen_diffusers.data import augment_dihedral, load_images, to_model_range
+from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
+                                            register_ema_hooks, save_checkpoint)
+from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
 from medgen_diffusers.model_card import write_card
-from train_unconditional import quiet_diffusers, resume_checkpoint, save_checkpoint
+from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
 
 logger = get_logger(__name__)
 TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safetensors + config
@@ -51,8 +51,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default=DEFAULT_MODEL, help="Pipeline folder to distil (default: the shipped model).")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--dataset", default="bloodmnist", help="Training images the teacher was trained on (any source "
-                                                          "that train_unconditional.py reads).")
+    p.add_argument("--dataset", default=None, help="Training images (default: the data the teacher was trained on, "
+                                                  "from its run_config.json; any source train_unconditional.py reads).")
     p.add_argument("--data_root", default=None)
     p.add_argument("--max_train_steps", type=int, default=300)
     p.add_argument("--train_batch_size", type=int, default=128)
@@ -66,6 +66,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpointing_steps", type=int, default=250)
     p.add_argument("--checkpoints_total_limit", type=int, default=3)
     p.add_argument("--resume_from_checkpoint", default="latest", help="A checkpoint folder, 'latest', or ''.")
+    p.add_argument("--overwrite_output_dir", action="store_true", help="Replace the run already in --output_dir.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true")
     return p.parse_args(argv)
@@ -111,13 +112,20 @@ def main(argv=None):
         mixed_precision=args.mixed_precision,
         project_config=ProjectConfiguration(project_dir=str(output_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-        cpu=args.cpu or not torch.cuda.is_available(),
+        cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
-    checkpoint = resume_checkpoint(args, output_dir)  # verified before anything is written
+    checkpoint = prepare_run_folder(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir,
+                                    accelerator.is_main_process)  # verified before anything is written
+    accelerator.wait_for_everyone()
     set_seed(args.seed)
 
-    # Teacher: frozen; its noise schedule defines the grid the student learns to jump along.
+    # Teacher: frozen; its noise schedule defines the grid the student learns to jump along. A resumed student must
+    # be a student of this teacher.
     teacher_pipe = BloodMNISTPipeline.from_pretrained(args.teacher)
+    teacher_sha256 = weights_sha256(teacher_pipe.unet)
+    if checkpoint is not None:
+        check_resumed_config(output_dir, "distill_config.json", {"teacher_sha256": teacher_sha256},
+                             ["teacher_sha256"])
     teacher = teacher_pipe.unet.requires_grad_(False).eval().to(accelerator.device)
     schedule = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
     prediction_type = schedule.config.prediction_type
@@ -126,15 +134,20 @@ def main(argv=None):
     grid = torch.arange(1, args.num_ddim_timesteps + 1, device=accelerator.device) * step_ratio - 1  # 19, 39, ... 999
     class_conditional = teacher.config.num_class_embeds is not None
 
-    # Data: the teacher's training split, as in train_unconditional.py.
+    # Data: the teacher's training split and augmentation (its run_config.json), as in train_unconditional.py.
+    teacher_run = read_run_config(args.teacher) or {}
+    source = data_source(args.teacher, args.dataset, args.data_root, run_config=teacher_run)
+    augmentation, _ = resolve_augmentation(teacher_run.get("augmentation", teacher_run.get("augment")),
+                                           source.dataset)
     resolution = teacher.config.sample_size
     with accelerator.main_process_first():
-        data = load_images(args.dataset, "train", resolution, args.data_root)
+        data = load_images(source.dataset, "train", resolution, source.root, **source.options)
+    data_block = source.record(data.md5)
     if data.images.shape[1] != teacher.config.in_channels:
-        raise ValueError(f"{args.dataset} has {data.images.shape[1]}-channel images but the teacher takes "
+        raise ValueError(f"{source.dataset} has {data.images.shape[1]}-channel images but the teacher takes "
                          f"{teacher.config.in_channels}: distil on the data the teacher was trained on.")
     if class_conditional and (data.labels is None or int(data.labels.max()) >= teacher.config.num_class_embeds - 1):
-        raise ValueError(f"The teacher knows {teacher.config.num_class_embeds - 1} classes, which {args.dataset}'s "
+        raise ValueError(f"The teacher knows {teacher.config.num_class_embeds - 1} classes, which {source.dataset}'s "
                          "labels do not match: distil on the data the teacher was trained on.")
     labels = data.labels if data.labels is not None else torch.zeros(len(data.images), dtype=torch.long)
     loader = DataLoader(TensorDataset(data.images, labels), batch_size=args.train_batch_size, shuffle=True,
@@ -148,36 +161,27 @@ def main(argv=None):
                       model_cls=UNet2DModel, model_config=student.config)
     target_unet = UNet2DModel.from_config(teacher.config).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate, weight_decay=0.0)
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps)
+    # Accelerate steps a prepared scheduler once per process, as train_unconditional.py accounts for.
+    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes)
     student, optimizer, loader, lr_scheduler = accelerator.prepare(student, optimizer, loader, lr_scheduler)
     target.to(accelerator.device)
     target_unet.to(accelerator.device)
 
-    def save_target(models, weights, checkpoint_dir):  # as safetensors, never a pickle
-        if accelerator.is_main_process:
-            target.save_pretrained(os.path.join(checkpoint_dir, TARGET_FOLDER))
-
-    def load_target(models, checkpoint_dir):
-        with warnings.catch_warnings(), quiet_diffusers():
-            warnings.simplefilter("ignore", FutureWarning)
-            loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, TARGET_FOLDER), UNet2DModel)
-        target.load_state_dict(loaded.state_dict())
-        target.to(accelerator.device)
-
-    accelerator.register_save_state_pre_hook(save_target)
-    accelerator.register_load_state_pre_hook(load_target)
+    register_ema_hooks(accelerator, target, TARGET_FOLDER, UNet2DModel)
     global_step, first_epoch, skip = 0, 0, 0
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        global_step = int(checkpoint.name.split("-")[1])
+        global_step = checkpoint_step(checkpoint)
         first_epoch, skip = divmod(global_step, len(loader))
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "distill_config.json").write_text(json.dumps(
             {**vars(args), "teacher": Path(args.teacher).name if Path(args.teacher).exists() else args.teacher,
-             "output_dir": output_dir.name, "data_md5": data.md5}, indent=2) + "\n")
+             "teacher_sha256": teacher_sha256, "output_dir": output_dir.name, "data": data_block,
+             "data_md5": data.md5, "augmentation": augmentation}, indent=2) + "\n")
     huber_c = 0.00054 * math.sqrt(data.images[0].numel())
-    metrics = output_dir / "metrics.jsonl"
+    metrics = MetricsLog(output_dir / "metrics.jsonl", global_step, accelerator.is_main_process)
 
     progress = tqdm(total=args.max_train_steps, initial=global_step, desc="distill",
                     disable=not accelerator.is_local_main_process)
@@ -188,7 +192,7 @@ def main(argv=None):
         for images, batch_labels in batches:
             if global_step >= args.max_train_steps:
                 break
-            clean = augment_dihedral(to_model_range(images))
+            clean = augment(to_model_range(images), augmentation)  # as the teacher was trained
             class_labels = batch_labels if class_conditional else None
             # 1. A grid point t_n (n >= 1) and the previous one t_{n-1} (t = 0 stands for "clean" at n = 0).
             index = torch.randint(0, args.num_ddim_timesteps, (clean.shape[0],), device=clean.device)
@@ -232,11 +236,9 @@ def main(argv=None):
             logs = {"step": global_step, "loss": accelerator.gather(loss.detach()).mean().item(),
                     "steps_per_s": (global_step - start_step) / (time.time() - start_time)}
             progress.set_postfix(loss=f"{logs['loss']:.4f}")
-            if accelerator.is_main_process:
-                with metrics.open("a") as f:
-                    f.write(json.dumps(logs) + "\n")
+            metrics.write(logs)
             if global_step % args.checkpointing_steps == 0 or global_step == args.max_train_steps:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, logger)
         skip = 0
         if global_step >= args.max_train_steps:
             break
@@ -248,6 +250,12 @@ def main(argv=None):
         pipeline = lcm_pipeline(teacher_pipe, accelerator.unwrap_model(student).state_dict(), args.num_ddim_timesteps,
                                 args.timestep_scaling, args.num_inference_steps)
         pipeline.save_pretrained(output_dir)
+        # The student's run_config: its teacher's data, so evaluate/audit/utility/card find the same data source.
+        student_run = {**teacher_run, "dataset": source.dataset, "data_root": source.root, **source.options,
+                       "data_md5": data.md5, "augmentation": augmentation, "distilled_from": teacher_sha256,
+                       "distillation": {k: v for k, v in vars(args).items() if k not in ("teacher", "output_dir")},
+                       "output_dir": output_dir.name}
+        (output_dir / "run_config.json").write_text(json.dumps(student_run, indent=2) + "\n")
         write_card(output_dir)
         logger.info(f"Saved the {args.num_inference_steps}-step pipeline to {output_dir}")
 

@@ -10,12 +10,8 @@ Read it top to bottom: arguments, data, model, optimisation, (resume), the loop,
 import argparse
 import json
 import math
-import os
-import re
 import shutil
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -25,21 +21,21 @@ from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.optimization import get_scheduler
-from diffusers.utils import logging as diffusers_logging
 from diffusers.training_utils import EMAModel, compute_snr
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
-from medgen_diffusers.data import augment_dihedral, file_digest, load_images, to_model_range
+from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
+                                            register_ema_hooks, save_checkpoint)
+from medgen_diffusers.data import AUGMENTATIONS, augment, load_images, resolve_augmentation, to_model_range
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import UNET_PRESETS, build_unet
+from medgen_diffusers.provenance import recorded_source, weights_sha256
 
 logger = get_logger(__name__, log_level="INFO")
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")  # complete checkpoints only: never "*.tmp"
-MANIFEST = "manifest.json"  # size + sha256 of every file of a checkpoint, written last
 EMA_FOLDER = "unet_ema"  # EMA weights inside a checkpoint: safetensors + config, via EMAModel.save_pretrained
 # The sampler a saved pipeline's plain `pipe()` uses: DDIM, 20 steps, "trailing" spacing -- the shipped model's, chosen
 # on val in benchmarks/bench_samplers.py. DDPM's 1,000 steps would make `pipe()`, `medgen evaluate RUN` and
@@ -61,8 +57,13 @@ def parse_args(argv=None):
     g.add_argument("--image_column", default="image", help="Image column of a datasets dataset.")
     g.add_argument("--label_column", default="label", help="Label column of a datasets dataset ('none': unlabeled).")
     g.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N images only.")
-    g.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="Random flips and 90° rotations (cells have no canonical orientation).")
+    g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTATIONS),
+                   help="dihedral: random flips and 90° rotations; none; auto (default): the data's documented "
+                        "policy -- dihedral for cells and tissue (BloodMNIST, PathMNIST, ...), none where orientation "
+                        "carries meaning (chest X-ray, OCT, left/right organ classes) and for your own data.")
+    g.add_argument("--no-augment", dest="augment", action="store_const", const="none", help="Same as --augment none.")
+    g.add_argument("--data_description", default=None, help="One line about your data, for the model card.")
+    g.add_argument("--data_citation", default=None, help="BibTeX for your data, for the model card.")
     g = p.add_argument_group("model")
     g.add_argument("--model_preset", default="tiny", choices=sorted(UNET_PRESETS))
     g.add_argument("--model_config", default=None, help="UNet2DModel config JSON; overrides --model_preset.")
@@ -102,6 +103,8 @@ def parse_args(argv=None):
     g.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
     g = p.add_argument_group("outputs")
     g.add_argument("--output_dir", required=True)
+    g.add_argument("--overwrite_output_dir", action="store_true",
+                   help="Replace the run already in --output_dir (its checkpoints, metrics and results are deleted).")
     g.add_argument("--checkpointing_steps", type=int, default=500)
     g.add_argument("--checkpoints_total_limit", type=int, default=None, help="Keep only the newest N checkpoints.")
     g.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
@@ -135,70 +138,6 @@ def parse_args(argv=None):
     return args
 
 
-def list_checkpoints(output_dir):
-    """Complete checkpoints, oldest first. A checkpoint is written as `*.tmp` and renamed when whole."""
-    found = []
-    for path in Path(output_dir).glob("checkpoint-*"):
-        match = CHECKPOINT_PATTERN.match(path.name)
-        if match and path.is_dir():
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
-
-
-@contextmanager
-def quiet_diffusers():
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
-
-
-def file_manifest(folder):
-    """{relative path: [size, sha256]} of every file under ``folder`` except the manifest itself."""
-    return {p.relative_to(folder).as_posix(): [p.stat().st_size, file_digest(p, "sha256")]
-            for p in sorted(Path(folder).rglob("*")) if p.is_file() and p.name != MANIFEST}
-
-
-def verify_checkpoint(checkpoint):
-    """Refuse a checkpoint whose files differ from its manifest (truncated, corrupted, missing)."""
-    manifest_path = Path(checkpoint) / MANIFEST
-    if not manifest_path.is_file():
-        raise RuntimeError(f"{checkpoint} has no {MANIFEST}: it was not written whole by this script. Resume from "
-                           "another checkpoint (or delete this one).")
-    expected = json.loads(manifest_path.read_text())
-    actual = file_manifest(checkpoint)
-    for name, (size, digest) in expected.items():
-        if name not in actual:
-            raise RuntimeError(f"Checkpoint file {Path(checkpoint) / name} is missing. Resume from another checkpoint "
-                               "or delete this one; nothing was changed.")
-        if actual[name] != [size, digest]:
-            raise RuntimeError(f"Checkpoint file {Path(checkpoint) / name} is corrupt ({actual[name][0]} bytes, "
-                               f"expected {size}, or its sha256 differs). Resume from another checkpoint or delete "
-                               "this one; nothing was changed.")
-
-
-def save_checkpoint(accelerator, output_dir, step, total_limit):
-    final = Path(output_dir) / f"checkpoint-{step}"
-    partial = Path(output_dir) / f"checkpoint-{step}.tmp"
-    if accelerator.is_main_process and partial.exists():
-        shutil.rmtree(partial)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial))  # every rank writes its own RNG state into it
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (partial / MANIFEST).write_text(json.dumps(file_manifest(partial), indent=1) + "\n")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(partial, final)  # atomic: a kill leaves either the whole checkpoint or a *.tmp folder
-        if total_limit is not None:
-            for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
-        logger.info(f"Saved {final}")
-    accelerator.wait_for_everyone()
-
-
 def sample_grid(pipeline, num_images, steps, seed):
     """A fixed-seed grid from the EMA weights, sampled with DDIM (fast enough to run on CPU)."""
     scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
@@ -206,26 +145,6 @@ def sample_grid(pipeline, num_images, steps, seed):
     fast.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return square_grid(fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images)
-
-
-def resume_checkpoint(args, output_dir):
-    """The checkpoint to resume from (verified against its manifest), or None. Runs before anything is written, so a
-    bad request changes nothing."""
-    if not args.resume_from_checkpoint:
-        return None
-    if args.resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(output_dir)
-        if not checkpoints:
-            logger.info(f"No complete checkpoint in {output_dir}: starting from scratch.")
-            return None
-        checkpoint = checkpoints[-1]
-    else:
-        checkpoint = Path(args.resume_from_checkpoint)
-        if not CHECKPOINT_PATTERN.match(checkpoint.name) or not checkpoint.is_dir():
-            raise FileNotFoundError(f"{checkpoint} is not a complete checkpoint folder (checkpoint-STEP); "
-                                    f"pass one of {[p.name for p in list_checkpoints(output_dir)]} or 'latest'.")
-    verify_checkpoint(checkpoint)
-    return checkpoint
 
 
 def main(argv=None):
@@ -242,7 +161,10 @@ def main(argv=None):
         # Accelerate forms a multi-process CPU group (gloo, e.g. under torchrun) only when told cpu=True.
         cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
-    checkpoint = resume_checkpoint(args, output_dir)  # before anything is written
+    # Before anything is written: an existing run is resumed or explicitly replaced, never silently restarted.
+    checkpoint = prepare_run_folder(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir,
+                                    accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     set_seed(args.seed)  # identical initial weights on every rank
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +181,9 @@ def main(argv=None):
         data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
     if data.notice:
         logger.warning(data.notice)
+    augmentation, augmentation_reason = resolve_augmentation(args.augment, args.dataset)
+    if checkpoint is not None:  # the same data as the run being resumed, or a clear refusal
+        check_resumed_config(output_dir, "run_config.json", {"data_md5": data.md5}, ["data_md5"])
     if data.labels is None and args.class_conditional:
         raise ValueError(f"--class_conditional needs one class label per image, and {args.dataset} has none "
                          f"({data.notice or 'unlabeled images'}); drop --class_conditional.")
@@ -314,25 +239,13 @@ def main(argv=None):
     lr_scheduler = accelerator.prepare(lr_scheduler)
     if ema_unet is not None:
         ema_unet.to(accelerator.device)
-
-        # The EMA weights travel with save_state/load_state as safetensors (diffusers' own examples do the same),
-        # never as a pickle.
-        def save_ema(models, weights, checkpoint_dir):
-            if accelerator.is_main_process:
-                ema_unet.save_pretrained(os.path.join(checkpoint_dir, EMA_FOLDER))
-
-        def load_ema(models, checkpoint_dir):
-            with warnings.catch_warnings(), quiet_diffusers():  # it reads its EMA fields through UNet2DModel's config
-                warnings.simplefilter("ignore", FutureWarning)
-                loaded = EMAModel.from_pretrained(os.path.join(checkpoint_dir, EMA_FOLDER), type(unet_module))
-            ema_unet.load_state_dict(loaded.state_dict())
-            ema_unet.to(accelerator.device)
-
-        unet_module = accelerator.unwrap_model(unet)
-        accelerator.register_save_state_pre_hook(save_ema)
-        accelerator.register_load_state_pre_hook(load_ema)
+        register_ema_hooks(accelerator, ema_unet, EMA_FOLDER, type(accelerator.unwrap_model(unet)))
 
     run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
+    # The data source as every later command finds it (an absolute path for local data; cards and pushes cut it to
+    # a name), how it was augmented and why.
+    run_config.update(dataset=recorded_source(args.dataset), augmentation=augmentation,
+                      augmentation_reason=augmentation_reason)
     run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes, resolution=resolution,
                       channels=images.shape[1], class_conditional=class_conditional,
                       total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
@@ -353,16 +266,12 @@ def main(argv=None):
     global_step, first_epoch, batches_to_skip = 0, 0, 0
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        global_step = int(CHECKPOINT_PATTERN.match(checkpoint.name).group(1))
+        global_step = checkpoint_step(checkpoint)
         first_epoch = global_step // updates_per_epoch
         batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
         logger.info(f"Resumed from {checkpoint} at step {global_step}")
 
-    metrics_path = output_dir / "metrics.jsonl"
-    if accelerator.is_main_process:  # drop lines a killed run logged after its last checkpoint
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-                if json.loads(line)["step"] <= global_step]
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    metrics = MetricsLog(output_dir / "metrics.jsonl", global_step, accelerator.is_main_process)
 
     logger.info(f"{len(images)} images, {max_train_steps} steps, {accelerator.num_processes} process(es), "
                 f"{run_config['num_parameters'] / 1e6:.2f}M parameters, device {accelerator.device}")
@@ -381,9 +290,7 @@ def main(argv=None):
             if args.record_data_order:  # every rank its own file: which training images it drew, in order
                 with (output_dir / "data_order" / f"rank{accelerator.process_index}.jsonl").open("a") as f:
                     f.write(json.dumps({"epoch": epoch, "step": global_step, "indices": batch_indices.tolist()}) + "\n")
-            clean = to_model_range(batch_images)
-            if args.augment:
-                clean = augment_dihedral(clean)
+            clean = augment(to_model_range(batch_images), augmentation)
             noise = torch.randn_like(clean)
             timesteps = torch.randint(0, args.ddpm_num_steps, (clean.shape[0],), device=clean.device)
             noisy = noise_scheduler.add_noise(clean, noise, timesteps)
@@ -430,11 +337,10 @@ def main(argv=None):
             progress.set_postfix(loss=f"{logs['loss']:.4f}", steps_per_s=f"{logs['steps_per_s']:.2f}")
             if accelerator.is_main_process:
                 accelerator.log(logs, step=global_step)
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": global_step, "epoch": epoch, **logs}) + "\n")
+            metrics.write({"step": global_step, "epoch": epoch, **logs})
 
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, logger)
             if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
                 pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
                 grid = sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed)
@@ -444,8 +350,7 @@ def main(argv=None):
                 pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
                 eval_logs = evaluator(pipeline)
                 accelerator.log(eval_logs, step=global_step)
-                with metrics_path.open("a") as f:
-                    f.write(json.dumps({"step": global_step, **eval_logs}) + "\n")
+                metrics.write({"step": global_step, **eval_logs})
                 logger.info(f"step {global_step}: {eval_logs}")
             if global_step >= max_train_steps:
                 break
@@ -466,6 +371,7 @@ def main(argv=None):
         write_card(output_dir, repo_id=args.hub_model_id)
         summary = {"global_step": global_step, "num_processes": accelerator.num_processes,
                    "param_checksums": checksums, "ranks_in_sync": len(set(checksums)) == 1,
+                   "weights_sha256": weights_sha256(pipeline.unet),
                    "wall_time_s": time.time() - start_time,
                    "steps_per_s": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
         (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

@@ -22,7 +22,7 @@ from medgen_diffusers.data import class_counts  # noqa: E402
 from medgen_diffusers.evaluation import RealFeatures, fid, write_json  # noqa: E402
 from medgen_diffusers.generation import generate_images, labels_like_split  # noqa: E402
 from medgen_diffusers.inception import InceptionFeatures  # noqa: E402
-from train_unconditional import list_checkpoints  # noqa: E402
+from medgen_diffusers.checkpointing import list_checkpoints  # noqa: E402
 
 
 def main():

@@ -66,6 +66,18 @@ def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_e
     assert batch_sizes == [3, 3, 3, 3]  # four network evaluations per image, no guidance batch
     assert images.shape == (3, 28, 28, 3) and np.isfinite(images).all() and 0 <= images.min() and images.max() <= 1
 
+    # The student follows its teacher's run: data source, checksum and augmentation (BloodMNIST: dihedral).
+    config = json.loads((straight / "distill_config.json").read_text())
+    assert config["augmentation"] == "dihedral" and config["data"]["matches_training_data"] is True
+    assert json.loads((straight / "run_config.json").read_text())["dataset"] == "bloodmnist"
+    # `latest` never continues a student of another teacher: refused before anything is written.
+    before = (resumed / "metrics.jsonl").read_bytes()
+    other = subprocess.run([sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(resumed), "--teacher",
+                            str(straight), "--max_train_steps", "4", "--train_batch_size", "8"], cwd=REPO,
+                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert other.returncode != 0 and "teacher_sha256" in other.stderr and "Traceback" not in other.stderr
+    assert (resumed / "metrics.jsonl").read_bytes() == before
+
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     kind = load_without_package(straight, tmp_path / "out.npy", env, cwd=tmp_path)
     assert kind.endswith("BloodMNISTPipeline") and np.isfinite(np.load(tmp_path / "out.npy")).all()
