@@ -32,8 +32,8 @@ SIZES = (28, 64, 128, 224)
 _MD5_CACHE = {}
 
 
-class DataError(RuntimeError):
-    """A MedMNIST file is missing, corrupt or not what was asked for."""
+class DataError(ValueError):
+    """A data source is missing, corrupt or not what was asked for (bad input: the CLI's exit code 2)."""
 
 
 def available_flags() -> List[str]:
@@ -290,34 +290,69 @@ def _load_npz(path: Path, split: str) -> ImageData:
     return _image_data(images, labels, None, str(path), split)
 
 
+# Full-scale value of each PIL mode that holds more than 8 bits per pixel: images are scaled by their bit depth
+# to uint8, never clipped (a 16-bit X-ray clipped at 255 is almost all white). "I" (32-bit int) is how Pillow opens
+# many 16-bit PNGs: it is read as 16-bit, and a value outside 0..65535 is refused. "F" (float) images must lie in
+# [0, 1]. Issue: per-dataset windows and percentiles for CT/MR intensities come with the DICOM/NIfTI readers.
+HIGH_DEPTH_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+
+
+def pil_to_array(image, name: str) -> np.ndarray:
+    """uint8 (H, W, 1|3) of a PIL image; 16-bit and float images scaled by their full range (see HIGH_DEPTH_MODES)."""
+    if image.mode in HIGH_DEPTH_MODES:
+        full = HIGH_DEPTH_MODES[image.mode]
+        array = np.asarray(image, dtype=np.float64)
+        if array.min() < 0 or array.max() > full:
+            raise DataError(f"{name}: {image.mode} pixel values {array.min():g}..{array.max():g} lie outside "
+                            f"0..{full:g}, the range this mode is scaled from: save it as 8- or 16-bit (unsigned), "
+                            "or as float in [0, 1].")
+        return np.round(array / full * 255).astype(np.uint8)[..., None]
+    if image.mode in ("L", "LA", "1"):
+        return np.asarray(image.convert("L"))[..., None]
+    return np.asarray(image.convert("RGB"))
+
+
 def _decode(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            if image.mode in ("L", "I", "I;16", "F", "LA", "1"):
-                array = np.asarray(image.convert("L"))[..., None]
-            else:
-                array = np.asarray(image.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+            return pil_to_array(image, str(path))
+    except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"Cannot read image {path} ({error}); fix or remove it.") from None
-    return array
+
+
+def _folder_files(path: Path):
+    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return files, [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+
+
+def _folder_classes(path: Path, images=None) -> List[str]:
+    """Sorted class folder names of one split folder ('.' for images at its top level)."""
+    images = _folder_files(path)[1] if images is None else images
+    classes = sorted({p.parent.relative_to(path).as_posix() for p in images})
+    if "." in classes and len(classes) > 1:
+        raise DataError(f"{path} mixes images at its top level with images in sub-folders {classes[1:4]}: put every "
+                        "image in a class sub-folder (labeled) or all at the top level (unlabeled).")
+    return classes
 
 
 def _load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
     import logging
 
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
+    train_classes = None
     if split_dirs:
         if split not in split_dirs:
             raise DataError(f"{path} has split folders {split_dirs} but no '{split}/': add it or choose another split.")
+        if split != "train" and "train" in split_dirs:  # one class numbering for every split: train's
+            train_classes = _folder_classes(path / "train")
         path = path / split
     elif split != "train":
         raise DataError(f"{path} has no train/val/test sub-folders, so all its images are its 'train' split; there is "
                         f"no '{split}' split: add {path}/{split}/ (same layout) or use split 'train'.")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    files, images = _folder_files(path)
     ignored = len(files) - len(images)
     if ignored:
         logging.getLogger(__name__).warning(f"{path}: ignored {ignored} non-image file(s) (e.g. "
@@ -325,11 +360,15 @@ def _load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
     if not images:
         raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): put them in one sub-folder per "
                         "class, or directly in the folder for unlabeled data.")
-    classes = sorted({p.parent.relative_to(path).as_posix() for p in images})
+    classes = _folder_classes(path, images)
     labeled = "." not in classes
-    if not labeled and len(classes) > 1:
-        raise DataError(f"{path} mixes images at its top level with images in sub-folders {classes[1:4]}: put every "
-                        "image in a class sub-folder (labeled) or all at the top level (unlabeled).")
+    if train_classes is not None and labeled:
+        unknown = sorted(set(classes) - set(train_classes))
+        if unknown:
+            raise DataError(f"{path} has class folder(s) {unknown} that train/ lacks (train's classes: "
+                            f"{train_classes}): a model cannot be scored on a class it never saw; add them to "
+                            "train/ or remove them here.")
+        classes = train_classes
     arrays = [_decode(p) for p in images]
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
@@ -356,9 +395,11 @@ def _load_datasets(name: str, split: str, image_column: str, label_column: Optio
     except Exception as error:  # noqa: BLE001 - datasets raises many kinds for "not there / not reachable"
         raise DataError(f"Could not load the datasets dataset {name!r} ({type(error).__name__}: "
                         f"{str(error).splitlines()[0] if str(error) else ''}).") from None
+    train = None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise DataError(f"{name} has splits {list(loaded)} but no '{split}'.")
+        train = loaded["train"] if "train" in loaded else None
         loaded = loaded[split]
     elif split != "train":
         raise DataError(f"{name} is a single dataset (no splits): it is the 'train' split; there is no '{split}'.")
@@ -373,19 +414,42 @@ def _load_datasets(name: str, split: str, image_column: str, label_column: Optio
         label_column = None  # the default: no "label" column = unlabeled
     arrays = []
     for row, image in enumerate(loaded[image_column]):
-        array = np.asarray(image.convert("L"))[..., None] if image.mode in ("L", "I", "I;16", "F", "1", "LA") \
-            else np.asarray(image.convert("RGB"))
+        array = pil_to_array(image, f"{name} row {row}")
         if arrays and array.shape != arrays[0].shape:
             raise DataError(f"{name}: row {row} of {image_column!r} is {array.shape}, row 0 {arrays[0].shape}; "
                             "images must share one size and channel count.")
         arrays.append(array)
     labels, names = None, None
     if label_column is not None:
-        labels = np.asarray(loaded[label_column])
-        labels = labels.reshape(len(labels), -1)
-        feature = loaded.features[label_column]
-        names = list(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+        labels, names = _dataset_labels(loaded, label_column, train, name, split)
     return _image_data(np.stack(arrays), labels, names, name, split)
+
+
+def _dataset_labels(loaded, label_column: str, train, name: str, split: str):
+    """(labels (N, k), class names) with the train split's numbering: ClassLabel names are matched by name (a
+    split's own ClassLabel may list its classes in another order or fewer of them), string labels are numbered in
+    the sorted order of train's names, integer labels are kept."""
+    import datasets
+
+    def names_of(part):
+        feature = part.features[label_column]
+        if isinstance(feature, datasets.ClassLabel):
+            return list(feature.names)
+        values = part[label_column]
+        return sorted(set(values)) if values and isinstance(values[0], str) else None
+
+    own, reference = names_of(loaded), names_of(train) if train is not None else None
+    reference = reference or own
+    values = loaded[label_column]
+    if own is None:  # integer (or multi-label) values: the same numbers in every split
+        labels = np.asarray(values)
+        return labels.reshape(len(labels), -1), None
+    as_names = [own[v] if not isinstance(v, str) else v for v in values]
+    unknown = sorted(set(as_names) - set(reference))
+    if unknown:
+        raise DataError(f"{name} ({split}) has label(s) {unknown[:5]} that its train split lacks (train: "
+                        f"{reference[:8]}): a model cannot be scored on a class it never saw.")
+    return np.array([[reference.index(v)] for v in as_names]), reference
 
 
 def load_medmnist(
@@ -415,6 +479,38 @@ def load_medmnist(
 def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
     """uint8 [0, 255] -> float [-1, 1], the range diffusion models are trained in."""
     return images_uint8.float().div_(127.5).sub_(1.0)
+
+
+# Which flips/rotations keep each MedMNIST 2D set's labels true (train_unconditional.py --augment auto):
+# "dihedral" = random flips and 90-degree rotations, for images with no canonical orientation (cells, tissue,
+# skin lesions); "none" where orientation carries meaning: chest X-rays, OCT and breast ultrasound have a fixed
+# up/down and left/right, fundus photographs show the left or right eye, and OrganA/C/SMNIST have left/right organ
+# classes (a flip turns "kidney-left" into "kidney-right"). A user's own data: none unless asked for.
+AUGMENTATION_POLICY = {
+    "bloodmnist": "dihedral", "pathmnist": "dihedral", "dermamnist": "dihedral", "tissuemnist": "dihedral",
+    "chestmnist": "none", "pneumoniamnist": "none", "octmnist": "none", "breastmnist": "none",
+    "retinamnist": "none", "organamnist": "none", "organcmnist": "none", "organsmnist": "none",
+}
+AUGMENTATIONS = ("dihedral", "none")
+
+
+def resolve_augmentation(requested: Optional[str], dataset: str) -> Tuple[str, str]:
+    """(augmentation, why) for ``--augment`` (auto/None: the data's documented policy, none for own data)."""
+    if requested in (None, "auto"):
+        if dataset in AUGMENTATION_POLICY:
+            return AUGMENTATION_POLICY[dataset], f"MedMNIST policy for {dataset} (data.AUGMENTATION_POLICY)"
+        return "none", "own data: no augmentation unless asked for (--augment dihedral)"
+    if requested is True or requested == "true":  # run_config.json of older runs: a boolean
+        return "dihedral", "recorded as augment=true"
+    if requested is False or requested == "false":
+        return "none", "recorded as augment=false"
+    if requested not in AUGMENTATIONS:
+        raise ValueError(f"--augment {requested!r}: choose auto, {', '.join(AUGMENTATIONS)}.")
+    return requested, "asked for (--augment)"
+
+
+def augment(images: torch.Tensor, augmentation: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    return augment_dihedral(images, generator) if augmentation == "dihedral" else images
 
 
 def augment_dihedral(images: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
