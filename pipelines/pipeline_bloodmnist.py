@@ -22,9 +22,6 @@ from diffusers.utils.torch_utils import randn_tensor
 
 PIPELINE_FILE = "pipeline_bloodmnist.py"
 PIPELINE_CLASS = "BloodMNISTPipeline"
-# MedMNIST's BloodMNIST classes, in label order: the default names of an 8-class conditional UNet.
-BLOODMNIST_CLASSES = ["basophil", "eosinophil", "erythroblast", "immature granulocytes(myelocytes, metamyelocytes and "
-                      "promyelocytes)", "lymphocyte", "monocyte", "neutrophil", "platelet"]
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 ClassLabel = Union[int, str]
 logger = logging.get_logger(__name__)
@@ -42,8 +39,9 @@ class BloodMNISTPipeline(DiffusionPipeline):
             Any diffusers scheduler, e.g. [`DDPMScheduler`] (default), [`DDIMScheduler`] or
             [`DPMSolverMultistepScheduler`]; swap with `X.from_config(pipe.scheduler.config)`.
         class_names (`List[str]`, *optional*):
-            Names of the classes, in label order (saved in `model_index.json`). Default for a class-conditional
-            `unet`: BloodMNIST's eight names when it has 8 classes, otherwise `class_0` ... `class_{K-1}`.
+            Names of the classes, in label order (saved in `model_index.json`, from which `from_pretrained`
+            restores them). Default for a class-conditional `unet`: `class_0` ... `class_{K-1}` (a UNet's class
+            count says nothing about what its classes are).
         default_num_inference_steps (`int`, *optional*):
             Steps used when a call does not pass `num_inference_steps` (saved in `model_index.json`). Unset: 1000,
             which suits [`DDPMScheduler`]; a pipeline saved with a fast solver stores its own (e.g. 20).
@@ -57,10 +55,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
         super().__init__()
         num_class_embeds = unet.config.num_class_embeds
         if num_class_embeds is not None:
-            if class_names is None:  # built from the registered modules alone, as diffusers pipelines are
-                num_classes = num_class_embeds - 1
-                class_names = (BLOODMNIST_CLASSES if num_classes == len(BLOODMNIST_CLASSES)
-                               else [f"class_{i}" for i in range(num_classes)])
+            if class_names is None:  # built from the registered modules alone: no names were saved to go by
+                class_names = [f"class_{i}" for i in range(num_class_embeds - 1)]
             if len(class_names) + 1 != num_class_embeds:
                 raise ValueError(
                     f"The UNet has {num_class_embeds} class embeddings, so it needs {num_class_embeds - 1} "
@@ -293,20 +289,33 @@ class BloodMNISTPipeline(DiffusionPipeline):
 
 def _check_saved_files(folder: Union[str, os.PathLike]) -> None:
     """One clear error naming the broken file of a saved pipeline (truncated or corrupt JSON or safetensors), before
-    diffusers reports it in its own terms. Reads only; never changes the folder."""
+    diffusers reports it in its own terms. Checks only what loading reads -- model_index.json and each component's
+    config and weights -- not checkpoints or results beside them. Reads only; never changes the folder."""
     from safetensors import safe_open
 
-    for root, _, files in os.walk(folder):
-        for name in files:
-            path = os.path.join(root, name)
-            try:
-                if name.endswith(".json"):
-                    with open(path, encoding="utf-8") as f:
-                        json.load(f)
-                elif name.endswith(".safetensors"):
-                    with safe_open(path, framework="pt") as f:
-                        for key in f.keys():  # reading every tensor finds a truncated data section too
-                            f.get_slice(key)[:]
-            except Exception as error:  # noqa: BLE001 - json, OS and safetensors errors all mean the same here
-                raise ValueError(f"{path} is corrupt or truncated ({type(error).__name__}: {error}). Restore it from "
-                                 "the original (re-download or re-save the pipeline); nothing was changed.") from None
+    index = os.path.join(folder, "model_index.json")
+    paths = [index]
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                components = [k for k, v in json.load(f).items() if isinstance(v, list) and not k.startswith("_")]
+        except Exception:  # noqa: BLE001 - reported below, with the file's name
+            components = []
+        for name in components:
+            sub = os.path.join(folder, name)
+            if os.path.isdir(sub):
+                paths += [os.path.join(sub, f) for f in sorted(os.listdir(sub)) if f.endswith((".json", ".safetensors"))]
+    for path in paths:
+        if not os.path.isfile(path):
+            continue  # diffusers names a missing file itself
+        try:
+            if path.endswith(".json"):
+                with open(path, encoding="utf-8") as f:
+                    json.load(f)
+            else:
+                with safe_open(path, framework="pt") as f:
+                    for key in f.keys():  # reading every tensor finds a truncated data section too
+                        f.get_slice(key)[:]
+        except Exception as error:  # noqa: BLE001 - json, OS and safetensors errors all mean the same here
+            raise ValueError(f"{path} is corrupt or truncated ({type(error).__name__}: {error}). Restore it from "
+                             "the original (re-download or re-save the pipeline); nothing was changed.") from None
