@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from .data import MedMNISTTensors, class_names, load_medmnist, load_medmnist_tensors, medmnist_path
+from .data import MedMNISTTensors, class_names, load_images, load_medmnist, load_medmnist_tensors, medmnist_path
 from .models import UNET_PRESETS, build_unet
 from .pipelines import BloodMNISTPipeline
 
@@ -16,6 +16,7 @@ __all__ = [
     "UNET_PRESETS",
     "build_unet",
     "class_names",
+    "load_images",
     "load_medmnist",
     "load_medmnist_tensors",
     "medmnist_path",

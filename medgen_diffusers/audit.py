@@ -19,6 +19,7 @@ import torch
 
 MEMORIZATION_RATIO = 1 / 3  # Gu et al.: nearest / second-nearest distance below this = memorized
 COPY_PERCENTILE = 1.0
+DEFAULT_NUM_MIA = 1000  # members and non-members each, at most (fewer when the data holds fewer)
 
 
 class AuditError(ValueError):
@@ -107,13 +108,19 @@ def _betas(config) -> torch.Tensor:
 
 def membership_inference(pipe, members: np.ndarray, member_labels: Optional[np.ndarray], nonmembers: np.ndarray,
                          nonmember_labels: Optional[np.ndarray], class_names: Optional[Sequence[str]] = None,
-                         seed: int = 0) -> Dict:
-    """Loss attack: members (training images) vs non-members (held-out test images), overall and per class."""
+                         seed: int = 0, member_groups=None, nonmember_groups=None) -> Dict:
+    """Loss attack: members (training images) vs non-members (held-out test images), overall, per class and -- when
+    the data knows its patients -- per patient (a patient's score: the mean over its images)."""
     member_loss = denoising_losses(pipe, members, member_labels, seed=seed)
     nonmember_loss = denoising_losses(pipe, nonmembers, nonmember_labels, seed=seed + 1)
     result = {"num_members": len(members), "num_nonmembers": len(nonmembers), "timesteps": [50, 200, 500],
               **roc_auc(-member_loss, -nonmember_loss),
               "median_loss": {"members": float(np.median(member_loss)), "nonmembers": float(np.median(nonmember_loss))}}
+    if member_groups is not None and nonmember_groups is not None:
+        per = lambda loss, groups: np.array([loss[groups == g].mean() for g in np.unique(groups)])  # noqa: E731
+        a, b = per(member_loss, member_groups), per(nonmember_loss, nonmember_groups)
+        result["per_patient"] = {"num_member_patients": len(a), "num_nonmember_patients": len(b),
+                                 **(roc_auc(-a, -b) if len(a) >= 2 and len(b) >= 2 else {})}
     if member_labels is not None and nonmember_labels is not None and class_names:
         result["per_class"] = {}
         for index, name in enumerate(class_names):
@@ -149,7 +156,7 @@ def closest_pairs_figure(synthetic: np.ndarray, train: np.ndarray, distances: np
 
 
 def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_train: Optional[int] = None,
-              num_test: Optional[int] = None, num_mia: int = 1000, spaces: Sequence[str] = ("pixel", "inception"),
+              num_test: Optional[int] = None, num_mia: Optional[int] = None, spaces: Sequence[str] = ("pixel", "inception"),
               num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: int = 0,
               root=None, extractor=None, figure=None, progress: bool = True, **source_options) -> Dict:
     """The whole privacy audit of ``pipe`` against ``dataset``: synthetic images from the pipeline's own sampler (the
@@ -199,14 +206,49 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
             raise AuditError(f"Unknown feature space {space!r}: use pixel, inception.")
         stats = copy_statistics(*feats, seed=seed)
         d1, nearest = stats.pop("_nearest")
+        if train.groups is not None:  # per patient: whose training images the flagged copies are nearest to
+            copied = d1 < stats["copy_threshold"]
+            stats["patients_copied"] = len(set(train.groups[train_idx][nearest[copied]].tolist()))
         result["nearest_neighbours"][space] = stats
         if figure is not None and space == "pixel":
             closest_pairs_figure(synthetic, train_images, d1, nearest, figure, space=space)
 
-    n = min(num_mia, len(train_idx), len(test_idx))
-    members, nonmembers = train_idx[:n], test_idx[:n]
     labels_of = lambda data, idx: None if data.labels is None else data.labels.numpy()[idx]  # noqa: E731
+    members, nonmembers = membership_sets(labels_of(train, train_idx), labels_of(test, test_idx),
+                                          DEFAULT_NUM_MIA if num_mia is None else num_mia, seed,
+                                          len(train_idx), len(test_idx))
+    members, nonmembers = train_idx[members], test_idx[nonmembers]
+    groups_of = lambda data, idx: None if data.groups is None else data.groups[idx]  # noqa: E731
     result["membership_inference"] = membership_inference(
         pipe, to_nhwc(train, members), labels_of(train, members), to_nhwc(test, nonmembers),
-        labels_of(test, nonmembers), train.class_names, seed)
+        labels_of(test, nonmembers), train.class_names, seed, groups_of(train, members), groups_of(test, nonmembers))
+    if train.groups is not None:  # the held-out baseline is other patients: a patient-level split guarantees it
+        shared = set(train.groups.tolist()) & set(test.groups.tolist())
+        result["patients"] = {"train": len(set(train.groups.tolist())), "test": len(set(test.groups.tolist())),
+                              "in_both": len(shared)}
+    if train.labels is not None:  # equal by construction: the attack cannot tell members by their class
+        result["membership_inference"]["class_counts"] = {
+            "members": np.bincount(labels_of(train, members), minlength=len(train.class_names)).tolist(),
+            "nonmembers": np.bincount(labels_of(test, nonmembers), minlength=len(train.class_names)).tolist()}
     return result
+
+
+def membership_sets(member_labels: Optional[np.ndarray], nonmember_labels: Optional[np.ndarray], num: int,
+                    seed: int = 0, num_members: int = 0, num_nonmembers: int = 0):
+    """(member positions, non-member positions): random, and with the same number of each class on both sides
+    (for labeled data), so a loss attack measures membership, not class mix -- folders sorted by class would
+    otherwise give members of one class and non-members of another. At most ``num`` of each."""
+    rng = np.random.default_rng(seed + 7)
+    if member_labels is None or nonmember_labels is None:  # unlabeled: equal-size random draws
+        n = min(num, num_members, num_nonmembers)
+        return np.sort(rng.choice(num_members, n, replace=False)), np.sort(rng.choice(num_nonmembers, n, replace=False))
+    classes = np.union1d(member_labels, nonmember_labels)
+    avail = np.array([min(np.sum(member_labels == c), np.sum(nonmember_labels == c)) for c in classes])
+    from .generation import labels_like_split
+
+    target = np.bincount(labels_like_split(avail, min(num, int(avail.sum()))), minlength=len(classes))
+    members, nonmembers = [], []
+    for c, k in zip(classes, target):
+        members.append(rng.choice(np.flatnonzero(member_labels == c), k, replace=False))
+        nonmembers.append(rng.choice(np.flatnonzero(nonmember_labels == c), k, replace=False))
+    return np.sort(np.concatenate(members)), np.sort(np.concatenate(nonmembers))

@@ -3,8 +3,8 @@ or not at all, resume that refuses what it cannot continue, EMA weights as safet
 
 * A checkpoint is Accelerate's ``save_state`` folder, written as ``checkpoint-N.tmp`` with a manifest (size and
   sha256 of every file) and renamed when whole; resuming verifies the manifest first.
-* What is unpickled: Accelerate's ``load_state`` reads the optimizer, LR-scheduler and RNG states with
-  ``torch.load(weights_only=True)``; the model and EMA weights are safetensors. Nothing else is loaded.
+* What is unpickled: Accelerate's ``load_state`` reads the optimizer, LR-scheduler and RNG states with torch's
+  loader in ``weights_only`` mode (tensors and plain containers); model and EMA weights are safetensors.
 * A run folder that already holds a run is never silently restarted: resume it, or pass ``--overwrite_output_dir``.
 """
 
@@ -128,10 +128,12 @@ def prepare_run_folder(output_dir, resume_from_checkpoint: Optional[str], overwr
         return None
     if resume_from_checkpoint == "latest":
         if not checkpoints:
-            if earlier:
-                raise RunFolderError(f"{output_dir} holds a run ({', '.join(earlier[:4])}) but no complete "
-                                     "checkpoint to resume: pass --overwrite_output_dir to replace it, or another "
-                                     "--output_dir. Nothing was changed.")
+            # A run killed before its first checkpoint starts again from step 0 (its metrics are dropped); a
+            # finished pipeline without checkpoints is never overwritten that way.
+            if (output_dir / "model_index.json").exists():
+                raise RunFolderError(f"{output_dir} holds a finished pipeline but no checkpoint to resume: pass "
+                                     "--overwrite_output_dir to replace it, or another --output_dir. Nothing was "
+                                     "changed.")
             return None
         checkpoint = checkpoints[-1]
     else:

@@ -8,7 +8,7 @@
   data      locate, verify (MD5) and summarise a MedMNIST dataset
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
-Hub failures. Training is ``accelerate launch train_unconditional.py`` (see the README).
+Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). Training is ``accelerate launch train_unconditional.py`` (see the README).
 """
 
 import argparse
@@ -70,10 +70,42 @@ def resolve_steps(pipe, steps):
     return steps or pipe.config.get("default_num_inference_steps") or 1000
 
 
+def medical_options(args):
+    """--window / --slice-axis / --slice-range / --split-by / --split-seed as given (None: the run's)."""
+    from .provenance import MEDICAL_OPTIONS
+
+    return {name: getattr(args, name, None) for name in MEDICAL_OPTIONS}
+
+
 def source_options(args):
-    """How to read ``--dataset`` (columns of a datasets dataset)."""
-    label = args.label_column
-    return dict(image_column=args.image_column, label_column=None if label.lower() == "none" else label)
+    """How to read the data source (columns, DICOM/NIfTI options), as resolved by :func:`resolve_data`."""
+    if getattr(args, "source_options", None):
+        return dict(args.source_options)
+    label = args.label_column or "label"
+    return dict(image_column=args.image_column or "image", label_column=None if label.lower() == "none" else label,
+                **{k: v for k, v in medical_options(args).items() if v is not None})
+
+
+def resolve_data(args, pipeline, run_config=None):
+    """Point ``args`` at the data the model was trained on (its run_config.json), unless --dataset names another;
+    returns the :class:`~medgen_diffusers.provenance.DataSource`."""
+    from .provenance import data_source
+
+    source = data_source(pipeline, args.dataset, args.data_root, args.image_column, args.label_column, run_config,
+                         medical_options(args))
+    args.dataset, args.data_root, args.source_options = source.dataset, source.root, source.options
+    if source.explicit and source.run_config:
+        print(f"note: using --dataset {source.dataset}, not the recorded training data "
+              f"{source.run_config.get('dataset')}", file=sys.stderr)
+    return source
+
+
+def data_record(source, args, size=None):
+    """The result's data block: the source and its train split's checksum against the recorded one."""
+    from .data import load_images
+
+    train = load_images(args.dataset, "train", size, args.data_root, **source_options(args))
+    return source.record(train.md5)
 
 
 def split_counts(split, args, size=None):
@@ -123,6 +155,7 @@ def process_state(device):
 def cmd_sample(args):
     from .export import export, infer_format, run_key
     from .generation import plan_labels
+    from .provenance import provenance, read_run_config, redact_paths, weights_sha256
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
@@ -133,11 +166,27 @@ def cmd_sample(args):
     if state is not None and device.type == "cuda":
         device = state.device  # one GPU per process
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
-    labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced,
-                         split_counts(args.like_split, args))
-    key = run_key({k: v for k, v in vars(args).items() if k != "device"})  # the device does not change the images
+    counts = None
+    if args.like_split:  # the class mix of the data the model was trained on (or of --dataset)
+        resolve_data(args, args.pipeline)
+        counts = split_counts(args.like_split, args)
+    labels = plan_labels(pipe.config.class_names, args.num_images, args.class_name, args.balanced, counts)
+    weights = weights_sha256(pipe.unet)
+    # The device does not change the images; the weights do: parts of another model's run are never reused.
+    key = run_key({**{k: v for k, v in vars(args).items() if k not in ("device", "source_options")},
+                   "weights_sha256": weights})
+    run = read_run_config(args.pipeline) or {}
+    record = provenance(data={"source": run.get("dataset"), "checksum": run.get("data_md5")},
+                        weights_sha256=weights, pipeline=source_name(args.pipeline))
+    record.pop("command")  # the same images give the same bytes, whatever --out is called
+    # The data source is cut to a name (the npz is what gets shared); the pipeline path stays, so that
+    # `medgen evaluate FILE.npz` finds the run, and through it the data, on this machine.
+    record["data"] = redact_paths(record["data"])
+    if args.pipeline is not None and Path(args.pipeline).exists():
+        record["pipeline"] = str(Path(args.pipeline).resolve())
     summary = export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps),
-                     args.guidance_scale, args.seed, key, args.chunk_size, state=state)
+                     args.guidance_scale, args.seed, key, args.chunk_size, state=state, provenance=record,
+                     intensity=run.get("intensity"))
     if summary:
         print(summary)
 
@@ -147,34 +196,53 @@ def cmd_evaluate(args):
 
     from . import DEFAULT_MODEL, evaluation
     from .inception import InceptionFeatures
+    from .provenance import check_new_result, data_source, provenance, weights_sha256
 
-    device = resolve_device(args.device)
-    extractor = InceptionFeatures(args.inception_weights, device=device)
     shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
     source = Path(args.source)
+    images_given = source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file())
     # Default: next to a pipeline folder the user named (the card reads it there); otherwise -- generated images,
     # a Hub id, the shipped model -- ./evaluation.json. Checked before any work is done.
     own_folder = (source / "model_index.json").is_file() and not shipped
-    out = writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json"))
+    out = check_new_result(writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json")),
+                           args.overwrite)
     # No absolute path of this machine in a result that may be committed or pushed.
     generation = {"source": source_name(None if shipped else args.source)}
-    if source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file()):
+    device = resolve_device(args.device)
+    if images_given:
         from .data import load_images
 
+        images, labels = evaluation.read_images(source, None, args.images_key)  # a bad file is refused first
+        made_by = evaluation.read_provenance(source) or {}
+        pipeline = made_by.get("pipeline")
+        if args.dataset is None and pipeline and Path(pipeline).exists():
+            data = resolve_data(args, pipeline)  # the images' own model, as medgen sample recorded it
+        else:
+            if not made_by and args.dataset is None:
+                raise ValueError(f"{source} does not record the model or data it came from (medgen sample's npz "
+                                 "and folders do): name the real data to compare with, --dataset NAME_OR_PATH.")
+            recorded = made_by.get("data") or {}
+            data = resolve_data(args, None, run_config={"dataset": recorded.get("source"),
+                                                         "data_md5": recorded.get("checksum")})
         real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
-        images, labels = evaluation.read_images(source, real.class_names)
+        if source.is_dir():  # class sub-folders named like the real classes give labels
+            images, labels = evaluation.read_images(source, real.class_names, args.images_key)
         if args.num_samples is not None:
             if args.num_samples > len(images):
                 raise ValueError(f"--num-samples {args.num_samples} but {source} holds {len(images)} images.")
-            images = images[: args.num_samples]
-            labels = None if labels is None else labels[: args.num_samples]
+            # A seeded subset in the file's class mix: `medgen sample` writes images sorted by class, so the first
+            # N would be a few classes only.
+            keep = evaluation.stratified_subset(args.num_samples, labels, len(images), args.seed)
+            images, labels = images[keep], None if labels is None else labels[keep]
+        weights = made_by.get("weights_sha256")
     else:
         from .generation import generate_images, plan_labels
 
         from .data import load_images
 
         pipe = load_pipeline(args.source, args.scheduler).to(device)
+        data = resolve_data(args, args.source)
         args.size = args.size or pipe.unet.config.sample_size  # real images at the model's size
         real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
         counts = split_counts(args.split, args, args.size) if real.labels is not None else None
@@ -189,23 +257,41 @@ def cmd_evaluate(args):
         generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
                           seed=args.seed, nfe_per_image=steps * (2 if guided else 1),
                           timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
+        weights = weights_sha256(pipe.unet)
     generation["images_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
+    extractor = InceptionFeatures(args.inception_weights, device=device)
     result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.size, args.num_real,
                                         protocols=args.protocols.split(","), floor=not args.no_floor,
                                         extractor=extractor, root=args.data_root, seed=args.seed, progress=True,
                                         source_options=source_options(args))
     result["generation"] = generation
+    result["provenance"] = provenance(data=data_record(data, args, args.size), weights_sha256=weights)
+    result = _public(result)
     evaluation.write_json(result, out)
     print(evaluation.summary(result))
     print(f"wrote {out}")
 
 
+def _public(result):
+    """A result without this machine's absolute paths (results are committed and pushed beside the model)."""
+    from .provenance import redact_paths
+
+    return redact_paths(result)
+
+
 def cmd_audit(args):
     from .audit import run_audit
     from .evaluation import write_json
+    from .provenance import check_new_result, is_public_source, provenance, weights_sha256
 
-    out = writable(args.out)
-    figure = writable(args.figure, "--figure") if args.figure else None
+    out = check_new_result(writable(args.out), args.overwrite)
+    data = resolve_data(args, args.pipeline)
+    # The closest-pairs figure shows real training images: for a public dataset it goes beside --out by default;
+    # for the user's own data only where --figure asks for it.
+    figure = args.figure
+    if figure is None:
+        figure = str(out.with_name(out.stem + "_closest_pairs.png")) if is_public_source(args.dataset) else ""
+    figure = check_new_result(writable(figure, "--figure"), args.overwrite, "--figure") if figure else None
     device = resolve_device(args.device)
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
     spaces = [s.strip() for s in args.spaces.split(",") if s.strip()]
@@ -219,7 +305,8 @@ def cmd_audit(args):
                        figure, **source_options(args))
     result["source"] = source_name(args.pipeline)
     result["device"] = device_name(device)
-    write_json(result, out)
+    result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.unet.config.sample_size))
+    write_json(_public(result), out)
     for space, stats in result["nearest_neighbours"].items():
         print(f"{space:9s} copy rate {stats['copy_rate']['synthetic']:.4f} (test baseline "
               f"{stats['copy_rate']['test']:.4f}); Gu memorized {stats['memorized_gu']['synthetic']:.4f} (test "
@@ -227,11 +314,13 @@ def cmd_audit(args):
               f" (test {stats['median_nn_distance']['test']:.3f})")
     mia = result["membership_inference"]
     print(f"membership inference: AUC {mia['auc']:.4f} (0.5 = nothing learned), TPR@1%FPR {mia['tpr_at_1pct_fpr']:.4f}")
-    print(f"wrote {out}" + (f" and {figure}" if figure else ""))
+    print(f"wrote {out}" + (f" and {figure} (real training images: keep it private unless the data is public)"
+                            if figure else ""))
 
 
 def cmd_utility(args):
     from .evaluation import write_json
+    from .provenance import check_new_result, provenance
     from .utility import run_utility
 
     out = writable(args.out)
@@ -243,12 +332,15 @@ def cmd_utility(args):
         if any(Path(path).resolve() == out.resolve() for path in args.merge):
             raise ValueError(f"--out {out} is one of the --merge inputs: write the merge to a new file so no "
                              "per-seed result is lost.")
+    check_new_result(out, args.overwrite)
+    if args.merge:
         result = merge_utility([read_json(path, "--merge") for path in args.merge])
         result["source"] = "merged: " + ", ".join(Path(path).name for path in args.merge)
         write_json(result, out)
         print_utility(result, out)
         return
     seeds = parse_seeds(args.seeds) if args.seeds else list(range(args.num_seeds))
+    data = resolve_data(args, args.pipeline)
     device = resolve_device(args.device)
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
@@ -257,7 +349,8 @@ def cmd_utility(args):
                          arms=[a.strip() for a in args.arms.split(",") if a.strip()] or None, **source_options(args))
     result["source"] = source_name(args.pipeline)
     result["device"] = device_name(device)
-    write_json(result, out)
+    result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.unet.config.sample_size))
+    write_json(_public(result), out)
     print_utility(result, out)
 
 
@@ -298,42 +391,66 @@ def cmd_figures(args):
     # Default: the run's own folder; for the shipped model (read-only), the current directory.
     out_dir = writable(args.out_dir or ("." if is_shipped(run_dir) else run_dir), "--out-dir")
     written = write_run_figures(run_dir, data_root=args.data_root, seed=args.seed, num_inference_steps=args.steps,
-                                out_dir=out_dir, device=resolve_device(args.device))
+                                out_dir=out_dir, device=resolve_device(args.device), show_real=args.show_real)
     print(f"wrote {', '.join(written)} to {out_dir}")
 
 
 def cmd_card(args):
     from .model_card import write_card
 
-    path = write_card(writable(args.pipeline_dir, "PIPELINE_DIR"), repo_id=args.repo_id)
+    path = write_card(writable(args.pipeline_dir, "PIPELINE_DIR"), repo_id=args.repo_id,
+                      description=args.description, citation=args.citation)
     print(f"wrote {path}")
 
 
 def cmd_push(args):
-    from .hub import push_pipeline
+    from .hub import push_operations, push_pipeline
 
+    if args.dry_run:
+        operations = push_operations(args.pipeline_dir)
+        print(f"would send {len(operations)} files from {args.pipeline_dir} to {args.repo_id} (nothing was sent):")
+        for operation in operations:
+            print(f"  {operation.path_in_repo}")
+        return
     url = push_pipeline(args.pipeline_dir, args.repo_id, token=args.token, private=args.private)
     print(f"pushed {args.pipeline_dir} to {url}")
 
 
 def cmd_data(args):
-    from .data import load_medmnist_tensors
+    from .data import load_medmnist_tensors, medmnist_path, _read_split
 
     for split in ("train", "val", "test"):
         data = load_medmnist_tensors(args.dataset, split, args.size, args.root, download=not args.no_download)
-        counts = data.labels.bincount(minlength=len(data.class_names)).tolist()
-        print(f"{split}: {len(data)} images {tuple(data.images.shape[1:])}, per class {counts}")
-    print("classes: " + "; ".join(f"{i}={name}" for i, name in enumerate(data.class_names)))
+        if data.labels is not None:
+            counts = data.labels.bincount(minlength=len(data.class_names)).tolist()
+            print(f"{split}: {len(data)} images {tuple(data.images.shape[1:])}, per class {counts}")
+        else:  # multi-label (ChestMNIST): how many images carry each finding
+            _, labels = _read_split(medmnist_path(args.dataset, args.size, args.root, download=False), split)
+            print(f"{split}: {len(data)} images {tuple(data.images.shape[1:])}, multi-label: images per finding "
+                  f"{labels.sum(axis=0).tolist()}")
+    from .data import class_names
+
+    print("classes: " + "; ".join(f"{i}={name}" for i, name in enumerate(class_names(args.dataset))))
     print(f"md5 {data.md5} (verified)")
 
 
 def add_data_options(p):
-    p.add_argument("--dataset", default="bloodmnist",
-                   help="Real data: a MedMNIST 2D flag, a folder of images (sub-folder per class), a MedMNIST-layout "
-                        ".npz, or a datasets dataset (save_to_disk folder or Hub name).")
+    p.add_argument("--dataset", default=None,
+                   help="Real data to compare with (default: the data the model was trained on, from its "
+                        "run_config.json): a MedMNIST 2D flag, a folder of images (sub-folder per class), a "
+                        "MedMNIST-layout .npz, or a datasets dataset (save_to_disk folder or Hub name).")
     p.add_argument("--data-root", default=None, help="Folder holding MedMNIST .npz files.")
-    p.add_argument("--image-column", default="image", help="Image column of a datasets dataset.")
-    p.add_argument("--label-column", default="label", help="Label column of a datasets dataset ('none': unlabeled).")
+    p.add_argument("--image-column", default=None, help="Image column of a datasets dataset (default: the run's, "
+                                                        "else 'image').")
+    p.add_argument("--label-column", default=None, help="Label column of a datasets dataset ('none': unlabeled; "
+                                                        "default: the run's, else 'label').")
+    g = p.add_argument_group("DICOM / NIfTI sources (default: as the model's run read them)")
+    g.add_argument("--window", default=None, help="Intensity window C,W or a preset (lung, bone, soft-tissue, ...).")
+    g.add_argument("--slice-axis", dest="slice_axis", default=None, choices=("axial", "coronal", "sagittal"))
+    g.add_argument("--slice-range", dest="slice_range", default=None, help="NIfTI slices START:STOP.")
+    g.add_argument("--split-by", dest="split_by", default=None, choices=("patient",),
+                   help="Patient-level train/val/test splits of a folder without split sub-folders.")
+    g.add_argument("--split-seed", dest="split_seed", type=int, default=None, help="Seed of --split-by.")
 
 
 def build_parser():
@@ -363,8 +480,9 @@ def build_parser():
                        help="Class frequencies of this real split.")
     add_generation_options(sample)
     sample.add_argument("--out", default="samples.png", help="Output file (.npz, .png) or folder.")
-    sample.add_argument("--format", default=None, choices=("npz", "folder", "datasets", "grid"),
-                        help="Default: from --out (.npz -> npz, .png -> grid).")
+    sample.add_argument("--format", default=None, choices=("npz", "folder", "datasets", "grid", "dicom"),
+                        help="Default: from --out (.npz -> npz, .png -> grid). dicom: a folder of Secondary Capture "
+                             "files marked synthetic, mapped back through the run's intensity window.")
     sample.add_argument("--chunk-size", type=int, default=256, help="Images generated and written per chunk.")
     sample.set_defaults(func=cmd_sample)
 
@@ -383,6 +501,10 @@ def build_parser():
     evaluate.add_argument("--no-floor", action="store_true", help="Skip the real-vs-real floor.")
     evaluate.add_argument("--chunk-size", type=int, default=256, help="Images generated per batch.")
     evaluate.add_argument("--inception-weights", default=None, help="FID Inception TorchScript file (optional).")
+    evaluate.add_argument("--images-key", default=None,
+                          help="The generated array of an npz (default: images, else train_images as medgen sample "
+                               "writes, else its only *_images array).")
+    evaluate.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
     evaluate.add_argument("--out", default=None,
                           help="JSON path (default: PIPELINE/evaluation.json for your own pipeline folder, else "
                                "./evaluation.json; never inside the shipped model).")
@@ -397,10 +519,14 @@ def build_parser():
     audit.add_argument("--num-train", type=int, default=None, help="Random training images to compare with "
                                                                   "(default: all).")
     audit.add_argument("--num-test", type=int, default=None, help="Held-out test images, the baseline (default: all).")
-    audit.add_argument("--num-mia", type=int, default=1000, help="Members and non-members for the loss attack.")
+    audit.add_argument("--num-mia", type=int, default=None, help="Members and non-members for the loss attack "
+                                                                 "(default: 1,000, or all a small dataset holds).")
     audit.add_argument("--spaces", default="pixel,inception", help="Distance spaces: pixel, inception.")
     audit.add_argument("--out", default="audit.json", help="JSON path.")
-    audit.add_argument("--figure", default="audit_closest_pairs.png", help="PNG of the closest pairs ('' for none).")
+    audit.add_argument("--figure", default=None,
+                       help="PNG of the closest synthetic/training pairs ('' for none). It shows real training "
+                            "images: default beside --out for a public MedMNIST set, none for your own data.")
+    audit.add_argument("--overwrite", action="store_true", help="Replace an existing --out / --figure.")
     add_generation_options(audit)
     audit.set_defaults(func=cmd_audit)
 
@@ -422,6 +548,7 @@ def build_parser():
     utility.add_argument("--arms", default="", help="Only these arms, e.g. 'trtr,tstr' for a guidance sweep "
                                                     "(default: all).")
     utility.add_argument("--out", default="utility.json")
+    utility.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
     add_generation_options(utility)
     utility.set_defaults(func=cmd_utility)
 
@@ -434,11 +561,18 @@ def build_parser():
     figures.add_argument("--seed", type=int, default=0)
     figures.add_argument("--data-root", default=None)
     figures.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    figures.add_argument("--show-real", action="store_true",
+                         help="Own data: put 16 real training images beside the progressive figure (written as "
+                              "progressive_with_real.png, which medgen push never sends). Public MedMNIST sets: "
+                              "always shown.")
     figures.set_defaults(func=cmd_figures)
 
     card = commands.add_parser("card", help="Write PIPELINE_DIR/README.md (the Hub model card).")
     card.add_argument("pipeline_dir")
     card.add_argument("--repo-id", default=None, help="Repo id shown in the usage snippets.")
+    card.add_argument("--description", default=None, help="What your training data is (own data; default: the "
+                                                           "run's --data_description).")
+    card.add_argument("--citation", default=None, help="BibTeX to cite for your data (default: the run's).")
     card.set_defaults(func=cmd_card)
 
     push = commands.add_parser("push", help="Upload a pipeline folder to a Hub model repo (one commit).")
@@ -446,6 +580,7 @@ def build_parser():
     push.add_argument("repo_id")
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / huggingface-cli login).")
     push.add_argument("--private", action="store_true")
+    push.add_argument("--dry-run", action="store_true", help="List exactly the files that would be sent; send none.")
     push.set_defaults(func=cmd_push)
 
     data = commands.add_parser("data", help="Locate, verify (MD5) and summarise a MedMNIST dataset.")
@@ -458,17 +593,25 @@ def build_parser():
 
 
 def main(argv=None):
+    """Exit codes: 2 for bad input (our errors say what and how to fix it), 3 for the network or the Hub; anything
+    else is a bug or a machine failure (e.g. CUDA out of memory) and keeps its traceback (exit 1)."""
     args = build_parser().parse_args(argv)
-    from .hub import HubError
+    from .hub import HubError, network_error
 
     try:
         args.func(args)
     except HubError as error:
         print(f"medgen {args.command}: error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, OSError, RuntimeError, KeyError) as error:
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
         print(f"medgen {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        if not network_error(error):
+            raise
+        print(f"medgen {args.command}: error: could not reach the Hugging Face Hub ({error}); check the name, the "
+              "network (HF_HUB_OFFLINE=1 uses the local cache only) and the token.", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -228,10 +228,12 @@ def evaluate_images(
 # ----------------------------------------------------------------------------------------------------------------
 # Generated images from an npz or a folder (from a pipeline: medgen_diffusers.generation)
 
-def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] = None):
-    """(images uint8 NHWC, labels or None) from an npz (MedMNIST keys ``*_images``/``*_labels``, or ``images``) or a
-    folder of PNGs (sub-folders named after classes give labels)."""
-    from PIL import Image
+def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] = None,
+                images_key: Optional[str] = None):
+    """(images uint8 NHWC, labels or None) of generated images: an npz's generated array -- ``images_key``, else
+    ``images``, else ``train_images`` (what ``medgen sample`` writes), else its only ``*_images`` array; never real
+    ``val``/``test`` arrays beside it -- or a folder of images (sub-folders named after classes give labels)."""
+    from .data import pil_to_array
 
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
@@ -239,19 +241,34 @@ def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] 
             raise EvaluationError(f"{path} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes): pass "
                                   "a MedMNIST-style npz with '*_images' arrays, a folder of PNGs, or a pipeline.")
         with np.load(path) as data:
-            keys = [k for k in data.files if k.endswith("images")]
-            if not keys:
-                raise EvaluationError(f"{path} has no '*_images' array (keys: {', '.join(data.files)}).")
-            images = np.concatenate([data[k] for k in keys])
-            label_keys = [k.replace("images", "labels") for k in keys]
-            labels = (np.concatenate([data[k] for k in label_keys]).reshape(-1).astype(np.int64)
-                      if all(k in data.files for k in label_keys) else None)
+            candidates = [k for k in data.files if k.endswith("images")]
+            if images_key is not None:
+                if images_key not in data.files:
+                    raise EvaluationError(f"{path} has no array {images_key!r} (arrays: {', '.join(data.files)}).")
+                key = images_key
+            elif "images" in data.files or "train_images" in data.files:
+                key = "images" if "images" in data.files else "train_images"
+            elif len(candidates) == 1:
+                key = candidates[0]
+            else:
+                raise EvaluationError(f"{path} has {len(candidates)} image arrays ({', '.join(candidates) or 'none'}): "
+                                      "name the generated one with --images-key.")
+            images = data[key]
+            label_key = key.replace("images", "labels")
+            labels = data[label_key].reshape(-1).astype(np.int64) if label_key in data.files else None
+        if images.ndim == 3:
+            images = images[..., None]
         return images, labels
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
         if not files:
-            raise EvaluationError(f"{path} holds no PNG/JPEG images.")
-        images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+            raise EvaluationError(f"{path} holds no PNG/JPEG/TIFF images.")
+        from PIL import Image
+
+        images = []
+        for f in files:
+            with Image.open(f) as image:
+                images.append(pil_to_array(image, str(f)))
         shapes = {im.shape for im in images}
         if len(shapes) != 1:
             raise EvaluationError(f"Images in {path} have different sizes {sorted(shapes)}; all must match the split.")
@@ -263,10 +280,35 @@ def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] 
                           "MedMNIST-style .npz or a folder of PNGs, or a pipeline folder / Hub repo id.")
 
 
-def write_json(result: Dict, path: Union[str, os.PathLike]) -> None:
+def read_provenance(path: Union[str, os.PathLike]) -> Optional[Dict]:
+    """The provenance ``medgen sample`` wrote with generated images (npz member or folder file), else None."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    if path.is_file() and path.suffix == ".npz" and zipfile.is_zipfile(path):
+        with np.load(path) as data:  # allow_pickle stays False: the member is a plain unicode array
+            return json.loads(str(data["provenance"])) if "provenance" in data.files else None
+    if path.is_dir() and (path / "provenance.json").is_file():
+        return json.loads((path / "provenance.json").read_text())
+    return None
+
+
+def stratified_subset(num: int, labels: Optional[np.ndarray], total: int, seed: int = 0) -> np.ndarray:
+    """``num`` of ``total`` indices drawn at random with ``seed``; with labels, each class in proportion to its share
+    (largest remainder), so a class-sorted file keeps its class mix. Sorted."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        return np.sort(rng.choice(total, num, replace=False))
+    classes, counts = np.unique(labels, return_counts=True)
+    per_class = labels_like_split(counts, num)
+    picks = [rng.choice(np.flatnonzero(labels == c), int(np.sum(per_class == i)), replace=False)
+             for i, c in enumerate(classes)]
+    return np.sort(np.concatenate(picks))
+
+
+def write_json(result: Dict, path: Union[str, os.PathLike]) -> None:
+    """Atomically (a kill never leaves half a result); the commands check first that they replace nothing."""
+    from .provenance import write_json_atomic
+
+    write_json_atomic(result, path)
 
 
 class TrainingEvaluator:

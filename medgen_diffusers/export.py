@@ -17,7 +17,8 @@ import numpy as np
 
 from .generation import DEFAULT_CHUNK_SIZE, chunk_ranges, iter_chunks
 
-FORMATS = ("npz", "folder", "datasets", "grid")
+FORMATS = ("npz", "folder", "datasets", "grid", "dicom")
+PROVENANCE_KEY = "provenance"  # the npz member that says which weights made the images and on which data
 # Fixed zip timestamps: the same images give the same npz bytes.
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
@@ -102,9 +103,10 @@ def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, block
 
 def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarray], num_inference_steps: int,
            guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: int = DEFAULT_CHUNK_SIZE,
-           state=None) -> Optional[str]:
+           state=None, provenance: Optional[dict] = None, intensity: Optional[dict] = None) -> Optional[str]:
     """Generate and write; returns a one-line summary (None on the other ranks of a multi-process run, where only
-    the main process assembles the output)."""
+    the main process assembles the output). ``provenance`` (which weights, which training data) goes into an npz
+    as the JSON string array ``provenance`` (read without unpickling), into a folder as ``provenance.json``."""
     out_path = Path(out)
     parts = out_path.with_name(out_path.name + ".parts")
     if out_path.exists() and not parts.exists():  # an unfinished run of ours keeps OUT.parts/ next to it
@@ -129,6 +131,9 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
             if labels is not None:
                 _write_streamed_npy(archive, "train_labels.npy", (num_images, 1), np.uint8,
                                     [labels.reshape(-1, 1)])
+            if provenance is not None:
+                text = np.array(json.dumps(provenance, sort_keys=True))
+                _write_streamed_npy(archive, f"{PROVENANCE_KEY}.npy", (), text.dtype, [text])
         tmp.replace(out_path)
     elif fmt == "folder":
         from PIL import Image
@@ -139,8 +144,24 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
             for i, image in enumerate(images):
                 sub = out_path / (class_names[chunk_labels[i]] if chunk_labels is not None else "images")
                 sub.mkdir(exist_ok=True)
-                Image.fromarray(image).save(sub / f"{index:06d}.png")
+                Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(sub / f"{index:06d}.png")
                 index += 1
+        if provenance is not None:
+            (out_path / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
+    elif fmt == "dicom":  # one file per image, class sub-folders, back through the run's window (medical.py)
+        from .medical import write_dicom
+
+        out_path.mkdir(parents=True, exist_ok=True)
+        index = 0
+        for images, chunk_labels in chunks():
+            for i, image in enumerate(images):
+                name = class_names[chunk_labels[i]] if chunk_labels is not None else None
+                sub = out_path / (name or "images")
+                sub.mkdir(exist_ok=True)
+                write_dicom(image, sub / f"{index:06d}.dcm", intensity, name, index + 1)
+                index += 1
+        if provenance is not None:
+            (out_path / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
     elif fmt == "datasets":
         import datasets
         from PIL import Image

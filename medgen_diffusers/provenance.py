@@ -128,9 +128,12 @@ class DataSource:
                 "matches_training_data": matches, "named_explicitly": self.explicit}
 
 
+MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_seed")
+
+
 def data_source(pipeline=None, dataset: Optional[str] = None, root: Optional[str] = None,
                 image_column: Optional[str] = None, label_column: Optional[str] = None,
-                run_config: Optional[Dict] = None) -> DataSource:
+                run_config: Optional[Dict] = None, medical: Optional[Dict] = None) -> DataSource:
     """The data source for a command given ``pipeline``: the explicit ``dataset`` if named, else the run's."""
     config = run_config if run_config is not None else read_run_config(pipeline)
     config = config or {}
@@ -149,6 +152,9 @@ def data_source(pipeline=None, dataset: Optional[str] = None, root: Optional[str
     label = label_column if label_column is not None else config.get("label_column", "label")
     options = {"image_column": image_column or config.get("image_column", "image"),
                "label_column": None if label is None or str(label).lower() == "none" else label}
+    if not explicit:  # how the run read a DICOM/NIfTI source: the same window, slices and patient splits
+        options.update({k: config[k] for k in MEDICAL_OPTIONS if config.get(k) is not None})
+    options.update({k: v for k, v in (medical or {}).items() if v is not None})
     root = root if root is not None else (config.get("data_root") if not explicit else None)
     return DataSource(dataset=dataset, root=root, options=options,
                       recorded_md5=config.get("data_md5"), explicit=explicit, run_config=config or None)

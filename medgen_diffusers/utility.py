@@ -196,6 +196,10 @@ def merge_utility(results: Sequence[Dict]) -> Dict:
     if len(results) < 2:
         raise UtilityError("Merging needs at least two utility result files.")
     first = results[0]
+    weights = {(r.get("provenance") or {}).get("weights_sha256") for r in results}
+    if len(weights) > 1:
+        raise UtilityError(f"These utility results score different models (weights sha256 "
+                           f"{sorted(str(w)[:12] for w in weights)}): merge only runs of one pipeline.")
     for other in results[1:]:
         differ = [k for k in _PROTOCOL_KEYS if other.get(k) != first.get(k)]
         if differ:
@@ -215,7 +219,10 @@ def merge_utility(results: Sequence[Dict]) -> Dict:
     if len({len(arm_runs) for arm_runs in runs.values()}) > 1 or not {"trtr", "tstr"} <= set(runs):
         raise UtilityError("Every file must score the same arms (trtr and tstr at least): "
                            + ", ".join(f"{k}: {len(v)} runs" for k, v in runs.items()))
-    protocol = {k: v for k, v in first.items() if k not in ("seeds", "tstr_ratio", "augmentation_gain", "arms")}
+    protocol = {k: v for k, v in first.items()
+                if k not in ("seeds", "tstr_ratio", "augmentation_gain", "arms", "provenance")}
+    if first.get("provenance"):
+        protocol["provenance"] = {**first["provenance"], "command": "medgen utility --merge"}
     protocol.setdefault("fractions", sorted({float(name.split("_")[1].removesuffix("+syn"))
                                              for name in runs if name.startswith("real_")}))
     protocol["merged_from"] = [{"seeds": r["seeds"], "device": r.get("device")} for r in results]
