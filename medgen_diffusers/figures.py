@@ -147,16 +147,22 @@ def class_rows_figure(pipe, images_per_class: int, path, seed: int = 0, num_infe
     plt.close(fig)
 
 
-def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Sequence[PIL.Image.Image], path) -> None:
-    """The progressive-generation figure (columns x_T ... x_0) beside a montage of real images."""
+def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Optional[Sequence[PIL.Image.Image]],
+                          path) -> None:
+    """The progressive-generation figure (columns x_T ... x_0), beside a montage of real images when given."""
     import numpy as np
 
-    plt, fig, axes = _figure(ncols=2, width=4.5, height=4.0)
+    plt, fig, axes = _figure(ncols=2 if real else 1, width=4.5, height=4.0)
     axes[0].imshow(np.asarray(progressive_figure(frames)), cmap="gray", interpolation="nearest")
     size = next(iter(frames.values()))[0].width
     axes[0].set_xticks([size * (c + 0.5) for c in range(len(frames))], list(frames), fontsize=8)
     axes[0].set_yticks([])
     axes[0].set_title("Progressive generation")
+    if not real:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return
     axes[1].imshow(np.asarray(square_grid(list(real))), cmap="gray", interpolation="nearest")
     axes[1].set_axis_off()
     axes[1].set_title("Real images")
@@ -166,9 +172,13 @@ def progressive_with_real(frames: Dict[str, List[PIL.Image.Image]], real: Sequen
 
 
 def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, seed: int = 0,
-                      num_inference_steps: int = 50, out_dir=None, device="cpu") -> List[str]:
+                      num_inference_steps: int = 50, out_dir=None, device="cpu", show_real: bool = False) -> List[str]:
     """All figures of a training output_dir or a saved pipeline, as PNGs in ``out_dir`` (default: ``run_dir``);
     returns the file names written. Curves need the run's metrics.jsonl, generated figures a saved pipeline.
+
+    Real training images appear only for a public dataset (``progressive.png`` beside 16 of them) or when
+    ``show_real`` asks for them on the user's own data -- then in ``progressive_with_real.png``, a name
+    ``medgen push`` never sends for non-public data.
 
     Sampling uses DDIM with ``num_inference_steps`` (its timesteps include 800, 400, 200 and 0 for 50 steps).
     """
@@ -202,18 +212,21 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     pipe.set_progress_bar_config(disable=True)
     config_path = run_dir / "run_config.json"
     run_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    dataset = dataset or run_config.get("dataset", "bloodmnist")
-    options = {k: run_config[k] for k in ("image_column", "label_column") if k in run_config}
-    if options.get("label_column", "").lower() == "none":
-        options["label_column"] = None
-    real = load_images(dataset, "train", pipe.unet.config.sample_size, data_root, **options)
-    pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:16]
-    real_images = [PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
-                   for image in real.images[pick].permute(0, 2, 3, 1).numpy()]
+    real_images, name = None, "progressive.png"
+    if dataset is not None or run_config.get("dataset") is not None:
+        from .provenance import data_source, is_public_source
+
+        source = data_source(run_dir, dataset, data_root, run_config=run_config)
+        if is_public_source(source.dataset) or show_real:
+            real = load_images(source.dataset, "train", pipe.unet.config.sample_size, source.root, **source.options)
+            pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:16]
+            real_images = [PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+                           for image in real.images[pick].permute(0, 2, 3, 1).numpy()]
+            name = "progressive.png" if is_public_source(source.dataset) else "progressive_with_real.png"
     frames = progressive_frames(pipe, batch_size=4, generator=torch.Generator().manual_seed(seed),
                                 num_inference_steps=num_inference_steps)
-    progressive_with_real(frames, real_images, out_dir / "progressive.png")
-    written.append("progressive.png")
+    progressive_with_real(frames, real_images, out_dir / name)
+    written.append(name)
     if pipe.config.class_names:
         class_rows_figure(pipe, 8, out_dir / "classes.png", seed=seed, num_inference_steps=num_inference_steps)
         written.append("classes.png")

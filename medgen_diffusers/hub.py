@@ -1,5 +1,6 @@
 """Push a saved pipeline to the Hugging Face Hub in one commit (pull is plain ``from_pretrained(repo_id)``)."""
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -7,20 +8,45 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import filter_repo_objects
 
-# What a pipeline folder sends: weights (safetensors only), configs, the pipeline source, card and figures
-# (samples.png, which the card shows, included). huggingface_hub's own pattern rules, as upload_folder applies them.
+# What a pipeline folder sends: weights (safetensors only), configs, the pipeline source, card and figures.
+# huggingface_hub's own pattern rules, as upload_folder applies them.
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.py", "README.md", "*.png"]
 # Never sent: training state and logs (checkpoint-*/ holds optimizer state and pickles), the per-step sample grids
 # under samples/, an unfinished checkpoint, hidden files.
-IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", "logs/*", "samples/*", ".*", "*/.*"]
+IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", "logs/*", "samples/*", ".*", "*/.*", "data_order/*"]
+# Figures that show generated images or curves only. For a model of the user's own data these are the only PNGs
+# sent: any other (the audit's closest pairs, a progressive figure with real images, a picture of the user's) may
+# show a patient's image.
+GENERATED_FIGURES = ["samples.png", "classes.png", "progressive.png", "loss_curve.png", "fid_kid_curves.png",
+                     "fid_vs_steps.png"]
 
 
 class HubError(RuntimeError):
     """The Hub could not be reached or refused the request; nothing was uploaded."""
 
 
+def network_error(error: BaseException) -> bool:
+    """Whether an OSError (or one it was raised from) is the network's or the Hub's, not a local file's."""
+    from huggingface_hub import errors
+
+    hub_errors = (errors.HfHubHTTPError, errors.LocalEntryNotFoundError, errors.OfflineModeIsEnabled)
+    while error is not None:
+        if isinstance(error, hub_errors) or type(error).__module__.split(".")[0] in ("requests", "httpx", "urllib3"):
+            return True
+        text = str(error)
+        if any(word in text for word in ("huggingface.co", "Hugging Face Hub", "HF_HUB_OFFLINE", "repo id",
+                                         "couldn't connect", "not a valid model identifier")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
-    """The files a push sends, as the commit operations of its single commit (sorted by path in the repo)."""
+    """The files a push sends, as the commit operations of its single commit (sorted by path in the repo). JSON
+    files go with this machine's absolute paths cut to their last component; a model of non-public data sends only
+    the figures known to show no real image (GENERATED_FIGURES)."""
+    from .provenance import is_public_source, redact_paths
+
     folder = Path(pipeline_dir)
     if not (folder / "model_index.json").is_file():
         raise FileNotFoundError(f"{folder} holds no model_index.json: pass a folder written by save_pretrained.")
@@ -28,9 +54,19 @@ def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
         raise FileNotFoundError(f"{folder} has no model card: run `medgen card {folder}` first.")
     if any(folder.rglob("*.bin")) and not any(folder.rglob("*.safetensors")):
         raise ValueError(f"{folder} holds .bin weights only; re-save it with save_pretrained (safetensors).")
+    config = folder / "run_config.json"
+    dataset = json.loads(config.read_text()).get("dataset") if config.is_file() else None
+    public = dataset is not None and is_public_source(dataset)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    return [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(folder / name))
-            for name in filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS)]
+    operations = []
+    for name in filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS):
+        if name.endswith(".png") and not public and name not in GENERATED_FIGURES:
+            continue
+        content = str(folder / name)
+        if name.endswith(".json"):
+            content = (json.dumps(redact_paths(json.loads((folder / name).read_text())), indent=2) + "\n").encode()
+        operations.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=content))
+    return operations
 
 
 def push_pipeline(pipeline_dir, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:

@@ -30,9 +30,9 @@ TEMPLATE = """---
 
 # {title}
 
-A denoising diffusion model that generates synthetic **{dataset}** images ({resolution}x{resolution} RGB),
-trained with [medgen-diffusers](https://github.com/medgen-diffusers/medgen-diffusers).
-{classes_section}
+A denoising diffusion model that generates synthetic **{dataset}** images ({resolution}x{resolution}
+{color}), trained with [medgen-diffusers](https://github.com/medgen-diffusers/medgen-diffusers).
+{description}{classes_section}
 ## How to use
 
 ```python
@@ -57,7 +57,8 @@ pipe = DiffusionPipeline.from_pretrained("{repo_or_path}", trust_remote_code=Tru
 
 ## Training
 
-Trained with `train_unconditional.py` on the real {dataset} train split ({num_train_images} images).
+Trained with `train_unconditional.py` on the real {dataset} train split ({num_train_images} images;
+augmentation: {augmentation}).
 
 ```json
 {training_config}
@@ -78,17 +79,8 @@ Trained with `train_unconditional.py` on the real {dataset} train split ({num_tr
 ## Intended use and limitations
 
 For research and data augmentation only: **not for diagnosis** or any clinical decision. Synthetic images
-reproduce, and can amplify, the biases of the training data (one hospital's smears, staining and scanner);
-they are not new patients.
-
-## Citation
-
-Data: MedMNIST v2 (CC BY 4.0) and the blood-cell dataset it is built from.
-
-```bibtex
-{citation}
-```
-"""
+reproduce, and can amplify, the biases of the training data ({bias_note}); they are not new patients.
+{citation_section}"""
 
 
 def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
@@ -184,6 +176,38 @@ def metrics_table(evaluation: Dict) -> str:
             "torchmetrics-style resize). Computed with `medgen evaluate`.")
 
 
+BLOOD_BIAS = "one hospital's smears, staining and scanner"
+BLOOD_CITATION = MEDMNIST_CITATION  # MedMNIST v2 and Acevedo et al., the blood-cell data BloodMNIST is built from
+MEDMNIST_ONLY = MEDMNIST_CITATION.split("@article{acevedo2020dataset")[0].rstrip()
+
+
+def source_metadata(training_config: Dict, description: Optional[str] = None,
+                    citation: Optional[str] = None) -> Dict:
+    """What the card says about the data, from the data source: MedMNIST sets carry their own licence (medmnist's
+    INFO) and citation; the user's own data gets `license: other`, no dataset tag, and the description/citation
+    the user gave (train_unconditional.py --data_description/--data_citation, or `medgen card`)."""
+    from medmnist.info import INFO
+
+    from .provenance import is_public_source
+
+    dataset = training_config.get("dataset") or "unrecorded data"  # no run_config.json: say so, claim nothing
+    description = description or training_config.get("data_description")
+    citation = citation or training_config.get("data_citation")
+    if is_public_source(dataset):
+        licence = INFO[dataset]["license"].lower().replace(" ", "-")  # "CC BY 4.0" -> "cc-by-4.0", a Hub id
+        return {"name": dataset, "license": licence, "datasets": [f"medmnist/{dataset}"],
+                "description": description or INFO[dataset]["description"],
+                "citation": citation or (BLOOD_CITATION if dataset == "bloodmnist" else MEDMNIST_ONLY),
+                "citation_note": f"Data: MedMNIST v2 ({INFO[dataset]['license']})"
+                                 + (" and the blood-cell dataset it is built from." if dataset == "bloodmnist" else
+                                    f"; cite also the source dataset of {dataset} named in MedMNIST's paper."),
+                "bias": BLOOD_BIAS if dataset == "bloodmnist" else "the sites, devices and protocols it came from"}
+    return {"name": Path(str(dataset)).name or str(dataset), "license": "other", "datasets": None,
+            "description": description, "citation": citation,
+            "citation_note": "Data: the model owner's own data (not public).",
+            "bias": "the sites, devices, protocols and patients it came from"}
+
+
 def build_model_card(
     training_config: Dict,
     class_names: Optional[List[str]] = None,
@@ -193,19 +217,35 @@ def build_model_card(
     sampler_note: str = "DDPMScheduler, 1000 steps (the training scheduler)",
     audit: Optional[Dict] = None,
     utility: Optional[Dict] = None,
+    description: Optional[str] = None,
+    citation: Optional[str] = None,
 ) -> ModelCard:
     """A model card whose YAML metadata validates on the Hub and whose body says how the model was made."""
-    dataset = training_config.get("dataset", "bloodmnist")
-    tags = ["diffusers", "medical-imaging", "medmnist", dataset, "ddpm", "synthetic-data"]
+    from .data import resolve_augmentation
+    from .provenance import redact_paths
+
+    training_config = redact_paths(training_config)  # no absolute path of this machine on a card
+    source = source_metadata(training_config, description, citation)
+    dataset = source["name"]
+    tags = ["diffusers", "medical-imaging", "ddpm", "synthetic-data"]
+    if source["datasets"]:
+        tags[2:2] = ["medmnist", dataset]
     if class_names:
         tags.append("class-conditional")
     card_data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
-        license="cc-by-4.0",
-        datasets=[f"medmnist/{dataset}"],
+        license=source["license"],
+        datasets=source["datasets"],
         tags=tags,
     )
+    augmentation = training_config.get("augmentation") or resolve_augmentation(
+        training_config.get("augment"), str(training_config.get("dataset")))[0]
+    citation_section = ""
+    if source["citation"]:
+        citation_section = f"\n## Citation\n\n{source['citation_note']}\n\n```bibtex\n{source['citation']}\n```\n"
+    elif source["citation_note"]:
+        citation_section = f"\n## Citation\n\n{source['citation_note']}\n"
     classes_section = ""
     if class_names:
         listing = "\n".join(f"| {i} | {name} |" for i, name in enumerate(class_names))
@@ -222,6 +262,11 @@ def build_model_card(
         title=f"{dataset} diffusion model",
         dataset=dataset,
         resolution=training_config.get("resolution", 28),
+        color="grayscale" if training_config.get("channels") == 1 else "RGB",
+        description=f"\n{source['description']}\n" if source["description"] else "",
+        augmentation=augmentation,
+        bias_note=source["bias"],
+        citation_section=citation_section,
         classes_section=classes_section,
         repo_or_path=repo_or_path,
         num_train_images=training_config.get("num_train_images", "all"),
@@ -230,21 +275,23 @@ def build_model_card(
         trust_section=trust_section(audit, utility),
         samples_section=f"![Generated samples]({samples_image})" if samples_image else "No sample grid saved.",
         sampler_note=sampler_note,
-        citation=MEDMNIST_CITATION,
     )
     return ModelCard(text)
 
 
-def write_card(pipeline_dir, repo_id: Optional[str] = None) -> Path:
-    """(Re)write ``pipeline_dir/README.md`` from its run_config.json, evaluation.json and figures when present."""
+def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optional[str] = None,
+               citation: Optional[str] = None) -> Path:
+    """(Re)write ``pipeline_dir/README.md`` from its run_config.json, figures, and the results beside it
+    (evaluation.json, audit.json, utility.json) whose recorded weights are this pipeline's: a result of other
+    weights (an earlier run in the same folder, a result copied from another model) is left off the card."""
+    from .provenance import folder_weights_sha256
+
     folder = Path(pipeline_dir)
     index = folder / "model_index.json"
     if not index.is_file():
         raise FileNotFoundError(f"{folder} holds no model_index.json: pass a folder written by save_pretrained.")
     config_path = folder / "run_config.json"
     training_config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    evaluation_path = folder / "evaluation.json"
-    metrics = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else None
     model_index = json.loads(index.read_text())
     class_names = model_index.get("class_names")
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
@@ -253,12 +300,21 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None) -> Path:
     if scheduler.get("timestep_spacing"):
         sampler_note += f", {scheduler['timestep_spacing']} spacing"
     samples = next((name for name in ("classes.png", "samples.png") if (folder / name).is_file()), None)
-    # `medgen audit/utility PIPELINE --out PIPELINE/audit.json` (utility.json) put their results where the card reads.
-    read = lambda name: json.loads((folder / name).read_text()) if (folder / name).is_file() else None  # noqa: E731
+    weights = folder_weights_sha256(folder)
+
+    def read(name):  # `medgen evaluate/audit/utility PIPELINE` write their results where the card reads them
+        path = folder / name
+        if not path.is_file():
+            return None
+        result = json.loads(path.read_text())
+        if (result.get("provenance") or {}).get("weights_sha256") != weights:
+            return None  # not (provably) this model's
+        return result
+
     # The usage snippets name the repo id, else the folder as given -- never an absolute path of this machine.
     where = repo_id or (folder.name if folder.is_absolute() else folder.as_posix())
-    card = build_model_card(training_config, class_names, metrics, repo_or_path=where,
+    card = build_model_card(training_config, class_names, read("evaluation.json"), repo_or_path=where,
                             samples_image=samples, sampler_note=sampler_note, audit=read("audit.json"),
-                            utility=read("utility.json"))
+                            utility=read("utility.json"), description=description, citation=citation)
     card.save(folder / "README.md")
     return folder / "README.md"

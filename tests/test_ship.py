@@ -18,6 +18,7 @@ from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.cli import main
 from medgen_diffusers.hub import HubError, push_operations, push_pipeline
 from medgen_diffusers.model_card import write_card
+from medgen_diffusers.provenance import folder_weights_sha256
 
 BIN = Path(sys.executable).parent
 PIPELINE_FILES = {"model_index.json", "pipeline_bloodmnist.py", "README.md", "scheduler/scheduler_config.json",
@@ -29,6 +30,7 @@ def saved(conditional_pipe, tmp_path):
     """A saved conditional pipeline with its card, plus training leftovers a push must not send."""
     folder = tmp_path / "pipeline"
     conditional_pipe.save_pretrained(folder)
+    (folder / "run_config.json").write_text(json.dumps({"dataset": "bloodmnist", "resolution": 28, "channels": 3}))
     write_card(folder, repo_id="medgen/bloodmnist-test")
     (folder / "checkpoint-10").mkdir()
     (folder / "checkpoint-10" / "optimizer.bin").write_bytes(b"state")
@@ -57,7 +59,12 @@ def test_card_shows_metrics_with_floor_and_seed(saved):
                             "seed": {"fid64": 0.1, "kid64": 0.01, "kid64_std": 0.01}},
                   "seed_reference": {"fid64": 5.039, "kid64": 4.141, "kid64_std": 0.343},
                   "generation": {"scheduler": "dpmsolver", "steps": 20, "nfe_per_image": 20, "seed": 0,
-                                 "timestep_spacing": "trailing"}}
+                                 "timestep_spacing": "trailing"},
+                  "provenance": {"weights_sha256": "0" * 64}}
+    (saved / "evaluation.json").write_text(json.dumps(evaluation))
+    # Another model's result (an earlier run in the folder, a copied file) is not this model's: not on its card.
+    assert "12.500" not in write_card(saved).read_text()
+    evaluation["provenance"]["weights_sha256"] = folder_weights_sha256(saved)
     (saved / "evaluation.json").write_text(json.dumps(evaluation))
     text = write_card(saved).read_text()
     assert "| this model | 12.500 | 4.000 | 1.250 | 2.500 |" in text
@@ -85,7 +92,7 @@ def test_push_sends_one_commit_with_exactly_the_pipeline_files(saved, monkeypatc
     assert [c[0] for c in calls] == ["create_repo", "create_commit"]
     operations = calls[1][2]
     assert all(isinstance(op, CommitOperationAdd) for op in operations)
-    assert {op.path_in_repo for op in operations} == PIPELINE_FILES
+    assert {op.path_in_repo for op in operations} == PIPELINE_FILES | {"run_config.json"}
     assert {op.path_in_repo for op in operations} == {op.path_in_repo for op in push_operations(saved)}
 
 
@@ -110,7 +117,8 @@ def cache_from_operations(operations, hub_cache: Path, repo_id: str) -> None:
     for op in operations:
         target = repo_dir / "snapshots" / commit / op.path_in_repo
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(Path(op.path_or_fileobj).read_bytes())
+        content = op.path_or_fileobj  # JSON goes as bytes (paths cut), files by path
+        target.write_bytes(content if isinstance(content, bytes) else Path(content).read_bytes())
 
 
 def test_pull_from_cache_then_sample_1000_balanced_to_npz(saved, conditional_pipe, tmp_path, monkeypatch):
@@ -149,7 +157,9 @@ def test_folder_and_datasets_formats(saved, tmp_path):
     assert main(["sample", str(saved), "--num-images", "16", "--balanced", "--steps", "2", "--format", "folder",
                  "--out", str(tmp_path / "folder")]) == 0
     names = json.loads((saved / "model_index.json").read_text())["class_names"]
-    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == sorted(names)
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir() if p.is_dir()) == sorted(names)
+    made_by = json.loads((tmp_path / "folder" / "provenance.json").read_text())  # which weights made them
+    assert made_by["weights_sha256"] == folder_weights_sha256(saved)
     assert all(len(list((tmp_path / "folder" / name).glob("*.png"))) == 2 for name in names)
 
     assert main(["sample", str(saved), "--num-images", "16", "--class", "platelet", "--steps", "2", "--format",
