@@ -76,3 +76,38 @@ def trained_run(tmp_path_factory, data_root):
                   "--mixed_precision", "no", "--dynamo_backend", "no"),
     )
     return output_dir
+
+
+# Real BloodMNIST pixels as a user's *own* data: a folder with train/val/test class sub-folders (not a MedMNIST flag,
+# so nothing may treat it as public). One training image per class is "a handful": a small UNet copies them.
+OWN_CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+
+
+def write_own_folder(root, data_root, per_split=(("train", 1), ("val", 2), ("test", 20)), seed=0):
+    import numpy as np
+    from PIL import Image
+
+    with np.load(Path(data_root) / "bloodmnist.npz") as npz:
+        arrays = {split: (npz[f"{split}_images"], npz[f"{split}_labels"][:, 0]) for split, _ in per_split}
+    rng = np.random.default_rng(seed)
+    for split, count in per_split:
+        images, labels = arrays[split]
+        for label, name in enumerate(OWN_CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for index in rng.choice(np.flatnonzero(labels == label), count, replace=False):
+                Image.fromarray(images[index]).save(root / split / name / f"patient_{split}_{index:05d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def memorised_run(tmp_path_factory, data_root):
+    """A model that copies its training data: the tiny UNet trained to predict x0 on 8 real images (one per class)
+    for 800 steps, no augmentation, no EMA (~1.5 CPU-minutes). The known positive of the privacy audit."""
+    source = write_own_folder(tmp_path_factory.mktemp("own") / "cells", data_root)
+    output_dir = tmp_path_factory.mktemp("memorised") / "run"
+    run_training(output_dir, data_root, "--dataset", str(source), "--train_batch_size", "8", "--max_train_steps",
+                 "800", "--learning_rate", "3e-3", "--lr_scheduler", "constant", "--lr_warmup_steps", "20",
+                 "--prediction_type", "sample", "--no-use_ema", "--checkpointing_steps", "400",
+                 "--checkpoints_total_limit", "1", "--num_sample_images", "4", "--sample_inference_steps", "5",
+                 "--logger", "none")
+    return output_dir, source
