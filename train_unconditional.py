@@ -57,6 +57,17 @@ def parse_args(argv=None):
     g.add_argument("--image_column", default="image", help="Image column of a datasets dataset.")
     g.add_argument("--label_column", default="label", help="Label column of a datasets dataset ('none': unlabeled).")
     g.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N images only.")
+    g.add_argument("--window", default=None,
+                   help="DICOM/NIfTI: intensity window CENTER,WIDTH or a preset (lung, mediastinum, soft-tissue, "
+                        "bone, brain, liver). Default: each DICOM file's own window, else the train split's "
+                        "0.5-99.5 percentiles. Recorded, so every later command maps intensities the same way.")
+    g.add_argument("--slice_axis", default="axial", choices=("axial", "coronal", "sagittal"),
+                   help="NIfTI: the axis 2D slices are cut along (after reorienting to canonical RAS).")
+    g.add_argument("--slice_range", default=None, help="NIfTI: slices START:STOP along --slice_axis.")
+    g.add_argument("--split_by", default=None, choices=("patient",),
+                   help="A DICOM/NIfTI folder without train/val/test sub-folders: seeded patient-level splits "
+                        "(7:1:2 of the patients; no patient in two splits).")
+    g.add_argument("--split_seed", type=int, default=0, help="Seed of --split_by.")
     g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTATIONS),
                    help="dihedral: random flips and 90° rotations; none; auto (default): the data's documented "
                         "policy -- dihedral for cells and tissue (BloodMNIST, PathMNIST, ...), none where orientation "
@@ -176,7 +187,9 @@ def main(argv=None):
     # Data: the whole split as uint8 tensors in memory, from any source (data.py); augmentation happens on the
     # batch, on the device.
     source_options = dict(image_column=args.image_column,
-                          label_column=None if args.label_column.lower() == "none" else args.label_column)
+                          label_column=None if args.label_column.lower() == "none" else args.label_column,
+                          window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
+                          split_by=args.split_by, split_seed=args.split_seed)
     with accelerator.main_process_first():  # a download happens once, on the main process
         data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
     if data.notice:
@@ -246,6 +259,8 @@ def main(argv=None):
     # a name), how it was augmented and why.
     run_config.update(dataset=recorded_source(args.dataset), augmentation=augmentation,
                       augmentation_reason=augmentation_reason)
+    if data.groups is not None:  # DICOM/NIfTI: how intensities were mapped, and patients per split (no ids)
+        run_config.update(intensity=data.intensity, patients=patient_counts(data, args, source_options))
     run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes, resolution=resolution,
                       channels=images.shape[1], class_conditional=class_conditional,
                       total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
@@ -381,6 +396,18 @@ def main(argv=None):
 
             push_pipeline(output_dir, args.hub_model_id, token=args.hub_token)
     accelerator.end_training()
+
+
+def patient_counts(train, args, source_options):
+    """Patients per split of a source that knows them; the loader refuses a patient in two splits."""
+    counts = {"train": len(set(train.groups.tolist()))}
+    for split in ("val", "test"):
+        try:
+            counts[split] = len(set(load_images(args.dataset, split, args.resolution, args.data_root,
+                                                **source_options).groups.tolist()))
+        except ValueError:  # no such split
+            pass
+    return counts
 
 
 def final_pipeline(accelerator, unet, ema_unet, noise_scheduler, class_names, num_classes):

@@ -142,6 +142,8 @@ class ImageData:
     split: str
     md5: str
     notice: Optional[str] = None  # something the user should know (e.g. multi-label data trained unconditionally)
+    groups: Optional[np.ndarray] = None  # patient pseudonym per image (DICOM/NIfTI: medical.py), else None
+    intensity: Optional[dict] = None  # how stored values became 8-bit (window / percentiles), for medical sources
 
     def __len__(self) -> int:
         return len(self.images)
@@ -217,15 +219,19 @@ _LOADED = {}  # (source, split, size, options) -> ImageData: a split is decoded 
 
 def load_images(source: str = "bloodmnist", split: str = "train", size: Optional[int] = None,
                 root: Optional[Union[str, os.PathLike]] = None, download: bool = True,
-                image_column: str = "image", label_column: Optional[str] = "label") -> ImageData:
+                image_column: str = "image", label_column: Optional[str] = "label", window=None,
+                slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
+                split_seed: int = 0) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
     size (MedMNIST: 28). ``root``: the MedMNIST data folder. ``image_column``/``label_column``: for ``datasets``
-    sources (``label_column=None``: unlabeled).
+    sources (``label_column=None``: unlabeled). ``window``, ``slice_axis``, ``slice_range``, ``split_by``,
+    ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`).
     """
     source = str(source)
-    key = (source, split, size, str(root), image_column, label_column)
+    key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
+           split_by, split_seed)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
@@ -239,7 +245,16 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                                                                       "state.json")):
         data = _load_datasets(str(path), split, image_column, label_column, from_disk=True)
     elif path.is_dir():
-        data = _load_folder(path, split, size)
+        from .medical import load_medical, medical_kind
+
+        kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
+        if kind is not None:
+            data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size)
+        elif split_by is not None:
+            raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
+                            f"volume per patient) files; {path} holds ordinary images.")
+        else:
+            data = _load_folder(path, split, size)
     elif "/" in source and not path.exists() and not source.startswith((".", "/", "~")):
         data = _load_datasets(source, split, image_column, label_column, from_disk=False)
     else:

@@ -1,0 +1,384 @@
+"""DICOM and NIfTI folders as training data, with patients as the unit of splits (``--dataset FOLDER``).
+
+**DICOM** (pydicom): every ``.dcm`` file (or file with the ``DICM`` preamble) under the folder, one sub-folder per
+class as for images. Stored values go through the modality LUT (RescaleSlope/Intercept, or a Modality LUT
+Sequence: ``pydicom.pixels.apply_modality_lut``), then a window to [0, 1]: ``--window C,W`` or a preset name
+(:data:`WINDOW_PRESETS`, in Hounsfield units) if given, else the file's own VOI (WindowCenter/Width with its
+VOILUTFunction, or a VOI LUT Sequence: ``pydicom.pixels.apply_voi_lut``), else a window over the 0.5th..99.5th
+percentile of the *train* split's values (so val/test and every later command use the train split's numbers).
+MONOCHROME1 (stored inverted) is flipped so that bright is dense everywhere; a multi-frame file gives one image per
+frame; a compressed transfer syntax is decoded when its pydicom plugin is installed, else refused with its name.
+
+**NIfTI** (nibabel): every ``.nii`` / ``.nii.gz`` volume, reoriented to the closest canonical (RAS+) orientation
+(``nibabel.as_closest_canonical``) so that slices of every volume run the same way, then cut into 2D slices along
+``--slice_axis`` (axial by default) within ``--slice_range A:B``; constant (empty) slices are skipped. Intensities
+as for DICOM without a file window: ``--window``, else the train split's percentiles.
+
+**Patients.** Every image carries a patient: DICOM PatientID (else the StudyInstanceUID), the NIfTI volume. Only a
+salted hash of it is kept (:func:`hash_id`); no name, ID or other header field reaches a run folder, card or
+result. With ``train/``, ``val/``, ``test/`` sub-folders a patient found in two splits is refused; without them
+``--split_by patient`` makes seeded patient-level splits (7 : 1 : 2, MedMNIST's ratio).
+
+The decoded image is 8-bit (the model's input), the window recorded in ``ImageData.intensity`` and the run's
+``run_config.json``; ``medgen sample --format dicom`` maps generated images back through the same window.
+"""
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+WINDOW_PRESETS = {  # (center, width) in Hounsfield units: the usual CT display windows
+    "lung": (-600.0, 1500.0), "mediastinum": (50.0, 350.0), "soft-tissue": (40.0, 400.0),
+    "bone": (400.0, 1800.0), "brain": (40.0, 80.0), "liver": (60.0, 160.0),
+}
+PERCENTILES = (0.5, 99.5)
+SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test patients, MedMNIST's 7:1:2
+SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in canonical RAS+ voxel order
+# Plugins pydicom decodes compressed transfer syntaxes with (pydicom's own documentation names them).
+DECODER_HINT = ("install a pydicom pixel-data plugin for it -- `pip install pylibjpeg pylibjpeg-libjpeg "
+                "pylibjpeg-openjpeg` (JPEG, JPEG-LS, JPEG 2000) or `pip install python-gdcm` -- or decompress the "
+                "files first (e.g. `gdcmconv --raw`)")
+
+
+def _error(message):
+    from .data import DataError
+
+    return DataError(message)
+
+
+def hash_id(value: str) -> str:
+    """A stable pseudonym for a patient/volume: 16 hex digits of a salted sha256. The value itself is never kept."""
+    return hashlib.sha256(f"medgen-diffusers:{value}".encode()).hexdigest()[:16]
+
+
+def parse_window(text) -> Optional[Tuple[float, float]]:
+    """``"C,W"`` or a preset name (:data:`WINDOW_PRESETS`) -> (center, width); None -> None."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (list, tuple)):
+        return float(text[0]), float(text[1])
+    if text in WINDOW_PRESETS:
+        return WINDOW_PRESETS[text]
+    try:
+        center, width = (float(v) for v in str(text).split(","))
+    except ValueError:
+        raise _error(f"--window {text!r}: give CENTER,WIDTH (e.g. 40,400) or a preset: "
+                     f"{', '.join(WINDOW_PRESETS)}.") from None
+    if width < 1:
+        raise _error(f"--window {text!r}: the width must be >= 1.")
+    return center, width
+
+
+def linear_window(values: np.ndarray, center: float, width: float) -> np.ndarray:
+    """DICOM's LINEAR VOI function (PS3.3 C.11.2.1.2.1) with output range [0, 1]."""
+    c, w = center - 0.5, width - 1
+    return np.clip((values - c) / max(w, 1e-12) + 0.5, 0.0, 1.0)
+
+
+def to_uint8(unit: np.ndarray) -> np.ndarray:
+    return np.round(np.asarray(unit, dtype=np.float64) * 255).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading files
+
+def is_dicom(path: Path) -> bool:
+    if path.suffix.lower() == ".dcm":
+        return True
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def read_dicom(path: Path):
+    """(modality values (frames, H, W) float64 or RGB uint8 (frames, H, W, 3), the dataset, patient pseudonym)."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as error:  # noqa: BLE001 - pydicom raises several kinds for "not a DICOM file"
+        raise _error(f"Cannot read DICOM file {path} ({type(error).__name__}: {error}); fix or remove it.") from None
+    if "PixelData" not in ds:
+        raise _error(f"{path} has no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}: e.g. a report or "
+                     "DICOMDIR): remove it from the image folder.")
+    try:
+        array = ds.pixel_array
+    except Exception as error:  # noqa: BLE001 - missing decoders raise RuntimeError/NotImplementedError
+        syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
+        name = getattr(syntax, "name", str(syntax))
+        raise _error(f"{path}: its pixel data is compressed as {name} ({syntax}), which pydicom cannot decode here "
+                     f"({str(error).splitlines()[0]}): {DECODER_HINT}.") from None
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1))
+    if frames == 1:
+        array = array[None]
+    if samples == 3:  # colour (pathology, ophthalmology): RGB as stored, no windowing
+        if str(ds.PhotometricInterpretation).startswith("YBR"):
+            from pydicom.pixels import convert_color_space
+
+            array = convert_color_space(array, ds.PhotometricInterpretation, "RGB")
+        values = np.asarray(array, dtype=np.uint8)
+    else:
+        values = np.asarray(apply_modality_lut(array, ds), dtype=np.float64)
+    patient = str(ds.get("PatientID", "") or ds.get("StudyInstanceUID", "") or path.parent)
+    return values, ds, hash_id(patient)
+
+
+def file_window(ds, values: np.ndarray) -> Optional[np.ndarray]:
+    """The file's own VOI applied to modality ``values`` and scaled to [0, 1] (None when the file has none)."""
+    from pydicom.pixels import apply_voi_lut
+
+    if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
+        return None
+    out = np.stack([apply_voi_lut(frame, ds) for frame in values]).astype(np.float64)
+    if "VOILUTSequence" in ds and ds.VOILUTSequence:
+        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+        return np.clip(out / (2 ** bits - 1), 0, 1)
+    # pydicom's windowing output range (apply_windowing): the stored range, through the rescale when there is one.
+    bits = int(ds.BitsStored)
+    low, high = (0, 2 ** bits - 1) if int(ds.PixelRepresentation) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if ds.get("ModalityLUTSequence"):
+        low, high = 0, 2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        low, high = (v * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for v in (low, high))
+    return np.clip((out - low) / (high - low), 0, 1)
+
+
+def read_nifti(path: Path, slice_axis: str = "axial", slice_range: Optional[str] = None) -> np.ndarray:
+    """Slices (N, H, W) float64 of a canonical-orientation 3D volume; constant slices left out."""
+    import nibabel as nib
+
+    try:
+        image = nib.as_closest_canonical(nib.load(str(path)))
+    except Exception as error:  # noqa: BLE001 - nibabel raises several kinds for unreadable files
+        raise _error(f"Cannot read NIfTI file {path} ({type(error).__name__}: {error}); fix or remove it.") from None
+    shape = image.shape
+    if len(shape) == 4 and shape[3] == 1:
+        image = image.slicer[..., 0]
+    elif len(shape) != 3:
+        raise _error(f"{path} is a {len(shape)}D volume {shape}: give 3D volumes (for a 4D series, save one volume, "
+                     "e.g. nibabel's img.slicer[..., k]).")
+    if slice_axis not in SLICE_AXES:
+        raise _error(f"--slice_axis {slice_axis!r}: choose {', '.join(SLICE_AXES)}.")
+    volume = np.moveaxis(np.asarray(image.get_fdata(), dtype=np.float64), SLICE_AXES[slice_axis], 0)
+    start, stop = parse_slice_range(slice_range, len(volume), path)
+    slices = volume[start:stop]
+    keep = [s for s in slices if s.max() > s.min()]
+    return np.stack(keep) if keep else np.zeros((0, *volume.shape[1:]))
+
+
+def parse_slice_range(text: Optional[str], count: int, path) -> Tuple[int, int]:
+    if not text:
+        return 0, count
+    try:
+        start, stop = (int(v) if v else None for v in str(text).split(":"))
+    except ValueError:
+        raise _error(f"--slice_range {text!r}: give START:STOP slice indices, e.g. 10:50.") from None
+    start, stop = start or 0, count if stop is None else stop
+    if not 0 <= start < stop <= count:
+        raise _error(f"--slice_range {text!r} does not fit {path}'s {count} slices along this axis.")
+    return start, stop
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# A folder of medical files -> ImageData
+
+def medical_kind(files: List[Path]) -> Optional[str]:
+    """"dicom" / "nifti" when a folder's files are of that kind (None: an image folder)."""
+    if any(is_nifti(p) for p in files):
+        return "nifti"
+    if any(p.suffix.lower() == ".dcm" for p in files) or (files and all(is_dicom(p) for p in files[:20])):
+        return "dicom"
+    return None
+
+
+def _scan(folder: Path, kind: str) -> List[Tuple[Path, str]]:
+    """(file, class folder) of every file of ``kind`` under ``folder`` ('.' for files at its top level)."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    picked = [p for p in files if (is_nifti(p) if kind == "nifti" else is_dicom(p))]
+    return [(p, p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else ".") for p in picked]
+
+
+@lru_cache(maxsize=8)
+def _decode_folder(folder: str, kind: str, slice_axis: str, slice_range: Optional[str]):
+    """Every image of one folder: [(values or RGB, file-window-or-None, patient, class)], decoded once per process."""
+    items = []
+    for path, label in _scan(Path(folder), kind):
+        if kind == "dicom":
+            values, ds, patient = read_dicom(path)
+            windowed = None if values.dtype == np.uint8 else file_window(ds, values)
+            invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+            for index, frame in enumerate(values):
+                items.append((frame, None if windowed is None else windowed[index], patient, label, invert))
+        else:
+            patient = hash_id(path.name.split(".")[0] + f"@{path.parent.name}")
+            for frame in read_nifti(path, slice_axis, slice_range):
+                items.append((frame, None, patient, label, False))
+    if not items:
+        raise _error(f"{folder} holds no {kind.upper()} images.")
+    return items
+
+
+def split_patients(patients: List[str], seed: int = 0) -> Dict[str, str]:
+    """Patient -> split ("train"/"val"/"test"), seeded, 7:1:2 of the patients (at least one each when >= 3)."""
+    unique = sorted(set(patients))
+    order = np.random.default_rng(seed).permutation(len(unique))
+    n_val = max(1, round(SPLIT_FRACTIONS[1] * len(unique))) if len(unique) >= 3 else 0
+    n_test = max(1, round(SPLIT_FRACTIONS[2] * len(unique))) if len(unique) >= 3 else 0
+    split_of = {}
+    for rank, index in enumerate(order):
+        split_of[unique[index]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    return split_of
+
+
+def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str = "axial",
+                 slice_range: Optional[str] = None, split_by: Optional[str] = None, seed: int = 0,
+                 size: Optional[int] = None):
+    """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule)."""
+    from .data import SPLITS, _image_data
+
+    if split_by not in (None, "patient"):
+        raise _error(f"--split_by {split_by!r}: the only unit is 'patient'.")
+    split_dirs = [name for name in SPLITS if (path / name).is_dir()]
+    if split_dirs and split_by:
+        raise _error(f"{path} already has split folders {split_dirs}: drop --split_by (or the folders).")
+
+    def items_of(name):
+        if split_dirs:
+            if name not in split_dirs:
+                raise _error(f"{path} has split folders {split_dirs} but no '{name}/': add it or choose another split.")
+            return _decode_folder(str(path / name), kind, slice_axis, slice_range)
+        everything = _decode_folder(str(path), kind, slice_axis, slice_range)
+        if split_by is None:
+            if name != "train":
+                raise _error(f"{path} has no train/val/test sub-folders and no --split_by: all its images are "
+                             f"'train', there is no '{name}' split. Pass --split_by patient for patient-level splits.")
+            return everything
+        split_of = split_patients([item[2] for item in everything], seed)
+        return tuple(item for item in everything if split_of[item[2]] == name)
+
+    if split_dirs:  # user-made splits: a patient in two of them leaks train data into the held-out numbers
+        seen = {name: {item[2] for item in items_of(name)} for name in split_dirs}
+        for a in split_dirs:
+            for b in split_dirs:
+                if a < b and seen[a] & seen[b]:
+                    raise _error(f"{path}: {len(seen[a] & seen[b])} patient(s) have images in both {a}/ and {b}/ "
+                                 "(by DICOM PatientID / NIfTI volume): move each patient's images into one split, "
+                                 "or put all images in one folder and pass --split_by patient.")
+    items, train = items_of(split), items_of("train")
+    if not items:
+        raise _error(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
+    rule = intensity_rule(window, train, kind)
+    images = [render(item, rule) for item in items]
+    if len({im.shape for im in images}) > 1 or images[0].shape[0] != images[0].shape[1]:
+        if size is None:
+            raise _error(f"{path}: images differ in size or are not square ({images[0].shape[1]}x{images[0].shape[0]}, "
+                         "...): pass --resolution N to resize every image to N x N.")
+        import torch
+
+        from .data import resize_images
+
+        images = [resize_images(torch.from_numpy(im.copy()).permute(2, 0, 1)[None].contiguous(), size)[0]
+                  .permute(1, 2, 0).numpy() for im in images]
+    images = np.stack(images)
+    classes = sorted({item[3] for item in train})
+    labeled = "." not in classes
+    if labeled:
+        unknown = sorted({item[3] for item in items} - set(classes))
+        if unknown:
+            raise _error(f"{path} ({split}) has class folder(s) {unknown} that the train split lacks.")
+    labels = np.array([[classes.index(item[3])] for item in items]) if labeled else None
+    data = _image_data(images, labels, classes if labeled else None, str(path), split)
+    data.groups = np.array([item[2] for item in items])
+    data.intensity = rule
+    return data
+
+
+def intensity_rule(window, train_items, kind: str) -> Dict:
+    """How values become [0, 1]: the given window, else each DICOM file's own VOI, else the train split's
+    percentiles (as a window, so every split and every later command uses the same numbers)."""
+    given = parse_window(window)
+    if given is not None:
+        return {"rule": "window", "center": given[0], "width": given[1], "from": "--window"}
+    grayscale = [item for item in train_items if item[0].dtype != np.uint8]
+    if kind == "dicom" and grayscale and all(item[1] is not None for item in grayscale):
+        return {"rule": "file", "from": "each file's VOI (WindowCenter/Width or VOI LUT)"}
+    if not grayscale:
+        return {"rule": "rgb", "from": "8-bit colour as stored"}
+    values = np.concatenate([item[0].ravel() for item in grayscale])
+    low, high = np.percentile(values, PERCENTILES)
+    width = max(float(high - low), 1.0) + 1  # LINEAR maps [c - w/2, c + w/2) onto [0, 1]
+    return {"rule": "window", "center": float(low + high) / 2 + 0.5, "width": width,
+            "from": f"train split percentiles {PERCENTILES[0]}..{PERCENTILES[1]}"}
+
+
+def render(item, rule: Dict) -> np.ndarray:
+    """uint8 (H, W, C) of one decoded item under ``rule`` (MONOCHROME1 inverted after windowing)."""
+    values, windowed, _, _, invert = item
+    if values.dtype == np.uint8:
+        return values
+    unit = windowed if rule["rule"] == "file" else linear_window(values, rule["center"], rule["width"])
+    if unit is None:  # this file has no VOI while the others do
+        raise _error("A DICOM file without a window among files with one: pass --window C,W (or a preset) so every "
+                     "image is mapped the same way.")
+    if invert:
+        unit = 1.0 - unit
+    return to_uint8(unit)[..., None]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Writing generated images back as DICOM
+
+SYNTHETIC_NOTE = "Synthetic image generated by medgen-diffusers: not an image of any patient"
+
+
+def inverse_window(images_uint8: np.ndarray, rule: Optional[Dict]) -> Tuple[np.ndarray, Dict]:
+    """Stored values for generated 8-bit images: through the inverse of the run's window when it had one (a value v
+    becomes c - 0.5 + (v / 255 - 0.5) (w - 1), rounded, as int16), else the 8-bit values themselves."""
+    if rule and rule.get("rule") == "window":
+        center, width = float(rule["center"]), float(rule["width"])
+        values = center - 0.5 + (images_uint8.astype(np.float64) / 255 - 0.5) * (width - 1)
+        return np.round(values).astype(np.int16), {"center": center, "width": width, "signed": True}
+    return images_uint8.astype(np.uint8), {"center": 127.5, "width": 256.0, "signed": False}
+
+
+def write_dicom(image: np.ndarray, path: Path, rule: Optional[Dict], class_name: Optional[str], number: int) -> None:
+    """One generated image as a Secondary Capture DICOM file, marked synthetic (ImageType DERIVED/SECONDARY, the
+    derivation description, a synthetic patient) with fresh UIDs: no identity of any input is copied."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.pixels import set_pixel_data
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    import pydicom
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.ConversionType = "OT", "SYN"
+    ds.ImageType = ["DERIVED", "SECONDARY"]
+    ds.DerivationDescription = SYNTHETIC_NOTE
+    ds.SeriesDescription = "SYNTHETIC" + (f" {class_name}" if class_name else "")
+    ds.PatientName, ds.PatientID, ds.BurnedInAnnotation = "SYNTHETIC", "SYNTHETIC", "NO"
+    ds.InstanceNumber = number
+    if image.shape[-1] == 3:
+        set_pixel_data(ds, np.ascontiguousarray(image, dtype=np.uint8), "RGB", 8)
+    else:
+        stored, window = inverse_window(image[..., 0], rule)
+        set_pixel_data(ds, stored, "MONOCHROME2", 16 if window["signed"] else 8)
+        ds.WindowCenter, ds.WindowWidth = window["center"], window["width"]
+        ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
+    ds.save_as(path, enforce_file_format=True)
