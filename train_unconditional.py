@@ -68,6 +68,9 @@ def parse_args(argv=None):
                    help="A DICOM/NIfTI folder without train/val/test sub-folders: seeded patient-level splits "
                         "(7:1:2 of the patients; no patient in two splits).")
     g.add_argument("--split_seed", type=int, default=0, help="Seed of --split_by.")
+    g.add_argument("--patient_column", default=None,
+                   help="datasets sources: the column naming each image's patient (hashed; never stored). Makes the "
+                        "patient the unit of --split_by, of the audit's baseline and of its per-patient numbers.")
     g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTATIONS),
                    help="dihedral: random flips and 90° rotations; none; auto (default): the data's documented "
                         "policy -- dihedral for cells and tissue (BloodMNIST, PathMNIST, ...), none where orientation "
@@ -189,7 +192,7 @@ def main(argv=None):
     source_options = dict(image_column=args.image_column,
                           label_column=None if args.label_column.lower() == "none" else args.label_column,
                           window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
-                          split_by=args.split_by, split_seed=args.split_seed)
+                          split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column)
     with accelerator.main_process_first():  # a download happens once, on the main process
         data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
     if data.notice:

@@ -16,7 +16,6 @@ For MedMNIST itself:
 
 import hashlib
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -213,7 +212,6 @@ def class_counts(source: str = "bloodmnist", split: str = "train", size: Optiona
 # ----------------------------------------------------------------------------------------------------------------
 # Any source: MedMNIST flag, image folder, .npz, datasets dataset
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _LOADED = {}  # (source, split, size, options) -> ImageData: a split is decoded once per process
 
 
@@ -221,29 +219,33 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                 root: Optional[Union[str, os.PathLike]] = None, download: bool = True,
                 image_column: str = "image", label_column: Optional[str] = "label", window=None,
                 slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
-                split_seed: int = 0) -> ImageData:
+                split_seed: int = 0, patient_column: Optional[str] = None) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
     size (MedMNIST: 28). ``root``: the MedMNIST data folder. ``image_column``/``label_column``: for ``datasets``
     sources (``label_column=None``: unlabeled). ``window``, ``slice_axis``, ``slice_range``, ``split_by``,
-    ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`).
+    ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`); ``patient_column`` (with
+    ``split_by``) for ``datasets`` sources that name each image's patient.
     """
     source = str(source)
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed)
+           split_by, split_seed, patient_column)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}. Valid splits: {', '.join(SPLITS)}.")
+    from . import sources  # folders, npz and datasets (sources.py); DICOM/NIfTI folders (medical.py)
+
     path = Path(source).expanduser()
     if source in INFO:
         data = load_medmnist_tensors(source, split, size or 28, root, download)
     elif path.suffix == ".npz":
-        data = _load_npz(path, split)
+        data = sources.load_npz(path, split)
     elif path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json",
                                                                       "state.json")):
-        data = _load_datasets(str(path), split, image_column, label_column, from_disk=True)
+        data = sources.load_datasets(str(path), split, image_column, label_column, True, patient_column, split_by,
+                              split_seed)
     elif path.is_dir():
         from .medical import load_medical, medical_kind
 
@@ -254,9 +256,10 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
             raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
                             f"volume per patient) files; {path} holds ordinary images.")
         else:
-            data = _load_folder(path, split, size)
+            data = sources.load_folder(path, split, size)
     elif "/" in source and not path.exists() and not source.startswith((".", "/", "~")):
-        data = _load_datasets(source, split, image_column, label_column, from_disk=False)
+        data = sources.load_datasets(source, split, image_column, label_column, False, patient_column, split_by,
+                              split_seed)
     else:
         raise ValueError(f"Unknown dataset {source!r}: pass a MedMNIST 2D flag ({', '.join(available_flags())}), "
                          "a folder of images, a MedMNIST-layout .npz, or a datasets dataset (save_to_disk folder or "
@@ -293,178 +296,6 @@ def _image_data(images_nhwc: np.ndarray, labels, names, source: str, split: str)
                      labels=None if labels is None else torch.from_numpy(labels), class_names=names,
                      flag=Path(source).name or source, split=split,
                      md5=_content_digest(images_nhwc, labels, names), notice=notice)
-
-
-def _load_npz(path: Path, split: str) -> ImageData:
-    if not path.is_file():
-        raise DataError(f"{path} does not exist: pass the path of your MedMNIST-layout .npz.")
-    if not zipfile.is_zipfile(path):
-        raise DataError(f"{path} is not an .npz archive (numpy.savez writes one); MedMNIST's layout has "
-                        "train_images (N, H, W[, C]) uint8 and train_labels (N, 1).")
-    images, labels = _read_split(path, split)  # your own file: no MD5 check, shape and dtype checked
-    return _image_data(images, labels, None, str(path), split)
-
-
-# Full-scale value of each PIL mode that holds more than 8 bits per pixel: images are scaled by their bit depth
-# to uint8, never clipped (a 16-bit X-ray clipped at 255 is almost all white). "I" (32-bit int) is how Pillow opens
-# many 16-bit PNGs: it is read as 16-bit, and a value outside 0..65535 is refused. "F" (float) images must lie in
-# [0, 1]. Issue: per-dataset windows and percentiles for CT/MR intensities come with the DICOM/NIfTI readers.
-HIGH_DEPTH_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
-
-
-def pil_to_array(image, name: str) -> np.ndarray:
-    """uint8 (H, W, 1|3) of a PIL image; 16-bit and float images scaled by their full range (see HIGH_DEPTH_MODES)."""
-    if image.mode in HIGH_DEPTH_MODES:
-        full = HIGH_DEPTH_MODES[image.mode]
-        array = np.asarray(image, dtype=np.float64)
-        if array.min() < 0 or array.max() > full:
-            raise DataError(f"{name}: {image.mode} pixel values {array.min():g}..{array.max():g} lie outside "
-                            f"0..{full:g}, the range this mode is scaled from: save it as 8- or 16-bit (unsigned), "
-                            "or as float in [0, 1].")
-        return np.round(array / full * 255).astype(np.uint8)[..., None]
-    if image.mode in ("L", "LA", "1"):
-        return np.asarray(image.convert("L"))[..., None]
-    return np.asarray(image.convert("RGB"))
-
-
-def _decode(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return pil_to_array(image, str(path))
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"Cannot read image {path} ({error}); fix or remove it.") from None
-
-
-def _folder_files(path: Path):
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return files, [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
-
-
-def _folder_classes(path: Path, images=None) -> List[str]:
-    """Sorted class folder names of one split folder ('.' for images at its top level)."""
-    images = _folder_files(path)[1] if images is None else images
-    classes = sorted({p.parent.relative_to(path).as_posix() for p in images})
-    if "." in classes and len(classes) > 1:
-        raise DataError(f"{path} mixes images at its top level with images in sub-folders {classes[1:4]}: put every "
-                        "image in a class sub-folder (labeled) or all at the top level (unlabeled).")
-    return classes
-
-
-def _load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
-    import logging
-
-    split_dirs = [name for name in SPLITS if (path / name).is_dir()]
-    train_classes = None
-    if split_dirs:
-        if split not in split_dirs:
-            raise DataError(f"{path} has split folders {split_dirs} but no '{split}/': add it or choose another split.")
-        if split != "train" and "train" in split_dirs:  # one class numbering for every split: train's
-            train_classes = _folder_classes(path / "train")
-        path = path / split
-    elif split != "train":
-        raise DataError(f"{path} has no train/val/test sub-folders, so all its images are its 'train' split; there is "
-                        f"no '{split}' split: add {path}/{split}/ (same layout) or use split 'train'.")
-    files, images = _folder_files(path)
-    ignored = len(files) - len(images)
-    if ignored:
-        logging.getLogger(__name__).warning(f"{path}: ignored {ignored} non-image file(s) (e.g. "
-                                            f"{next(p for p in files if p not in images).name}).")
-    if not images:
-        raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): put them in one sub-folder per "
-                        "class, or directly in the folder for unlabeled data.")
-    classes = _folder_classes(path, images)
-    labeled = "." not in classes
-    if train_classes is not None and labeled:
-        unknown = sorted(set(classes) - set(train_classes))
-        if unknown:
-            raise DataError(f"{path} has class folder(s) {unknown} that train/ lacks (train's classes: "
-                            f"{train_classes}): a model cannot be scored on a class it never saw; add them to "
-                            "train/ or remove them here.")
-        classes = train_classes
-    arrays = [_decode(p) for p in images]
-    shapes = {a.shape[:2] for a in arrays}
-    if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
-        if size is None:
-            odd = next(p for p, a in zip(images, arrays) if a.shape[:2] != arrays[0].shape[:2] or a.shape[0] != a.shape[1])
-            raise DataError(f"{path}: images differ in size or are not square (e.g. {images[0].name} is "
-                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}, {odd.name} is "
-                            f"{arrays[images.index(odd)].shape[1]}x{arrays[images.index(odd)].shape[0]}): pass "
-                            "--resolution N to resize every image to N x N.")
-        arrays = [resize_images(torch.from_numpy(a.copy()).permute(2, 0, 1)[None].contiguous(), size)[0].permute(1, 2, 0)
-                  .numpy() for a in arrays]
-    if len({a.shape[-1] for a in arrays}) > 1:  # some grayscale, some colour: colour wins
-        arrays = [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
-    labels = np.array([[classes.index(p.parent.relative_to(path).as_posix())] for p in images]) if labeled else None
-    return _image_data(np.stack(arrays), labels, classes if labeled else None, str(path), split)
-
-
-def _load_datasets(name: str, split: str, image_column: str, label_column: Optional[str],
-                   from_disk: bool) -> ImageData:
-    import datasets
-
-    try:
-        loaded = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name)
-    except Exception as error:  # noqa: BLE001 - datasets raises many kinds for "not there / not reachable"
-        raise DataError(f"Could not load the datasets dataset {name!r} ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''}).") from None
-    train = None
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DataError(f"{name} has splits {list(loaded)} but no '{split}'.")
-        train = loaded["train"] if "train" in loaded else None
-        loaded = loaded[split]
-    elif split != "train":
-        raise DataError(f"{name} is a single dataset (no splits): it is the 'train' split; there is no '{split}'.")
-    columns = loaded.column_names
-    if image_column not in columns:
-        raise DataError(f"{name} has no column {image_column!r} (columns: {', '.join(columns)}): pass "
-                        "--image_column NAME.")
-    if label_column is not None and label_column not in columns:
-        if label_column != "label":
-            raise DataError(f"{name} has no column {label_column!r} (columns: {', '.join(columns)}): pass "
-                            "--label_column NAME.")
-        label_column = None  # the default: no "label" column = unlabeled
-    arrays = []
-    for row, image in enumerate(loaded[image_column]):
-        array = pil_to_array(image, f"{name} row {row}")
-        if arrays and array.shape != arrays[0].shape:
-            raise DataError(f"{name}: row {row} of {image_column!r} is {array.shape}, row 0 {arrays[0].shape}; "
-                            "images must share one size and channel count.")
-        arrays.append(array)
-    labels, names = None, None
-    if label_column is not None:
-        labels, names = _dataset_labels(loaded, label_column, train, name, split)
-    return _image_data(np.stack(arrays), labels, names, name, split)
-
-
-def _dataset_labels(loaded, label_column: str, train, name: str, split: str):
-    """(labels (N, k), class names) with the train split's numbering: ClassLabel names are matched by name (a
-    split's own ClassLabel may list its classes in another order or fewer of them), string labels are numbered in
-    the sorted order of train's names, integer labels are kept."""
-    import datasets
-
-    def names_of(part):
-        feature = part.features[label_column]
-        if isinstance(feature, datasets.ClassLabel):
-            return list(feature.names)
-        values = part[label_column]
-        return sorted(set(values)) if values and isinstance(values[0], str) else None
-
-    own, reference = names_of(loaded), names_of(train) if train is not None else None
-    reference = reference or own
-    values = loaded[label_column]
-    if own is None:  # integer (or multi-label) values: the same numbers in every split
-        labels = np.asarray(values)
-        return labels.reshape(len(labels), -1), None
-    as_names = [own[v] if not isinstance(v, str) else v for v in values]
-    unknown = sorted(set(as_names) - set(reference))
-    if unknown:
-        raise DataError(f"{name} ({split}) has label(s) {unknown[:5]} that its train split lacks (train: "
-                        f"{reference[:8]}): a model cannot be scored on a class it never saw.")
-    return np.array([[reference.index(v)] for v in as_names]), reference
 
 
 def load_medmnist(

@@ -3,24 +3,25 @@ radiologist's intensity path pixel for pixel, canonical NIfTI slices, patient-le
 anything written, and one clear error per bad file."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import REPO, run_training
+from conftest import run_training
 from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import set_pixel_data
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
 
+from medgen_diffusers.cli import main
 from medgen_diffusers.data import DataError, load_images
-
-BIN = Path(sys.executable).parent
 SLOPE, INTERCEPT, CENTER, WIDTH = 0.5, -1000.0, 20.0, 2040.0  # 12-bit stored -> modality units -> window
 PHI = ("Doe^Jane", "PAT-0")  # strings of the headers that must never appear in anything written
+
+
+def medgen(*args) -> int:
+    return main([str(a) for a in args])  # the command line, in-process
 
 
 def reference_window(modality, monochrome1=False):
@@ -147,26 +148,72 @@ def test_dicom_patients_split_train_sample_evaluate_audit_without_phi(tmp_path, 
                  "--max_train_steps", "6", "--lr_warmup_steps", "1", "--num_sample_images", "0", "--logger", "none")
     config = json.loads((run / "run_config.json").read_text())
     assert config["patients"] == {"train": 7, "val": 1, "test": 2} and config["intensity"]["rule"] == "file"
-    medgen = lambda *a: subprocess.run([str(BIN / "medgen"), *map(str, a)], capture_output=True, text=True,  # noqa
-                                       timeout=600, cwd=tmp_path)
-    assert medgen("sample", run, "--num-images", "8", "--balanced", "--steps", "2", "--out", tmp_path / "s.npz"
-                  ).returncode == 0
-    dicom_out = medgen("sample", run, "--num-images", "4", "--steps", "2", "--format", "dicom", "--out",
-                       tmp_path / "synthetic_dicom")
-    assert dicom_out.returncode == 0, dicom_out.stderr[-1500:]
+    assert medgen("sample", run, "--num-images", "8", "--balanced", "--steps", "2", "--out", tmp_path / "s.npz") == 0
+    assert medgen("sample", run, "--num-images", "4", "--steps", "2", "--format", "dicom", "--out",
+                  tmp_path / "synthetic_dicom") == 0
     written = pydicom.dcmread(next((tmp_path / "synthetic_dicom").rglob("*.dcm")))
     assert written.ImageType == ["DERIVED", "SECONDARY"] and written.PatientID == "SYNTHETIC"
-    evaluate = medgen("evaluate", tmp_path / "s.npz", "--protocols", "seed", "--no-floor", "--out",
-                      tmp_path / "e.json")
-    assert evaluate.returncode == 0, evaluate.stderr[-1500:]
+    assert medgen("evaluate", tmp_path / "s.npz", "--protocols", "seed", "--no-floor", "--out",
+                  tmp_path / "e.json") == 0
     assert json.loads((tmp_path / "e.json").read_text())["num_real"] == 12  # the two test patients' images
-    audit = medgen("audit", run, "--spaces", "pixel", "--num-samples", "8", "--steps", "2", "--out",
-                   tmp_path / "a.json")
-    assert audit.returncode == 0, audit.stderr[-1500:]
+    assert medgen("audit", run, "--spaces", "pixel", "--num-samples", "8", "--steps", "2", "--out",
+                  tmp_path / "a.json") == 0
     result = json.loads((tmp_path / "a.json").read_text())
     assert result["patients"] == {"train": 7, "test": 2, "in_both": 0}
     assert result["membership_inference"]["per_patient"]["num_nonmember_patients"] == 2
-    assert medgen("card", run).returncode == 0
+    assert medgen("card", run) == 0
     for path in [*run.rglob("*.json"), *run.rglob("*.md"), tmp_path / "a.json", tmp_path / "e.json"]:
         text = path.read_text(errors="ignore")
         assert not any(phi in text for phi in PHI), path
+
+
+def test_a_patient_column_keeps_patients_apart(tmp_path, data_root):
+    import datasets
+    from PIL import Image
+
+    gray, labels = gray_images(data_root, 40)
+    rows = {"image": [Image.fromarray(g) for g in gray], "label": labels.tolist(),
+            "patient": [f"PAT-0{i // 4}" for i in range(40)]}  # ten patients, four images each
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "one"))
+    before = sorted(p.name for p in (tmp_path / "one").iterdir())
+    parts = {s: load_images(str(tmp_path / "one"), s, split_by="patient", patient_column="patient")
+             for s in ("train", "val", "test")}
+    groups = {s: set(d.groups.tolist()) for s, d in parts.items()}
+    assert [len(groups[s]) for s in ("train", "val", "test")] == [7, 1, 2] and not groups["train"] & groups["test"]
+    assert sum(len(d) for d in parts.values()) == 40 and not any("PAT" in g for g in groups["train"])
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == before  # nothing written beside the data
+    leaky = datasets.DatasetDict(train=datasets.Dataset.from_dict({k: v[:24] for k, v in rows.items()}),
+                                 test=datasets.Dataset.from_dict({k: v[20:] for k, v in rows.items()}))
+    leaky.save_to_disk(str(tmp_path / "leaky"))
+    with pytest.raises(DataError, match="1 patient\\(s\\) of column 'patient' are in both 'test' and 'train'"):
+        load_images(str(tmp_path / "leaky"), "train", patient_column="patient")
+    gaps = dict(rows, patient=[None if i in (3, 17) else p for i, p in enumerate(rows["patient"])])
+    datasets.Dataset.from_dict(gaps).save_to_disk(str(tmp_path / "gaps"))
+    with pytest.raises(DataError, match=r"no patient for row\(s\) \[3, 17\]"):
+        load_images(str(tmp_path / "gaps"), "train", split_by="patient", patient_column="patient")
+
+
+def test_nifti_volumes_as_patients_train_evaluate_audit(tmp_path, data_root):
+    """Ten volumes (patients) of six slices, class folders, no split folders: --split_by patient, a train run, then
+    evaluate and audit read the same slices and window from the run; the test patients are not train patients."""
+    gray, labels = gray_images(data_root, 120)
+    source = tmp_path / "nifti"
+    for patient in range(10):
+        cls = "even" if patient % 2 == 0 else "odd"
+        slices = gray[patient * 6:(patient + 1) * 6].astype(np.float64) * 8 - 1000  # HU-like
+        (source / cls).mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.stack(list(slices), -1).astype(np.float32), np.eye(4)),
+                 source / cls / f"subject_{patient:02d}.nii.gz")
+    run = tmp_path / "run"
+    run_training(run, data_root, "--dataset", str(source), "--split_by", "patient", "--window", "soft-tissue",
+                 "--train_batch_size", "8", "--max_train_steps", "4", "--lr_warmup_steps", "1",
+                 "--num_sample_images", "0", "--logger", "none")
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["patients"] == {"train": 7, "val": 1, "test": 2}
+    assert config["intensity"] == {"rule": "window", "center": 40.0, "width": 400.0, "from": "--window"}
+    assert medgen("evaluate", run, "--num-samples", "12", "--steps", "2", "--protocols", "seed", "--no-floor") == 0
+    assert json.loads((run / "evaluation.json").read_text())["num_real"] == 12  # 2 test volumes x 6 slices
+    assert medgen("audit", run, "--spaces", "pixel", "--num-samples", "8", "--steps", "2", "--out",
+                  run / "audit.json") == 0
+    assert json.loads((run / "audit.json").read_text())["patients"] == {"train": 7, "test": 2, "in_both": 0}
+    assert not any("subject_" in p.read_text(errors="ignore") for p in run.rglob("*.json"))  # no volume names
