@@ -8,7 +8,11 @@
   data      locate, verify (MD5) and summarise a MedMNIST dataset
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
-Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). Training is ``accelerate launch train_unconditional.py`` (see the README).
+Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). Training is
+``accelerate launch train_unconditional.py`` (see the README).
+
+Each ``cmd_*`` wires a command's arguments to the module that does the work (``runtime`` resolves the pipeline,
+device, data source and output paths they share). The parser of eight commands keeps this file near 500 lines.
 """
 
 import argparse
@@ -16,140 +20,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-# Offered samplers: each supports the saved `thresholding` (x0 clamped to the image range), which keeps fast solvers
-# stable. EulerDiscreteScheduler has no thresholding, so it is not offered (swap it in from Python at your own risk).
-SCHEDULERS = {
-    "ddpm": "DDPMScheduler",
-    "ddim": "DDIMScheduler",
-    "dpmsolver": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
-
-
-def load_pipeline(path_or_repo=None, scheduler=None):
-    """A BloodMNISTPipeline from a folder or Hub repo id (None: the shipped model), with the named diffusers
-    scheduler swapped in (None: keep the pipeline's own)."""
-    import diffusers
-
-    from . import BloodMNISTPipeline
-
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise ValueError(f"Unknown scheduler {scheduler!r}. Valid: {', '.join(SCHEDULERS)}.")
-    pipe = BloodMNISTPipeline.from_pretrained(path_or_repo)
-    if scheduler is not None:
-        scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
-        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
-    return pipe
-
-
-def writable(path, what="--out"):
-    """``path`` as a Path, unless it lies in the shipped model's folder: no command changes that (in a normal install
-    it is inside site-packages); regenerating it is benchmarks/make_default_model.sh's job."""
-    from . import DEFAULT_MODEL
-
-    resolved, shipped = Path(path).resolve(), Path(DEFAULT_MODEL).resolve()
-    if resolved == shipped or shipped in resolved.parents:
-        raise ValueError(f"{what} {path} is inside the shipped model's folder ({shipped}), which medgen never "
-                         f"changes: choose another {what} (e.g. the current directory).")
-    return Path(path)
-
-
-def is_shipped(path) -> bool:
-    from . import DEFAULT_MODEL
-
-    return path is None or Path(path).resolve() == Path(DEFAULT_MODEL).resolve()
-
-
-def source_name(path) -> str:
-    """How a result names the pipeline it came from: as the user gave it, never the shipped folder's local path."""
-    return "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(path) else str(path)
-
-
-def resolve_steps(pipe, steps):
-    """--steps, else the pipeline's saved default, else 1000 (DDPM)."""
-    return steps or pipe.config.get("default_num_inference_steps") or 1000
-
-
-def medical_options(args):
-    """--window / --slice-axis / --slice-range / --split-by / --split-seed as given (None: the run's)."""
-    from .provenance import MEDICAL_OPTIONS
-
-    return {name: getattr(args, name, None) for name in MEDICAL_OPTIONS}
-
-
-def source_options(args):
-    """How to read the data source (columns, DICOM/NIfTI options), as resolved by :func:`resolve_data`."""
-    if getattr(args, "source_options", None):
-        return dict(args.source_options)
-    label = args.label_column or "label"
-    return dict(image_column=args.image_column or "image", label_column=None if label.lower() == "none" else label,
-                **{k: v for k, v in medical_options(args).items() if v is not None})
-
-
-def resolve_data(args, pipeline, run_config=None):
-    """Point ``args`` at the data the model was trained on (its run_config.json), unless --dataset names another;
-    returns the :class:`~medgen_diffusers.provenance.DataSource`."""
-    from .provenance import data_source
-
-    source = data_source(pipeline, args.dataset, args.data_root, args.image_column, args.label_column, run_config,
-                         medical_options(args))
-    args.dataset, args.data_root, args.source_options = source.dataset, source.root, source.options
-    if source.explicit and source.run_config:
-        print(f"note: using --dataset {source.dataset}, not the recorded training data "
-              f"{source.run_config.get('dataset')}", file=sys.stderr)
-    return source
-
-
-def data_record(source, args, size=None):
-    """The result's data block: the source and its train split's checksum against the recorded one."""
-    from .data import load_images
-
-    train = load_images(args.dataset, "train", size, args.data_root, **source_options(args))
-    return source.record(train.md5)
-
-
-def split_counts(split, args, size=None):
-    """Per-class counts of the real ``split`` (None when not asked for)."""
-    from .data import class_counts
-
-    return None if split is None else class_counts(args.dataset, split, size, args.data_root, **source_options(args))
-
-
-def device_name(device) -> str:
-    """Which hardware a result came from (classifier training differs slightly between GPUs and CPUs)."""
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    return f"{device.type} ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
-
-
-def resolve_device(name="auto"):
-    """--device: auto = CUDA, else Apple MPS, else CPU."""
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else
-                            "mps" if torch.backends.mps.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda, but torch sees no CUDA GPU: use --device auto or cpu.")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("--device mps, but torch sees no Apple GPU: use --device auto or cpu.")
-    return torch.device(name)
-
-
-def process_state(device):
-    """Accelerate's PartialState when launched with several processes (torchrun / accelerate launch), else None."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    from accelerate import PartialState
-
-    return PartialState(cpu=device.type == "cpu")  # gloo on CPUs, NCCL on GPUs
+from .runtime import (SCHEDULERS, data_record, device_name, is_shipped, load_pipeline, process_state, resolve_data,
+                      resolve_device, resolve_steps, source_name, source_options, split_counts, writable)
 
 
 def cmd_sample(args):
@@ -196,7 +68,7 @@ def cmd_evaluate(args):
 
     from . import DEFAULT_MODEL, evaluation
     from .inception import InceptionFeatures
-    from .provenance import check_new_result, data_source, provenance, weights_sha256
+    from .provenance import check_new_result, provenance, weights_sha256
 
     shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
@@ -282,7 +154,7 @@ def _public(result):
 def cmd_audit(args):
     from .audit import run_audit
     from .evaluation import write_json
-    from .provenance import check_new_result, is_public_source, provenance, weights_sha256
+    from .provenance import check_new_result, is_public_source, provenance
 
     out = check_new_result(writable(args.out), args.overwrite)
     data = resolve_data(args, args.pipeline)
@@ -451,6 +323,8 @@ def add_data_options(p):
     g.add_argument("--split-by", dest="split_by", default=None, choices=("patient",),
                    help="Patient-level train/val/test splits of a folder without split sub-folders.")
     g.add_argument("--split-seed", dest="split_seed", type=int, default=None, help="Seed of --split-by.")
+    g.add_argument("--patient-column", dest="patient_column", default=None,
+                   help="datasets sources: the column naming each image's patient.")
 
 
 def build_parser():
@@ -603,15 +477,15 @@ def main(argv=None):
     except HubError as error:
         print(f"medgen {args.command}: error: {error}", file=sys.stderr)
         return 3
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+    except (ValueError, OSError) as error:
+        if network_error(error):  # the Hub's errors subclass OSError and ValueError alike: asked first
+            print(f"medgen {args.command}: error: could not get it from the Hugging Face Hub ({error}); check the "
+                  "name, the network (HF_HUB_OFFLINE=1 uses the local cache only) and the token.", file=sys.stderr)
+            return 3
+        if not isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+            raise  # a disk or machine failure, not the user's input: keep the traceback
         print(f"medgen {args.command}: error: {error}", file=sys.stderr)
         return 2
-    except OSError as error:
-        if not network_error(error):
-            raise
-        print(f"medgen {args.command}: error: could not reach the Hugging Face Hub ({error}); check the name, the "
-              "network (HF_HUB_OFFLINE=1 uses the local cache only) and the token.", file=sys.stderr)
-        return 3
     return 0
 
 

@@ -1,0 +1,140 @@
+"""What every ``medgen`` command resolves before its work: the pipeline (and a swapped-in scheduler), the device
+and process group, the data source -- the model's own, from its run, unless named -- and where results may go."""
+
+import sys
+from pathlib import Path
+
+# Offered samplers: each supports the saved `thresholding` (x0 clamped to the image range), which keeps fast solvers
+# stable. EulerDiscreteScheduler has no thresholding, so it is not offered (swap it in from Python at your own risk).
+SCHEDULERS = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "dpmsolver": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+
+
+def load_pipeline(path_or_repo=None, scheduler=None):
+    """A BloodMNISTPipeline from a folder or Hub repo id (None: the shipped model), with the named diffusers
+    scheduler swapped in (None: keep the pipeline's own)."""
+    import diffusers
+
+    from . import BloodMNISTPipeline
+
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise ValueError(f"Unknown scheduler {scheduler!r}. Valid: {', '.join(SCHEDULERS)}.")
+    pipe = BloodMNISTPipeline.from_pretrained(path_or_repo)
+    if scheduler is not None:
+        scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
+        pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def writable(path, what="--out"):
+    """``path`` as a Path, unless it lies in the shipped model's folder: no command changes that (in a normal install
+    it is inside site-packages); regenerating it is benchmarks/make_default_model.sh's job."""
+    from . import DEFAULT_MODEL
+
+    resolved, shipped = Path(path).resolve(), Path(DEFAULT_MODEL).resolve()
+    if resolved == shipped or shipped in resolved.parents:
+        raise ValueError(f"{what} {path} is inside the shipped model's folder ({shipped}), which medgen never "
+                         f"changes: choose another {what} (e.g. the current directory).")
+    return Path(path)
+
+
+def is_shipped(path) -> bool:
+    from . import DEFAULT_MODEL
+
+    return path is None or Path(path).resolve() == Path(DEFAULT_MODEL).resolve()
+
+
+def source_name(path) -> str:
+    """How a result names the pipeline it came from: as the user gave it, never the shipped folder's local path."""
+    return "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(path) else str(path)
+
+
+def resolve_steps(pipe, steps):
+    """--steps, else the pipeline's saved default, else 1000 (DDPM)."""
+    return steps or pipe.config.get("default_num_inference_steps") or 1000
+
+
+def medical_options(args):
+    """--window / --slice-axis / --slice-range / --split-by / --split-seed as given (None: the run's)."""
+    from .provenance import MEDICAL_OPTIONS
+
+    return {name: getattr(args, name, None) for name in MEDICAL_OPTIONS}
+
+
+def source_options(args):
+    """How to read the data source (columns, DICOM/NIfTI options), as resolved by :func:`resolve_data`."""
+    if getattr(args, "source_options", None):
+        return dict(args.source_options)
+    label = args.label_column or "label"
+    return dict(image_column=args.image_column or "image", label_column=None if label.lower() == "none" else label,
+                **{k: v for k, v in medical_options(args).items() if v is not None})
+
+
+def resolve_data(args, pipeline, run_config=None):
+    """Point ``args`` at the data the model was trained on (its run_config.json), unless --dataset names another;
+    returns the :class:`~medgen_diffusers.provenance.DataSource`."""
+    from .provenance import data_source
+
+    source = data_source(pipeline, args.dataset, args.data_root, args.image_column, args.label_column, run_config,
+                         medical_options(args))
+    args.dataset, args.data_root, args.source_options = source.dataset, source.root, source.options
+    if source.explicit and source.run_config:
+        print(f"note: using --dataset {source.dataset}, not the recorded training data "
+              f"{source.run_config.get('dataset')}", file=sys.stderr)
+    return source
+
+
+def data_record(source, args, size=None):
+    """The result's data block: the source and its train split's checksum against the recorded one."""
+    from .data import load_images
+
+    train = load_images(args.dataset, "train", size, args.data_root, **source_options(args))
+    return source.record(train.md5)
+
+
+def split_counts(split, args, size=None):
+    """Per-class counts of the real ``split`` (None when not asked for)."""
+    from .data import class_counts
+
+    return None if split is None else class_counts(args.dataset, split, size, args.data_root, **source_options(args))
+
+
+def device_name(device) -> str:
+    """Which hardware a result came from (classifier training differs slightly between GPUs and CPUs)."""
+    import platform
+
+    import torch
+
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{device.type} ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
+
+
+def resolve_device(name="auto"):
+    """--device: auto = CUDA, else Apple MPS, else CPU."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else
+                            "mps" if torch.backends.mps.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda, but torch sees no CUDA GPU: use --device auto or cpu.")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("--device mps, but torch sees no Apple GPU: use --device auto or cpu.")
+    return torch.device(name)
+
+
+def process_state(device):
+    """Accelerate's PartialState when launched with several processes (torchrun / accelerate launch), else None."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from accelerate import PartialState
+
+    return PartialState(cpu=device.type == "cpu")  # gloo on CPUs, NCCL on GPUs
