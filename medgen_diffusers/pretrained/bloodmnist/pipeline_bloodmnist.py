@@ -273,18 +273,28 @@ class BloodMNISTPipeline(DiffusionPipeline):
             except ImportError:
                 raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
             pretrained_model_name_or_path = DEFAULT_MODEL
-        if os.path.isdir(pretrained_model_name_or_path):
-            _check_saved_files(pretrained_model_name_or_path)
+        if not os.path.isdir(pretrained_model_name_or_path):
+            # A Hub repo id: fetch (or find in the cache) the whole snapshot with huggingface_hub's public API, then
+            # load the local folder -- diffusers' own download step would see the remote-code entry below.
+            from huggingface_hub import snapshot_download
+
+            hub_options = {k: kwargs.pop(k) for k in ("cache_dir", "revision", "token", "local_files_only",
+                                                       "force_download", "proxies") if k in kwargs}
+            pretrained_model_name_or_path = snapshot_download(str(pretrained_model_name_or_path), **hub_options)
+        _check_saved_files(pretrained_model_name_or_path)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @classmethod
-    def _dict_from_json_file(cls, json_file: Union[str, os.PathLike]):
-        # model_index.json names this file as remote code so that plain DiffusionPipeline can load it. This
-        # class *is* that code: read the name as our own class, so loading through it runs no downloaded code.
-        config = super()._dict_from_json_file(json_file)
+    def load_config(cls, *args, **kwargs):
+        """`ConfigMixin.load_config` (public API), reading model_index.json's remote-code entry as this class.
+
+        model_index.json names this file as remote code, so that plain `DiffusionPipeline` can load it with
+        `trust_remote_code=True`. This class *is* that code: loading through it runs no downloaded code."""
+        loaded = super().load_config(*args, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
         if config.get("_class_name") == [PIPELINE_FILE[: -len(".py")], PIPELINE_CLASS]:
             config["_class_name"] = cls.__name__
-        return config
+        return loaded
 
 
 def _check_saved_files(folder: Union[str, os.PathLike]) -> None:
