@@ -79,6 +79,26 @@ def _polynomial_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return within - 2 * k_xy.sum() / m**2
 
 
+NEAREST_K = 5  # Naeem et al. 2020's k for density/coverage; the same k-NN balls give precision/recall
+
+
+def fidelity_and_diversity(real_features: np.ndarray, fake_features: np.ndarray, k: int = NEAREST_K) -> Dict:
+    """Precision and recall (Kynkaenniemi et al. 2019) and density and coverage (Naeem et al. 2020) on the same
+    features, computed by the ``prdc`` package (the authors' code; its progress print is silenced). FID mixes
+    fidelity and diversity into one number; these tell them apart: precision/density -- are generated images
+    realistic; recall/coverage -- is all of the real data's variety generated. Empty when a set has <= k images."""
+    import contextlib
+    import io
+
+    from prdc import compute_prdc
+
+    if min(len(real_features), len(fake_features)) <= k:
+        return {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        values = compute_prdc(np.asarray(real_features, np.float32), np.asarray(fake_features, np.float32), k)
+    return {name: float(value) for name, value in values.items()}
+
+
 def scores(real: Dict[str, np.ndarray], fake: Dict[str, np.ndarray], seed: int = 0,
            standard_fid: bool = True) -> Dict[str, Dict[str, float]]:
     """Both protocols' numbers from per-protocol feature arrays.
@@ -91,7 +111,8 @@ def scores(real: Dict[str, np.ndarray], fake: Dict[str, np.ndarray], seed: int =
         k = kid(real["standard"], fake["standard"], subset_size=1000, seed=seed)
         out["standard"] = {"kid": k["mean"], "kid_std": k["std"]}
         if standard_fid:
-            out["standard"] = {"fid": fid(real["standard"], fake["standard"]), **out["standard"]}
+            out["standard"] = {"fid": fid(real["standard"], fake["standard"]), **out["standard"],
+                               **fidelity_and_diversity(real["standard"], fake["standard"])}
     if "seed" in real:
         k = kid(real["seed"], fake["seed"], subset_size=50, seed=seed)
         out["seed"] = {"fid64": fid(real["seed"], fake["seed"]), "kid64": k["mean"], "kid64_std": k["std"]}
@@ -233,7 +254,7 @@ def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] 
     """(images uint8 NHWC, labels or None) of generated images: an npz's generated array -- ``images_key``, else
     ``images``, else ``train_images`` (what ``medgen sample`` writes), else its only ``*_images`` array; never real
     ``val``/``test`` arrays beside it -- or a folder of images (sub-folders named after classes give labels)."""
-    from .data import pil_to_array
+    from .sources import pil_to_array
 
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":
@@ -357,6 +378,8 @@ def summary(result: Dict) -> str:
         if "standard" in block:
             s = block["standard"]
             parts.append(f"FID {s['fid']:.3f}  KID {s['kid']:.5f}{_spread(s['kid_std'], 5)}")
+            if "precision" in s:
+                parts.append(f"P {s['precision']:.3f} R {s['recall']:.3f} D {s['density']:.3f} C {s['coverage']:.3f}")
         if "seed" in block:
             s = block["seed"]
             parts.append(f"FID64 {s['fid64']:.3f}  KID64 {s['kid64']:.3f}{_spread(s['kid64_std'], 3)}")

@@ -157,14 +157,18 @@ def metrics_table(evaluation: Dict) -> str:
     if evaluation.get("previous"):  # the model this one replaced, scored the same way (package_default_model.sh)
         rows.append((f"previous version ({evaluation['previous'].get('label', 'replaced model')})", evaluation["previous"]))
     rows.append((f"real-vs-real floor ({floor.get('num_train', '?')} train images)", floor))
-    lines = ["| | FID | KID (x10^3) | FID64 | KID64 |", "|---|---|---|---|---|"]
+    # Precision/recall/density/coverage columns only when the evaluation has them (evaluations before them do not).
+    fidelity = [k for k in ("precision", "recall", "density", "coverage") if k in evaluation.get("standard", {})]
+    lines = ["| | FID | KID (x10^3) | FID64 | KID64 |" + "".join(f" {k} |" for k in fidelity),
+             "|---|---|---|---|---|" + "---|" * len(fidelity)]
     for name, block in rows:
         kid = block.get("standard", {}).get("kid")
         lines.append(f"| {name} | {cell(block, 'standard', 'fid')} | {'–' if kid is None else f'{1e3 * kid:.3f}'} | "
-                     f"{cell(block, 'seed', 'fid64')} | {cell(block, 'seed', 'kid64')} |")
+                     f"{cell(block, 'seed', 'fid64')} | {cell(block, 'seed', 'kid64')} |"
+                     + "".join(f" {cell(block, 'standard', k)} |" for k in fidelity))
     if reference:
         lines.append(f"| seed notebook (real statistics leaked training images) | – | – | {reference['fid64']:.3f} | "
-                     f"{reference['kid64']:.3f} +- {reference['kid64_std']:.3f} |")
+                     f"{reference['kid64']:.3f} +- {reference['kid64_std']:.3f} |" + " – |" * len(fidelity))
     how = (f"{evaluation.get('num_generated')} generated vs {evaluation.get('num_real')} real "
            f"{evaluation.get('dataset')} **{evaluation.get('split')}** images")
     if generation.get("scheduler"):
@@ -172,7 +176,9 @@ def metrics_table(evaluation: Dict) -> str:
         how += (f"; sampler {generation['scheduler']} with {generation['steps']} steps{spacing} "
                 f"({generation.get('nfe_per_image')} network evaluations per image), seed {generation.get('seed')}")
     return ("\n".join(lines) + f"\n\n{how}. FID/KID: clean-fid's clean protocol (2048-d Inception pool3). "
-            "FID64/KID64: the seed notebook's protocol (64-d Inception features after the first max-pool, "
+            + ("Precision/recall (Kynkaanniemi et al. 2019) and density/coverage (Naeem et al. 2020, k = 5) on the "
+               "same 2048-d features, with the `prdc` package: fidelity and diversity apart. " if fidelity else "")
+            + "FID64/KID64: the seed notebook's protocol (64-d Inception features after the first max-pool, "
             "torchmetrics-style resize). Computed with `medgen evaluate`.")
 
 

@@ -136,9 +136,29 @@ def test_evaluate_images_reports_both_protocols_floor_and_classes(inception, rea
     assert again["standard"] == result["standard"] and again["floor"] == result["floor"]
 
 
-def test_identical_sets_score_zero(inception, real_sets):
-    features = inception.standard(real_sets[0])
-    assert abs(evaluation.fid(features, features)) < 1e-3
+def test_fid_orders_sets_by_how_far_they_are_from_the_real_ones(inception, real_sets):
+    """0 for the set itself, smaller for other real images than for those images with the cells washed out: a
+    metric that returned a constant, or ignored the images, fails here."""
+    test, _, train, _ = real_sets
+    rng = np.random.default_rng(0)
+    washed = (train.astype(np.float32) + rng.normal(0, 80, train.shape)).clip(0, 255).astype(np.uint8)  # noise
+    real = inception.standard(test)
+    same, other_real, corrupted = (evaluation.fid(real, inception.standard(x)) for x in (test, train, washed))
+    print(f"FID same {same:.4f}, other real {other_real:.1f}, washed-out {corrupted:.1f} (N = {N})")
+    assert abs(same) < 1e-3 and other_real < corrupted
+
+
+
+def test_precision_recall_density_coverage_tell_fidelity_from_diversity():
+    """On features with known answers: a matching set scores high on all four; a shifted (unrealistic) set loses
+    precision and density; a collapsed set (one point repeated) keeps precision but loses recall and coverage."""
+    rng = np.random.default_rng(0)
+    real, matching = rng.normal(size=(400, 16)), rng.normal(size=(400, 16))
+    shifted, collapsed = matching + 3.0, np.repeat(matching[:1] * 0, 400, axis=0)
+    good, bad, narrow = (evaluation.fidelity_and_diversity(real, fake) for fake in (matching, shifted, collapsed))
+    assert min(good["precision"], good["recall"], good["coverage"]) > 0.8 and good["density"] > 0.7
+    assert bad["precision"] < 0.1 and bad["density"] < 0.1 and good["recall"] > 0.8
+    assert narrow["precision"] == 1.0 and narrow["recall"] < 0.05 and narrow["coverage"] < 0.5 * good["coverage"]
 
 
 def test_bad_inputs_give_one_clear_error(inception, real_sets, data_root, tmp_path):
