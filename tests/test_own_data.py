@@ -3,7 +3,6 @@ clipped), augmentation that keeps labels true, cards of the data's own licence, 
 class-matched membership sets, weights-aware resume and merge, exit codes that say what went wrong."""
 
 import hashlib
-import json
 
 import datasets
 import numpy as np

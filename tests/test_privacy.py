@@ -2,34 +2,29 @@
 takes the data from the run (no --dataset after training), and nothing private is published."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
+import pytest
 from huggingface_hub import metadata_load
 from PIL import Image
 
+from medgen_diffusers.cli import main
 from medgen_diffusers.hub import GENERATED_FIGURES, push_operations
 from medgen_diffusers.provenance import folder_weights_sha256
 
-BIN = Path(sys.executable).parent
+
+def medgen(*args) -> int:
+    """The command line, in-process (the console script itself is tested in test_cli.py): its exit code."""
+    return main([str(a) for a in args])
 
 
-def medgen(*args, cwd=None):
-    return subprocess.run([str(BIN / "medgen"), *map(str, args)], capture_output=True, text=True, timeout=600,
-                          cwd=cwd)
-
-
-def test_audit_flags_a_model_that_copies_its_training_images(memorised_run, tmp_path):
+def test_audit_flags_a_model_that_copies_its_training_images(memorised_run, tmp_path, monkeypatch):
     run, source = memorised_run
     config = json.loads((run / "run_config.json").read_text())
     assert config["dataset"] == str(source.resolve()) and config["augmentation"] == "none"  # own data: no flips
     # The audit's defaults (copy percentile, Gu ratio, MIA timesteps) as for the shipped model; no --dataset: the
     # run says what it was trained on. From another directory, so a relative path could not be found by luck.
-    result = medgen("audit", run, "--spaces", "pixel", "--num-samples", "64", "--out", tmp_path / "audit.json",
-                    cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-2000:]
+    monkeypatch.chdir(tmp_path)
+    assert medgen("audit", run, "--spaces", "pixel", "--num-samples", "64", "--out", tmp_path / "audit.json") == 0
     audit = json.loads((tmp_path / "audit.json").read_text())
     pixel, mia = audit["nearest_neighbours"]["pixel"], audit["membership_inference"]
     print("memorised model:", pixel, {k: mia[k] for k in ("auc", "tpr_at_1pct_fpr")})
@@ -45,36 +40,35 @@ def test_audit_flags_a_model_that_copies_its_training_images(memorised_run, tmp_
     assert not list(tmp_path.glob("*.png"))
 
 
-def test_own_folder_sample_evaluate_card_push_without_naming_the_data(memorised_run, tmp_path):
+def test_own_folder_sample_evaluate_card_push_without_naming_the_data(memorised_run, tmp_path, capsys):
     run, source = memorised_run
     # sample -> evaluate with no --dataset: the npz records which model made it, and that model's data.
     npz = tmp_path / "synthetic.npz"
-    assert medgen("sample", run, "--num-images", "32", "--balanced", "--out", npz).returncode == 0
-    result = medgen("evaluate", npz, "--num-samples", "16", "--protocols", "seed", "--no-floor", "--out",
-                    tmp_path / "eval.json")
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert medgen("sample", run, "--num-images", "32", "--balanced", "--out", npz) == 0
+    assert medgen("evaluate", npz, "--num-samples", "16", "--protocols", "seed", "--no-floor", "--out",
+                  tmp_path / "eval.json") == 0
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["dataset"] == source.name and evaluation["num_real"] == 160  # the folder's test split
     assert evaluation["provenance"]["weights_sha256"] == folder_weights_sha256(run)
     assert len(evaluation["per_class"]) == 8  # the 16 of a class-sorted file are drawn across all its classes
     # The card is the folder's, not BloodMNIST's, and holds no path of this machine.
     (run / "evaluation.json").write_text((tmp_path / "eval.json").read_text())
-    assert medgen("card", run).returncode == 0
+    assert medgen("card", run) == 0
     card = (run / "README.md").read_text()
     meta = metadata_load(run / "README.md")
     assert meta["license"] == "other" and "datasets" not in meta and "medmnist" not in meta["tags"]
     assert "Acevedo" not in card and "smears" not in card and str(source.parent) not in card
     assert "| this model |" in card  # its own evaluation (same weights) is shown
     # figures: no real image in anything written to the run folder unless asked for.
-    assert medgen("figures", run, "--steps", "5").returncode == 0
+    assert medgen("figures", run, "--steps", "5") == 0
     assert Image.open(run / "progressive.png").size[0] < 700  # one panel: generated frames only
     # An audit figure written on purpose into the folder, and a stray picture: push --dry-run lists what is sent.
     assert medgen("audit", run, "--spaces", "pixel", "--num-samples", "8", "--num-mia", "8", "--out",
-                  tmp_path / "a.json", "--figure", run / "audit_closest_pairs.png").returncode == 0
+                  tmp_path / "a.json", "--figure", run / "audit_closest_pairs.png") == 0
     Image.new("RGB", (8, 8)).save(run / "patient_scan.png")
-    dry = medgen("push", run, "someone/cells", "--dry-run")
-    assert dry.returncode == 0, dry.stderr
-    listed = [line.strip() for line in dry.stdout.splitlines()[1:]]
+    capsys.readouterr()
+    assert medgen("push", run, "someone/cells", "--dry-run") == 0
+    listed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
     assert listed == [op.path_in_repo for op in push_operations(run)]
     assert "audit_closest_pairs.png" not in listed and "patient_scan.png" not in listed
     assert {name for name in listed if name.endswith(".png")} <= set(GENERATED_FIGURES)
@@ -84,19 +78,20 @@ def test_own_folder_sample_evaluate_card_push_without_naming_the_data(memorised_
     assert json.loads(sent["run_config.json"])["dataset"] == source.name
 
 
-def test_explicit_other_data_is_recorded_and_warned_about(memorised_run, tmp_path, data_root):
+def test_explicit_other_data_is_recorded_and_warned_about(memorised_run, tmp_path, data_root, capsys):
     run, source = memorised_run
-    result = medgen("audit", run, "--dataset", "bloodmnist", "--data-root", data_root, "--spaces", "pixel",
-                    "--num-samples", "8", "--num-train", "200", "--num-test", "100", "--num-mia", "8",
-                    "--out", tmp_path / "a.json", "--figure", "")
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "not the recorded training data" in result.stderr and "not about the training data" in result.stderr
+    with pytest.warns(UserWarning, match="not about the training data"):
+        assert medgen("audit", run, "--dataset", "bloodmnist", "--data-root", data_root, "--spaces", "pixel",
+                      "--num-samples", "8", "--num-train", "200", "--num-test", "100", "--num-mia", "8",
+                      "--out", tmp_path / "a.json", "--figure", "") == 0
+    assert "not the recorded training data" in capsys.readouterr().err
     data = json.loads((tmp_path / "a.json").read_text())["provenance"]["data"]
     assert data["source"] == "bloodmnist" and data["named_explicitly"] and data["matches_training_data"] is False
     # A result is never replaced silently: the same --out again is refused before any work, the file unchanged.
     before = (tmp_path / "a.json").read_bytes()
-    again = medgen("audit", run, "--dataset", "bloodmnist", "--out", tmp_path / "a.json")
-    assert again.returncode == 2 and "already exists" in again.stderr and "--overwrite" in again.stderr
+    assert medgen("audit", run, "--dataset", "bloodmnist", "--out", tmp_path / "a.json") == 2
+    error = capsys.readouterr().err
+    assert "already exists" in error and "--overwrite" in error
     assert (tmp_path / "a.json").read_bytes() == before
 
 
