@@ -33,9 +33,9 @@ def network_error(error: BaseException) -> bool:
     while error is not None:
         if isinstance(error, hub_errors) or type(error).__module__.split(".")[0] in ("requests", "httpx", "urllib3"):
             return True
-        text = str(error)
-        if any(word in text for word in ("huggingface.co", "Hugging Face Hub", "HF_HUB_OFFLINE", "repo id",
-                                         "couldn't connect", "not a valid model identifier")):
+        # diffusers reports a failed download as a plain OSError; our own errors (ValueErrors) are never network.
+        if type(error) is OSError and any(word in str(error) for word in ("huggingface.co", "couldn't connect",
+                                                                          "not a valid model identifier")):
             return True
         error = error.__cause__ or error.__context__
     return False

@@ -268,11 +268,12 @@ class BloodMNISTPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: Optional[Union[str, os.PathLike]] = None, **kwargs):
         """As `DiffusionPipeline.from_pretrained`; with no path, the BloodMNIST model shipped with medgen-diffusers."""
         if pretrained_model_name_or_path is None:
-            try:
-                from medgen_diffusers import DEFAULT_MODEL
+            import importlib
+
+            try:  # by name: diffusers' remote-code check would otherwise demand medgen_diffusers where this file runs
+                pretrained_model_name_or_path = importlib.import_module("medgen_diffusers").DEFAULT_MODEL
             except ImportError:
                 raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
-            pretrained_model_name_or_path = DEFAULT_MODEL
         if not os.path.isdir(pretrained_model_name_or_path):
             # A Hub repo id: fetch (or find in the cache) the whole snapshot with huggingface_hub's public API, then
             # load the local folder -- diffusers' own download step would see the remote-code entry below.
