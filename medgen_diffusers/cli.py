@@ -119,6 +119,10 @@ def cmd_evaluate(args):
         real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
         counts = split_counts(args.split, args, args.size) if real.labels is not None else None
         num = args.num_samples or len(real)
+        train_size = len(load_images(args.dataset, "train", args.size, args.data_root, **source_options(args)))
+        if not args.no_floor and num > train_size:  # before any image is generated
+            raise ValueError(f"The real-vs-real floor needs {num} train images (as many as generated); the train "
+                             f"split has {train_size}: pass --num-samples <= {train_size} or --no-floor.")
         # Same class mix as the real split, so class frequencies do not bias FID; exactly the images of
         # `medgen sample --like-split SPLIT --num-images N --seed S` (generation.py is the one generation path).
         labels = plan_labels(pipe.config.class_names, num,

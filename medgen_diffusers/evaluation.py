@@ -215,6 +215,10 @@ def evaluate_images(
             raise EvaluationError(f"Labels must be class indices 0..{num_classes - 1} of {dataset}; got "
                                   f"{labels.min()}..{labels.max()}. Is this the right --dataset?")
 
+    if floor and n > len(reals.split("train")):  # checked before any feature is computed
+        raise EvaluationError(f"The real-vs-real floor needs {n} train images (as many as generated); the train split "
+                              f"has {len(reals.split('train'))}: evaluate at most that many (--num-samples) or pass "
+                              "--no-floor.")
     real, fake = {}, {}
     for protocol in protocols:
         real[protocol], real_labels = reals.get(split, protocol, num=num_real, seed=seed, progress=progress)
@@ -224,8 +228,6 @@ def evaluate_images(
         **scores(real, fake, seed),
     }
     if floor:
-        if n > len(reals.split("train")):
-            raise EvaluationError(f"The floor needs {n} train images; the train split has {len(reals.split('train'))}.")
         train = {p: reals.get("train", p, num=n, seed=seed, progress=progress)[0] for p in protocols}
         result["floor"] = {"num_train": n, **scores(real, train, seed)}
     if labels is not None and per_class and real_labels is not None:
