@@ -165,7 +165,7 @@ def provenance(unet=None, data: Optional[Dict] = None, **extra) -> Dict:
     from . import __version__
 
     block = {"weights_sha256": None if unet is None else weights_sha256(unet), "data": data,
-             "command": redact_paths(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]])),
+             "command": " ".join([Path(sys.argv[0]).name, *(redact_paths(a) for a in sys.argv[1:])]),
              "medgen_diffusers": __version__}
     block.update(extra)
     return block
