@@ -7,6 +7,8 @@ import PIL.Image
 import torch
 from diffusers.utils import make_image_grid
 
+from .pipelines import default_steps
+
 
 def square_grid(images: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
     """A near-square grid (row-major); the last row is padded with black tiles."""
@@ -33,7 +35,7 @@ def progressive_frames(
     unet = pipe.unet
     shape = (batch_size, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
     x_T = torch.randn(shape, generator=generator, dtype=unet.dtype).to(pipe.device)
-    steps = call_kwargs.get("num_inference_steps") or pipe.config.get("default_num_inference_steps") or 1000
+    steps = default_steps(pipe.config, call_kwargs.get("num_inference_steps"))
     pipe.scheduler.set_timesteps(steps)
     visited = pipe.scheduler.timesteps.tolist()
     wanted = {min(visited, key=lambda v: abs(v - t)) for t in keep_timesteps or ()}

@@ -17,6 +17,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from .pipelines import class_index, default_steps
+
 DEFAULT_CHUNK_SIZE = 256
 
 
@@ -54,7 +56,7 @@ def generate_chunk(pipe, start: int, stop: int, labels: Optional[np.ndarray] = N
             kwargs["guidance_scale"] = guidance_scale
     elif guidance_scale not in (None, 1.0):
         raise GenerationError("guidance needs class labels (a class-conditional pipeline).")
-    steps = num_inference_steps or pipe.config.get("default_num_inference_steps") or 1000
+    steps = default_steps(pipe.config, num_inference_steps)
     images = pipe(batch_size=stop - start, num_inference_steps=steps, generator=image_generators(seed, start, stop),
                   output_type="np", **kwargs).images
     return to_uint8(images)
@@ -117,16 +119,11 @@ def plan_labels(class_names: Optional[Sequence[str]], num_images: int, class_nam
         return None
     num_classes = len(class_names)
     if class_name is not None:
-        if isinstance(class_name, str) and not class_name.isdigit():
-            matches = [i for i, name in enumerate(class_names) if name.lower().startswith(class_name.lower())]
-            if len(matches) != 1:
-                raise GenerationError(f"--class {class_name!r} matches {len(matches)} classes; valid: "
-                                      f"{'; '.join(class_names)}.")
-            index = matches[0]
-        else:
-            index = int(class_name)
-            if not 0 <= index < num_classes:
-                raise GenerationError(f"--class {index} is out of range 0..{num_classes - 1}.")
+        label = int(class_name) if isinstance(class_name, str) and class_name.isdigit() else class_name
+        try:
+            index = class_index(class_names, label)  # the pipeline's own matcher: index, name or unique prefix
+        except ValueError as error:
+            raise GenerationError(f"--class: {error}") from None
         return np.full(num_images, index, dtype=np.int64)
     if split_counts is not None:
         if len(split_counts) != num_classes:

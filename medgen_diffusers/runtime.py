@@ -55,7 +55,9 @@ def source_name(path) -> str:
 
 def resolve_steps(pipe, steps):
     """--steps, else the pipeline's saved default, else 1000 (DDPM)."""
-    return steps or pipe.config.get("default_num_inference_steps") or 1000
+    from .pipelines import default_steps
+
+    return default_steps(pipe.config, steps)
 
 
 def medical_options(args):

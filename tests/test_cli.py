@@ -24,7 +24,7 @@ def test_sample_writes_a_grid(trained_run, tmp_path):
 
 def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
     assert main(["sample", str(trained_run), "--class", "red cell", "--steps", "2", "--out", str(tmp_path / "x.png")]) == 2
-    assert "--class 'red cell' matches 0 classes" in capsys.readouterr().err
+    assert "--class: Unknown class name 'red cell'. Valid names: basophil" in capsys.readouterr().err
     assert main(["data", "--root", str(tmp_path), "--no-download"]) == 2
     assert "bloodmnist.npz was not found" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

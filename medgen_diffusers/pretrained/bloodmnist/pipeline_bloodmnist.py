@@ -25,6 +25,31 @@ PIPELINE_CLASS = "BloodMNISTPipeline"
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 ClassLabel = Union[int, str]
 logger = logging.get_logger(__name__)
+# A DDPM scheduler's own step count: what `pipe()` runs when neither the call nor the saved config says.
+DDPM_STEPS = 1000
+
+
+def default_steps(config, steps: Optional[int] = None) -> int:
+    """The one rule for "how many steps": ``steps`` when given, else the saved ``default_num_inference_steps`` of a
+    pipeline config (``pipe.config`` or model_index.json as a dict), else 1000 (DDPM)."""
+    return steps or config.get("default_num_inference_steps") or DDPM_STEPS
+
+
+def class_index(class_names: Sequence[str], label: ClassLabel) -> int:
+    """The one class-name matcher: an index, a name, or an unambiguous case-insensitive prefix of one."""
+    if isinstance(label, bool) or not isinstance(label, (int, str)):
+        raise ValueError(f"Class labels must be ints or class names; got {label!r} ({type(label).__name__}).")
+    if isinstance(label, int):
+        if not 0 <= label < len(class_names):
+            raise ValueError(f"Class label {label} is out of range: valid labels are 0..{len(class_names) - 1}.")
+        return label
+    if label in class_names:
+        return list(class_names).index(label)
+    matches = [i for i, name in enumerate(class_names) if name.lower().startswith(label.lower())]
+    if len(matches) == 1:
+        return matches[0]
+    raise ValueError(f"Unknown class name {label!r}{' (ambiguous prefix)' if matches else ''}. Valid names: "
+                     f"{', '.join(class_names)}.")
 
 
 class BloodMNISTPipeline(DiffusionPipeline):
@@ -92,19 +117,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
 
     def label_to_id(self, label: ClassLabel) -> int:
         """Map a class index or class name (exact, or an unambiguous case-insensitive prefix) to its index."""
-        names = self.config.class_names
-        if isinstance(label, bool) or not isinstance(label, (int, str)):
-            raise ValueError(f"Class labels must be ints or class names; got {label!r} ({type(label).__name__}).")
-        if isinstance(label, int):
-            if not 0 <= label < self.num_classes:
-                raise ValueError(f"Class label {label} is out of range: valid labels are 0..{self.num_classes - 1}.")
-            return label
-        if label in names:
-            return names.index(label)
-        matches = [i for i, name in enumerate(names) if name.lower().startswith(label.lower())]
-        if len(matches) == 1:
-            return matches[0]
-        raise ValueError(f"Unknown class name {label!r}. Valid names: {', '.join(names)}.")
+        return class_index(self.config.class_names, label)
 
     def _class_ids(self, class_labels, batch_size: int) -> Optional[torch.LongTensor]:
         if not self.is_conditional:
@@ -184,7 +197,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1; got {batch_size!r}.")
         if num_inference_steps is None:
-            num_inference_steps = self.config.get("default_num_inference_steps") or 1000
+            num_inference_steps = default_steps(self.config)
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be an integer >= 1; got {num_inference_steps!r}.")
         if output_type not in OUTPUT_TYPES:
