@@ -68,6 +68,7 @@ def cmd_evaluate(args):
 
     from . import DEFAULT_MODEL, evaluation
     from .inception import InceptionFeatures
+    from .privacy import privacy_guarantee
     from .provenance import check_new_result, provenance, weights_sha256
 
     shipped = is_shipped(args.source)
@@ -142,6 +143,10 @@ def cmd_evaluate(args):
                                         source_options=source_options(args))
     result["generation"] = generation
     result["provenance"] = provenance(data=data_record(data, args, args.size), weights_sha256=weights)
+    # A model trained with --dp_epsilon: its guarantee beside its quality (the card shows both).
+    guarantee = privacy_guarantee(made_by.get("pipeline") if images_given else None if shipped else args.source)
+    if guarantee:
+        result["trust"] = {"differential_privacy": guarantee}
     result = _public(result)
     evaluation.write_json(result, out)
     print(evaluation.summary(result))
@@ -335,6 +340,9 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="medgen", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    # Listed for --help; main() hands their arguments to the scripts' own parsers before this parser runs.
+    commands.add_parser("train", help="Train a pipeline (train_unconditional.py; `medgen train --help`).")
+    commands.add_parser("distill", help="Distil a few-step student (distill_lcm.py; `medgen distill --help`).")
 
     def add_generation_options(p):
         p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS),
@@ -470,25 +478,40 @@ def build_parser():
     return parser
 
 
+# The training scripts, as commands of an installed package: `medgen train ARGS` is `train_unconditional.py ARGS`
+# (their own argument parsers and --help; `accelerate launch -m medgen_diffusers.train` for several processes).
+SCRIPTS = {"train": "medgen_diffusers.train", "distill": "medgen_diffusers.distill"}
+
+
 def main(argv=None):
     """Exit codes: 2 for bad input (our errors say what and how to fix it), 3 for the network or the Hub; anything
     else is a bug or a machine failure (e.g. CUDA out of memory) and keeps its traceback (exit 1)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SCRIPTS:
+        import importlib
+
+        script = importlib.import_module(SCRIPTS[argv[0]])
+        return _run(argv[0], lambda: script.main(argv[1:]))
     args = build_parser().parse_args(argv)
+    return _run(args.command, lambda: args.func(args))
+
+
+def _run(command, job):
     from .hub import HubError, network_error
 
     try:
-        args.func(args)
+        job()
     except HubError as error:
-        print(f"medgen {args.command}: error: {error}", file=sys.stderr)
+        print(f"medgen {command}: error: {error}", file=sys.stderr)
         return 3
     except (ValueError, OSError) as error:
         if network_error(error):  # the Hub's errors subclass OSError and ValueError alike: asked first
-            print(f"medgen {args.command}: error: could not get it from the Hugging Face Hub ({error}); check the "
+            print(f"medgen {command}: error: could not get it from the Hugging Face Hub ({error}); check the "
                   "name, the network (HF_HUB_OFFLINE=1 uses the local cache only) and the token.", file=sys.stderr)
             return 3
         if not isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             raise  # a disk or machine failure, not the user's input: keep the traceback
-        print(f"medgen {args.command}: error: {error}", file=sys.stderr)
+        print(f"medgen {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
 

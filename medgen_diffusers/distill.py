@@ -1,6 +1,7 @@
 """Latent-consistency distillation of a BloodMNIST pipeline into a few-step sampler (pixel space, LCMScheduler).
 
     python distill_lcm.py --output_dir runs/lcm --max_train_steps 300      # teacher: the shipped model
+    medgen distill --output_dir runs/lcm --max_train_steps 300             # installed (a wheel)
 
 Reads top to bottom: teacher -> data -> student (a copy of the teacher) and target (an EMA of the student) -> loop.
 Each step follows diffusers' `train_lcm_distill_sd_wds.py`, in pixel space and without guidance conditioning:
@@ -260,8 +261,12 @@ def main(argv=None):
         logger.info(f"Saved the {args.num_inference_steps}-step pipeline to {output_dir}")
 
 
-if __name__ == "__main__":
+def run_as_script():
     try:
         main()
     except (ValueError, FileNotFoundError, RuntimeError) as error:  # bad teacher/data/checkpoint: one line, no trace
         raise SystemExit(f"distill_lcm.py: error: {error}")
+
+
+if __name__ == "__main__":
+    run_as_script()

@@ -72,6 +72,10 @@ augmentation: {augmentation}).
 
 {metrics_section}
 
+## Differential privacy
+
+{privacy_section}
+
 ## Utility and privacy
 
 {trust_section}
@@ -225,9 +229,11 @@ def build_model_card(
     utility: Optional[Dict] = None,
     description: Optional[str] = None,
     citation: Optional[str] = None,
+    privacy: Optional[Dict] = None,
 ) -> ModelCard:
     """A model card whose YAML metadata validates on the Hub and whose body says how the model was made."""
     from .data import resolve_augmentation
+    from .privacy import privacy_section
     from .provenance import redact_paths
 
     training_config = redact_paths(training_config)  # no absolute path of this machine on a card
@@ -279,6 +285,7 @@ def build_model_card(
         training_config=json.dumps(training_config, indent=2, sort_keys=True),
         metrics_section=metrics_section,
         trust_section=trust_section(audit, utility),
+        privacy_section=privacy_section(privacy),
         samples_section=f"![Generated samples]({samples_image})" if samples_image else "No sample grid saved.",
         sampler_note=sampler_note,
     )
@@ -290,6 +297,8 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optiona
     """(Re)write ``pipeline_dir/README.md`` from its run_config.json, figures, and the results beside it
     (evaluation.json, audit.json, utility.json) whose recorded weights are this pipeline's: a result of other
     weights (an earlier run in the same folder, a result copied from another model) is left off the card."""
+    from .pipelines import default_steps
+    from .privacy import privacy_guarantee
     from .provenance import folder_weights_sha256
 
     folder = Path(pipeline_dir)
@@ -301,7 +310,7 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optiona
     model_index = json.loads(index.read_text())
     class_names = model_index.get("class_names")
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    steps = model_index.get("default_num_inference_steps") or 1000
+    steps = default_steps(model_index)
     sampler_note = f"the saved sampler: {scheduler['_class_name']}, {steps} steps"
     if scheduler.get("timestep_spacing"):
         sampler_note += f", {scheduler['timestep_spacing']} spacing"
@@ -321,6 +330,7 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optiona
     where = repo_id or (folder.name if folder.is_absolute() else folder.as_posix())
     card = build_model_card(training_config, class_names, read("evaluation.json"), repo_or_path=where,
                             samples_image=samples, sampler_note=sampler_note, audit=read("audit.json"),
-                            utility=read("utility.json"), description=description, citation=citation)
+                            utility=read("utility.json"), description=description, citation=citation,
+                            privacy=privacy_guarantee(folder))
     card.save(folder / "README.md")
     return folder / "README.md"

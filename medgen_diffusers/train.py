@@ -1,10 +1,13 @@
-#!/usr/bin/env python
-"""Train a (class-conditional) DDPM on a MedMNIST dataset and save it as a BloodMNISTPipeline.
+"""Train a (class-conditional) DDPM on a MedMNIST dataset or your own data and save it as a BloodMNISTPipeline.
 
-    accelerate launch train_unconditional.py --output_dir runs/blood --max_train_steps 2000
+    accelerate launch train_unconditional.py --output_dir runs/blood --max_train_steps 2000   # from a checkout
+    medgen train --output_dir runs/blood --max_train_steps 2000                               # installed
+    accelerate launch -m medgen_diffusers.train --output_dir runs/blood                       # installed, launched
 
 Runs on CPU, one GPU or many: the distribution is Accelerate's own launcher (`accelerate launch`, `torchrun`).
-Read it top to bottom: arguments, data, model, optimisation, (resume), the loop, the final save.
+Read it top to bottom: arguments, the loss, the two update loops (data-parallel, and DP-SGD from privacy.py), then
+main: data, model, optimisation, (resume), the loop, the final save. It is longer than ~400 lines because it is the
+training script, kept whole like nanoGPT's train.py: most of its length is the documented argument list.
 """
 
 import argparse
@@ -33,6 +36,8 @@ from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import UNET_PRESETS, build_unet
+from medgen_diffusers.privacy import (ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS, PrivateStep, plan_privacy, privacy_units,
+                                      trainable_parameters)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
 
 logger = get_logger(__name__, log_level="INFO")
@@ -115,6 +120,30 @@ def parse_args(argv=None):
     g.add_argument("--ema_power", type=float, default=3 / 4)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
+    g.add_argument("--init_from", default=None,
+                   help="Start from this pipeline's UNet and noise schedule (a folder or Hub id), e.g. a model of "
+                        "public data to fine-tune on private data (with --dp_epsilon).")
+    g.add_argument("--finetune_layers", default="all", choices=FINETUNE_LAYERS,
+                   help="Train only these layers: all; decoder (up blocks, output, time/class embeddings); "
+                        "attention (attention and time/class embeddings, as DP-LDM). Others stay frozen.")
+    g = p.add_argument_group("differential privacy (DP-SGD with Opacus; medgen_diffusers/privacy.py)")
+    g.add_argument("--dp_epsilon", type=float, default=None,
+                   help="Train with (epsilon, delta)-differential privacy: the noise multiplier is found for this "
+                        "epsilon over --max_train_steps steps. Default: no DP.")
+    g.add_argument("--dp_delta", type=float, default=None,
+                   help="Default: the largest power of ten <= 1/(10 N), N the number of privacy units (BloodMNIST's "
+                        "11,959 images: 1e-6).")
+    g.add_argument("--dp_max_grad_norm", type=float, default=1.0, help="Clipping bound C of each unit's gradient.")
+    g.add_argument("--dp_batch_size", type=int, default=256,
+                   help="Expected units per step (Poisson sampling, q = this / N); split into physical batches of "
+                        "at most --train_batch_size rows.")
+    g.add_argument("--dp_noise_multiplicity", type=int, default=1,
+                   help="K noise/timestep draws per image, averaged before clipping (DPDM): less variance, no "
+                        "extra epsilon. Each unit's rows count K times toward --train_batch_size.")
+    g.add_argument("--dp_unit", default="auto", choices=DP_UNITS,
+                   help="The unit the guarantee protects: auto (the patient where the data names patients, else "
+                        "the image), image, patient.")
+    g.add_argument("--dp_accountant", default="rdp", choices=ACCOUNTANTS, help="Opacus' accountant.")
     g = p.add_argument_group("outputs")
     g.add_argument("--output_dir", required=True)
     g.add_argument("--overwrite_output_dir", action="store_true",
@@ -149,6 +178,20 @@ def parse_args(argv=None):
             p.error(f"--{name} must be >= 1.")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (e.g. your-name/bloodmnist-ddpm).")
+    if args.dp_epsilon is None:
+        given = [f"--{k}" for k in ("dp_delta",) if getattr(args, k) is not None]
+        if given:
+            p.error(f"{given[0]} sets up differentially private training: add --dp_epsilon E.")
+    else:
+        if args.gradient_accumulation_steps != 1:
+            p.error("--gradient_accumulation_steps is not used with --dp_epsilon: the logical batch is "
+                    "--dp_batch_size units, split into physical batches of --train_batch_size rows.")
+        if args.mixed_precision != "no":
+            p.error("--mixed_precision must be 'no' with --dp_epsilon (per-sample gradients in fp32).")
+        if args.record_data_order:
+            p.error("--record_data_order is for data-parallel runs; DP runs draw step s's units from (seed, s).")
+        if args.dp_batch_size < 1 or args.dp_noise_multiplicity < 1:
+            p.error("--dp_batch_size and --dp_noise_multiplicity must be >= 1.")
     return args
 
 
@@ -161,9 +204,276 @@ def sample_grid(pipeline, num_images, steps, seed):
     return square_grid(fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images)
 
 
+def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes):
+    """One loss per image: augment, noise at a random timestep, predict the target, weight (Min-SNR)."""
+    clean = augment(to_model_range(batch_images), augmentation)
+    noise = torch.randn_like(clean)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    class_labels = None
+    if num_classes is not None:  # label dropout teaches the null class for classifier-free guidance
+        dropped = torch.rand(batch_labels.shape, device=batch_labels.device) < args.label_dropout
+        class_labels = torch.where(dropped, torch.full_like(batch_labels, num_classes), batch_labels)
+    prediction_type = noise_scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    prediction = unet(noisy, timesteps, class_labels=class_labels).sample
+    loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if args.snr_gamma is not None:  # min(SNR, gamma), expressed for what the UNet predicts
+        snr = compute_snr(noise_scheduler, timesteps)
+        weights = snr.clamp(max=args.snr_gamma)
+        if prediction_type == "epsilon":
+            weights = weights / snr
+        elif prediction_type == "v_prediction":
+            weights = weights / (snr + 1)
+        loss = loss * weights
+    return loss
+
+
+def data_parallel_updates(accelerator, unet, optimizer, lr_scheduler, train_dataloader, loss_fn, args, start_step,
+                          max_train_steps, updates_per_epoch, output_dir):
+    """Yields (epoch, loss) after each optimizer update: shuffled epochs sharded across processes, gradient
+    accumulation, clipping. Resumes mid-epoch by skipping the batches the checkpoint had already used."""
+    step = start_step
+    for epoch in range(start_step // updates_per_epoch, math.ceil(max_train_steps / updates_per_epoch)):
+        train_dataloader.set_epoch(epoch)
+        batches = train_dataloader
+        skip = (step % updates_per_epoch) * args.gradient_accumulation_steps
+        if epoch == start_step // updates_per_epoch and skip:
+            batches = accelerator.skip_first_batches(train_dataloader, skip)
+        for batch_images, batch_labels, batch_indices in batches:
+            if step >= max_train_steps:  # resumed at the end: only save the pipeline
+                return
+            if args.record_data_order:  # every rank its own file: which training images it drew, in order
+                with (output_dir / "data_order" / f"rank{accelerator.process_index}.jsonl").open("a") as f:
+                    f.write(json.dumps({"epoch": epoch, "step": step, "indices": batch_indices.tolist()}) + "\n")
+            with accelerator.accumulate(unet):
+                loss = loss_fn(unet, batch_images, batch_labels).mean()
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad()
+            if accelerator.sync_gradients:
+                step += 1
+                yield epoch, accelerator.gather(loss.detach()).mean().item()
+            if step >= max_train_steps:
+                return
+
+
+def private_updates(private, lr_scheduler, loss_fn, images, labels, device, start_step, max_train_steps):
+    """Yields (epoch, loss) after each DP-SGD step: Poisson-sampled units, per-unit clipping, noise (privacy.py)."""
+    steps_per_epoch = max(round(1 / private.plan.sample_rate), 1)  # expected steps to see every unit once
+
+    def row_loss(model, rows):
+        return loss_fn(model, images[rows].to(device), labels[rows].to(device))
+
+    for step in range(start_step, max_train_steps):
+        loss = private.step(step, row_loss)
+        lr_scheduler.step()
+        yield step // steps_per_epoch, loss
+
+
+def load_training_data(args, accelerator, output_dir, checkpoint):
+    """The train split (images, labels; zeros when unlabeled) and the options every later command reads it with."""
+    source_options = dict(image_column=args.image_column,
+                          label_column=None if args.label_column.lower() == "none" else args.label_column,
+                          window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
+                          split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column)
+    with accelerator.main_process_first():  # a download happens once, on the main process
+        data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
+    if data.notice:
+        logger.warning(data.notice)
+    if checkpoint is not None:  # the same data as the run being resumed, or a clear refusal
+        check_resumed_config(output_dir, "run_config.json", {"data_md5": data.md5}, ["data_md5"])
+    if data.labels is None and args.class_conditional:
+        raise ValueError(f"--class_conditional needs one class label per image, and {args.dataset} has none "
+                         f"({data.notice or 'unlabeled images'}); drop --class_conditional.")
+    if data.labels is None and accelerator.is_main_process:
+        logger.info(f"{args.dataset}: no class labels, training an unconditional model.")
+    images = data.images
+    labels = data.labels if data.labels is not None else torch.zeros(len(images), dtype=torch.long)
+    if args.max_train_samples is not None:
+        images, labels = images[: args.max_train_samples], labels[: args.max_train_samples]
+    if args.dp_epsilon is None and len(images) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(images)} training images are fewer than one global batch "
+                         f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
+    return data, images, labels, source_options
+
+
+def describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
+                 augmentation_reason, class_conditional, max_train_steps, privacy):
+    """run_config.json: the arguments and what they resolved to -- every later command reads the data from here."""
+    run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
+    # The data source as every later command finds it (an absolute path for local data; cards and pushes cut it to
+    # a name), how it was augmented and why.
+    run_config.update(dataset=recorded_source(args.dataset), augmentation=augmentation,
+                      augmentation_reason=augmentation_reason)
+    if data.groups is not None:  # DICOM/NIfTI: how intensities were mapped, and patients per split (no ids)
+        run_config.update(intensity=data.intensity, patients=patient_counts(data, args, source_options))
+    run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
+                      resolution=images.shape[-1], channels=images.shape[1], class_conditional=class_conditional,
+                      prediction_type=noise_scheduler.config.prediction_type,
+                      total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+                      resolved_max_train_steps=max_train_steps, data_md5=data.md5,
+                      num_parameters=sum(p.numel() for p in unet.parameters()),
+                      num_trainable_parameters=sum(p.numel() for p in unet.parameters() if p.requires_grad),
+                      privacy=None if privacy is None else privacy.record())
+    return run_config
+
+
+def save_run(args, output_dir, pipeline, accelerator, global_step, start_step, start_time, checksums, privacy,
+             private):
+    """The finished run: the pipeline (safetensors), a sample grid, train_summary.json, the card, a push."""
+    pipeline.save_pretrained(output_dir)
+    if args.num_sample_images > 0:
+        sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed).save(
+            output_dir / "samples.png")
+    summary = {"global_step": global_step, "num_processes": accelerator.num_processes,
+               "param_checksums": checksums, "ranks_in_sync": len(set(checksums)) == 1,
+               "weights_sha256": weights_sha256(pipeline.unet),
+               "wall_time_s": time.time() - start_time,
+               "steps_per_s": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
+    if privacy is not None:  # what the accountant says was spent, for the steps actually taken
+        summary["privacy"] = {"epsilon": private.epsilon(), "delta": privacy.delta, "unit": privacy.unit,
+                              "steps": global_step, "accountant": privacy.accountant,
+                              "accountant_history": [list(h) for h in private.accountant.history]}
+    (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_card(output_dir, repo_id=args.hub_model_id)  # reads run_config.json and train_summary.json
+    logger.info(f"Saved the pipeline to {output_dir}: {summary}")
+    if args.push_to_hub:
+        from medgen_diffusers.hub import push_pipeline
+
+        push_pipeline(output_dir, args.hub_model_id, token=args.hub_token)
+
+
 def main(argv=None):
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
+    accelerator = make_accelerator(args, output_dir)
+    # Before anything is written: an existing run is resumed or explicitly replaced, never silently restarted.
+    checkpoint = open_run_folder(args, accelerator, output_dir)
+    set_seed(args.seed)  # identical initial weights on every rank
+
+    # Data: the whole split as uint8 tensors in memory, from any source (data.py); augmentation happens on the
+    # batch, on the device.
+    data, images, labels, source_options = load_training_data(args, accelerator, output_dir, checkpoint)
+    class_conditional = data.labels is not None if args.class_conditional is None else args.class_conditional
+    num_classes = len(data.class_names) if class_conditional else None
+    augmentation, augmentation_reason = resolve_augmentation(args.augment, args.dataset)
+    resolution = images.shape[-1]
+    indices = torch.arange(len(images))  # which images a batch holds (--record_data_order)
+    train_dataloader = DataLoader(TensorDataset(images, labels, indices), batch_size=args.train_batch_size, shuffle=True,
+                                  drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+
+    # Model and noise schedule (or both from --init_from's pipeline).
+    unet, noise_scheduler = build_model(args, resolution, images.shape[1], num_classes)
+    trainable_parameters(unet, args.finetune_layers)  # freezes the rest (all by default: nothing frozen)
+    ema_unet = None
+    if args.use_ema:
+        ema_unet = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+                            inv_gamma=args.ema_inv_gamma, power=args.ema_power,
+                            model_cls=type(unet), model_config=unet.config)
+    set_seed(args.seed, device_specific=True)  # from here on: different noise and augmentation on every rank
+
+    # Optimisation.
+    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=args.learning_rate,
+                                  betas=(args.adam_beta1, args.adam_beta2), weight_decay=args.adam_weight_decay)
+    unet, optimizer, train_dataloader = accelerator.prepare(unet, optimizer, train_dataloader)
+    privacy = private = None
+    if args.dp_epsilon is not None:  # the noise multiplier for the target epsilon, or a refusal with the numbers
+        private = make_private(args, data, len(images), unet, optimizer, accelerator)
+        privacy, max_train_steps = private.plan, private.plan.steps
+    else:
+        # Counted on the prepared (sharded) loader: it drops the last partial global batch, which a count made
+        # before prepare() would include. A partial accumulation at an epoch's end still makes one update.
+        updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
+        max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=max_train_steps * accelerator.num_processes)
+    lr_scheduler = accelerator.prepare(lr_scheduler)
+    if ema_unet is not None:
+        ema_unet.to(accelerator.device)
+        register_ema_hooks(accelerator, ema_unet, EMA_FOLDER, type(accelerator.unwrap_model(unet)))
+
+    run_config = describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
+                              augmentation_reason, class_conditional, max_train_steps, privacy)
+    if accelerator.is_main_process:
+        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
+    evaluator = None
+    if args.eval_steps and accelerator.is_main_process:
+        if privacy is not None:
+            logger.warning("--eval_steps with --dp_epsilon: the FID is computed on private images and is not "
+                           "covered by epsilon (run_config.json's privacy.not_covered says so).")
+        evaluator = TrainingEvaluator(args.dataset, resolution, args.data_root, args.eval_num_samples,
+                                      args.eval_num_val, args.eval_inference_steps, args.seed,
+                                      device=accelerator.device, conditional=class_conditional, **source_options)
+    if accelerator.is_main_process and args.logger != "none":
+        accelerator.init_trackers("train", config={k: v for k, v in run_config.items()
+                                                   if isinstance(v, (int, float, str, bool))})
+
+    # Resume: the step, optimizer, LR schedule, EMA, the privacy accountant and every RNG come back exactly.
+    global_step = 0
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        logger.info(f"Resumed from {checkpoint} at step {global_step}")
+    metrics = MetricsLog(output_dir / "metrics.jsonl", global_step, accelerator.is_main_process)
+
+    logger.info(f"{len(images)} images, {max_train_steps} steps, {accelerator.num_processes} process(es), "
+                f"{run_config['num_parameters'] / 1e6:.2f}M parameters, device {accelerator.device}"
+                + ("" if privacy is None else f", DP-SGD: epsilon {privacy.target_epsilon} per {privacy.unit}, "
+                   f"sigma {privacy.noise_multiplier:.3f}, q {privacy.sample_rate:.4g}"))
+    loss_fn = lambda model, batch_images, batch_labels: diffusion_loss(  # noqa: E731
+        model, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes)
+    if privacy is None:
+        updates = data_parallel_updates(accelerator, unet, optimizer, lr_scheduler, train_dataloader, loss_fn, args,
+                                        global_step, max_train_steps, updates_per_epoch, output_dir)
+    else:
+        updates = private_updates(private, lr_scheduler, loss_fn, images, labels, accelerator.device, global_step,
+                                  max_train_steps)
+    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
+                    desc="train")
+    start_time, start_step = time.time(), global_step
+    unet.train()
+    for epoch, loss in updates:
+        if ema_unet is not None:  # only on real optimizer steps
+            ema_unet.step(unet.parameters())
+        global_step += 1
+        progress.update(1)
+        logs = step_logs(loss, lr_scheduler, ema_unet, private, global_step, start_step, start_time, max_train_steps)
+        progress.set_postfix(loss=f"{logs.get('loss', float('nan')):.4f}", steps_per_s=f"{logs['steps_per_s']:.2f}")
+        if accelerator.is_main_process:
+            accelerator.log(logs, step=global_step)
+        metrics.write({"step": global_step, "epoch": epoch, **logs})
+
+        if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, logger)
+        if (args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process) or \
+                (evaluator is not None and global_step % args.eval_steps == 0):
+            pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+            snapshot(args, pipeline, evaluator, accelerator, metrics, output_dir, global_step)
+    progress.close()
+
+    # The ranks must agree exactly (DDP all-reduces gradients); checked here rather than assumed.
+    checksum = sum(p.detach().double().sum() for p in accelerator.unwrap_model(unet).parameters())
+    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+        save_run(args, output_dir, pipeline, accelerator, global_step, start_step, start_time, checksums, privacy,
+                 private)
+    accelerator.end_training()
+
+
+def make_accelerator(args, output_dir):
+    """One process or many (Accelerate's launcher decides); DP-SGD is refused on several."""
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
@@ -175,52 +485,83 @@ def main(argv=None):
         # Accelerate forms a multi-process CPU group (gloo, e.g. under torchrun) only when told cpu=True.
         cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
     )
-    # Before anything is written: an existing run is resumed or explicitly replaced, never silently restarted.
+    if args.dp_epsilon is not None and accelerator.num_processes > 1:
+        raise ValueError(f"--dp_epsilon runs in one process (got {accelerator.num_processes}): the per-unit "
+                         "clipping and the noise are added once per step on one device. Launch with "
+                         "--num_processes 1; a larger --dp_batch_size is split into physical batches.")
+    return accelerator
+
+
+def open_run_folder(args, accelerator, output_dir):
+    """The checkpoint to resume from (None: a fresh run); the folder made, stale partial checkpoints removed."""
     checkpoint = prepare_run_folder(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir,
                                     accelerator.is_main_process)
     accelerator.wait_for_everyone()
-    set_seed(args.seed)  # identical initial weights on every rank
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         if args.record_data_order:
             (output_dir / "data_order").mkdir(exist_ok=True)
         for stale in output_dir.glob("checkpoint-*.tmp"):  # left by a killed run; never resumed from
             shutil.rmtree(stale)
+    return checkpoint
 
-    # Data: the whole split as uint8 tensors in memory, from any source (data.py); augmentation happens on the
-    # batch, on the device.
-    source_options = dict(image_column=args.image_column,
-                          label_column=None if args.label_column.lower() == "none" else args.label_column,
-                          window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
-                          split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column)
-    with accelerator.main_process_first():  # a download happens once, on the main process
-        data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
-    if data.notice:
-        logger.warning(data.notice)
-    augmentation, augmentation_reason = resolve_augmentation(args.augment, args.dataset)
-    if checkpoint is not None:  # the same data as the run being resumed, or a clear refusal
-        check_resumed_config(output_dir, "run_config.json", {"data_md5": data.md5}, ["data_md5"])
-    if data.labels is None and args.class_conditional:
-        raise ValueError(f"--class_conditional needs one class label per image, and {args.dataset} has none "
-                         f"({data.notice or 'unlabeled images'}); drop --class_conditional.")
-    class_conditional = data.labels is not None if args.class_conditional is None else args.class_conditional
-    if data.labels is None and accelerator.is_main_process:
-        logger.info(f"{args.dataset}: no class labels, training an unconditional model.")
-    images = data.images
-    labels = data.labels if data.labels is not None else torch.zeros(len(images), dtype=torch.long)
-    resolution = images.shape[-1]
-    if args.max_train_samples is not None:
-        images, labels = images[: args.max_train_samples], labels[: args.max_train_samples]
-    if len(images) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(images)} training images are fewer than one global batch "
-                         f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
-    indices = torch.arange(len(images))  # which images a batch holds (--record_data_order)
-    train_dataloader = DataLoader(TensorDataset(images, labels, indices), batch_size=args.train_batch_size, shuffle=True,
-                                  drop_last=True, generator=torch.Generator().manual_seed(args.seed))
-    num_classes = len(data.class_names) if class_conditional else None
 
-    # Model and noise schedule.
-    unet = build_unet(args.model_preset, args.model_config, resolution, images.shape[1], num_classes)
+def make_private(args, data, num_images, unet, optimizer, accelerator):
+    """DP-SGD (privacy.py): the units, the noise multiplier for --dp_epsilon over the run's steps, Opacus' wrappers,
+    and the accountant saved with every checkpoint."""
+    unit, unit_of_image = privacy_units(args.dp_unit, data.groups, num_images, args.dataset)
+    num_units = int(unit_of_image.max()) + 1
+    steps = args.max_train_steps or math.ceil(args.num_epochs * num_units / args.dp_batch_size)
+    plan = plan_privacy(args.dp_epsilon, num_units, args.dp_batch_size, steps, args.dp_max_grad_norm,
+                        args.dp_noise_multiplicity, unit, args.dp_delta, args.dp_accountant,
+                        finetune_layers=args.finetune_layers, init_from=args.init_from)
+    private = PrivateStep(unet, optimizer, plan, unit_of_image, args.train_batch_size, args.seed)
+    private.register_checkpoint_hooks(accelerator)
+    return private
+
+
+def step_logs(loss, lr_scheduler, ema_unet, private, step, start_step, start_time, max_train_steps):
+    logs = {"loss": loss, "lr": lr_scheduler.get_last_lr()[0],
+            "steps_per_s": (step - start_step) / (time.time() - start_time)}
+    if ema_unet is not None:
+        logs["ema_decay"] = ema_unet.cur_decay_value
+    if private is not None and (step % 50 == 0 or step == max_train_steps):  # the accountant's epsilon so far
+        logs["epsilon"] = private.epsilon()
+    return {k: v for k, v in logs.items() if v is not None}  # a DP step that drew no unit has no loss
+
+
+def snapshot(args, pipeline, evaluator, accelerator, metrics, output_dir, step):
+    """A sample grid (--save_images_steps) and/or FID/KID against train and val (--eval_steps) of the EMA weights."""
+    if args.save_images_steps and step % args.save_images_steps == 0:
+        (output_dir / "samples").mkdir(exist_ok=True)
+        sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed).save(
+            output_dir / "samples" / f"step_{step:07d}.png")
+    if evaluator is not None and step % args.eval_steps == 0:
+        eval_logs = evaluator(pipeline)
+        accelerator.log(eval_logs, step=step)
+        metrics.write({"step": step, **eval_logs})
+        logger.info(f"step {step}: {eval_logs}")
+
+
+def build_model(args, resolution, channels, num_classes):
+    """A fresh UNet of --model_preset/--model_config, or --init_from's UNet; the training noise schedule."""
+    if args.init_from is None:
+        unet = build_unet(args.model_preset, args.model_config, resolution, channels, num_classes)
+        schedule = dict(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
+                        prediction_type=args.prediction_type)
+    else:
+        prior = BloodMNISTPipeline.from_pretrained(args.init_from)
+        unet, config = prior.unet, prior.unet.config
+        want = {"sample_size": resolution, "in_channels": channels, "num_class_embeds": None if num_classes is None
+                else num_classes + 1}
+        differ = {k: (config.get(k), v) for k, v in want.items() if config.get(k) != v}
+        if differ:
+            raise ValueError(f"--init_from {args.init_from} does not fit this data: "
+                             + ", ".join(f"{k} is {a}, the data needs {b}" for k, (a, b) in differ.items())
+                             + ". Start from a pipeline trained at the same size, channels and classes (or "
+                               "--no-class_conditional for an unconditional prior).")
+        # The prior's own schedule and target: fine-tuning with another would unlearn what it learned.
+        schedule = {k: prior.scheduler.config[k] for k in ("num_train_timesteps", "beta_schedule", "prediction_type")}
     # Images live in [-1, 1]. Thresholding (with sample_max_value=1) clamps each step's x0 estimate to that range;
     # it is saved in the scheduler config, so DDIM, DPM-Solver++, ... swapped in with `from_config` use it too.
     # Without it, x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a) amplifies eps errors ~150x at t ~ 1000 and fast samplers
@@ -229,176 +570,8 @@ def main(argv=None):
     # DDPM's default "leading" t=950, where the cosine schedule still keeps 8% signal. Measured on the shipped model
     # (benchmarks/results/samplers.json): DDIM 20 val FID 68.9 -> 44.9. Stated explicitly, so that the scheduler in
     # memory and the one saved to disk give every fast solver the same timesteps.
-    noise_scheduler = DDPMScheduler(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
-                                    prediction_type=args.prediction_type, thresholding=True, sample_max_value=1.0,
-                                    timestep_spacing="trailing")
-    ema_unet = None
-    if args.use_ema:
-        ema_unet = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-                            inv_gamma=args.ema_inv_gamma, power=args.ema_power,
-                            model_cls=type(unet), model_config=unet.config)
-    set_seed(args.seed, device_specific=True)  # from here on: different noise and augmentation on every rank
-
-    # Optimisation.
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay)
-    unet, optimizer, train_dataloader = accelerator.prepare(unet, optimizer, train_dataloader)
-    # Counted on the prepared (sharded) loader: it drops the last partial global batch, which a count made before
-    # prepare() would include. A partial accumulation at an epoch's end still makes one update (Accelerate syncs
-    # gradients at the end of the loader).
-    updates_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
-    max_train_steps = args.max_train_steps or args.num_epochs * updates_per_epoch
-    num_epochs = math.ceil(max_train_steps / updates_per_epoch)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=max_train_steps * accelerator.num_processes)
-    lr_scheduler = accelerator.prepare(lr_scheduler)
-    if ema_unet is not None:
-        ema_unet.to(accelerator.device)
-        register_ema_hooks(accelerator, ema_unet, EMA_FOLDER, type(accelerator.unwrap_model(unet)))
-
-    run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
-    # The data source as every later command finds it (an absolute path for local data; cards and pushes cut it to
-    # a name), how it was augmented and why.
-    run_config.update(dataset=recorded_source(args.dataset), augmentation=augmentation,
-                      augmentation_reason=augmentation_reason)
-    if data.groups is not None:  # DICOM/NIfTI: how intensities were mapped, and patients per split (no ids)
-        run_config.update(intensity=data.intensity, patients=patient_counts(data, args, source_options))
-    run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes, resolution=resolution,
-                      channels=images.shape[1], class_conditional=class_conditional,
-                      total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
-                      resolved_max_train_steps=max_train_steps, data_md5=data.md5,
-                      num_parameters=sum(p.numel() for p in unet.parameters()))
-    if accelerator.is_main_process:
-        (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
-    evaluator = None
-    if args.eval_steps and accelerator.is_main_process:
-        evaluator = TrainingEvaluator(args.dataset, resolution, args.data_root, args.eval_num_samples,
-                                      args.eval_num_val, args.eval_inference_steps, args.seed,
-                                      device=accelerator.device, conditional=class_conditional, **source_options)
-    if accelerator.is_main_process and args.logger != "none":
-        accelerator.init_trackers("train", config={k: v for k, v in run_config.items()
-                                                   if isinstance(v, (int, float, str, bool))})
-
-    # Resume: the step, optimizer, LR schedule, EMA and every RNG come back exactly.
-    global_step, first_epoch, batches_to_skip = 0, 0, 0
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        global_step = checkpoint_step(checkpoint)
-        first_epoch = global_step // updates_per_epoch
-        batches_to_skip = (global_step % updates_per_epoch) * args.gradient_accumulation_steps
-        logger.info(f"Resumed from {checkpoint} at step {global_step}")
-
-    metrics = MetricsLog(output_dir / "metrics.jsonl", global_step, accelerator.is_main_process)
-
-    logger.info(f"{len(images)} images, {max_train_steps} steps, {accelerator.num_processes} process(es), "
-                f"{run_config['num_parameters'] / 1e6:.2f}M parameters, device {accelerator.device}")
-    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
-                    desc="train")
-    start_time, start_step = time.time(), global_step
-    unet.train()
-    for epoch in range(first_epoch, num_epochs):
-        train_dataloader.set_epoch(epoch)
-        batches = train_dataloader
-        if epoch == first_epoch and batches_to_skip:
-            batches = accelerator.skip_first_batches(train_dataloader, batches_to_skip)
-        for batch_images, batch_labels, batch_indices in batches:
-            if global_step >= max_train_steps:  # resumed at the end: only save the pipeline
-                break
-            if args.record_data_order:  # every rank its own file: which training images it drew, in order
-                with (output_dir / "data_order" / f"rank{accelerator.process_index}.jsonl").open("a") as f:
-                    f.write(json.dumps({"epoch": epoch, "step": global_step, "indices": batch_indices.tolist()}) + "\n")
-            clean = augment(to_model_range(batch_images), augmentation)
-            noise = torch.randn_like(clean)
-            timesteps = torch.randint(0, args.ddpm_num_steps, (clean.shape[0],), device=clean.device)
-            noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-            class_labels = None
-            if num_classes is not None:  # label dropout teaches the null class for classifier-free guidance
-                dropped = torch.rand(batch_labels.shape, device=batch_labels.device) < args.label_dropout
-                class_labels = torch.where(dropped, torch.full_like(batch_labels, num_classes), batch_labels)
-            if args.prediction_type == "epsilon":
-                target = noise
-            elif args.prediction_type == "v_prediction":
-                target = noise_scheduler.get_velocity(clean, noise, timesteps)
-            else:
-                target = clean
-
-            with accelerator.accumulate(unet):
-                prediction = unet(noisy, timesteps, class_labels=class_labels).sample
-                loss = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-                if args.snr_gamma is not None:  # min(SNR, gamma), expressed for what the UNet predicts
-                    snr = compute_snr(noise_scheduler, timesteps)
-                    weights = snr.clamp(max=args.snr_gamma)
-                    if args.prediction_type == "epsilon":
-                        weights = weights / snr
-                    elif args.prediction_type == "v_prediction":
-                        weights = weights / (snr + 1)
-                    loss = loss * weights
-                loss = loss.mean()
-                accelerator.backward(loss)
-                if accelerator.sync_gradients:
-                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad()
-
-            if not accelerator.sync_gradients:
-                continue
-            if ema_unet is not None:
-                ema_unet.step(unet.parameters())
-            global_step += 1
-            progress.update(1)
-            logs = {"loss": accelerator.gather(loss.detach()).mean().item(), "lr": lr_scheduler.get_last_lr()[0],
-                    "steps_per_s": (global_step - start_step) / (time.time() - start_time)}
-            if ema_unet is not None:
-                logs["ema_decay"] = ema_unet.cur_decay_value
-            progress.set_postfix(loss=f"{logs['loss']:.4f}", steps_per_s=f"{logs['steps_per_s']:.2f}")
-            if accelerator.is_main_process:
-                accelerator.log(logs, step=global_step)
-            metrics.write({"step": global_step, "epoch": epoch, **logs})
-
-            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, logger)
-            if args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process:
-                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
-                grid = sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed)
-                (output_dir / "samples").mkdir(exist_ok=True)
-                grid.save(output_dir / "samples" / f"step_{global_step:07d}.png")
-            if evaluator is not None and global_step % args.eval_steps == 0:
-                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
-                eval_logs = evaluator(pipeline)
-                accelerator.log(eval_logs, step=global_step)
-                metrics.write({"step": global_step, **eval_logs})
-                logger.info(f"step {global_step}: {eval_logs}")
-            if global_step >= max_train_steps:
-                break
-        if global_step >= max_train_steps:
-            break
-    progress.close()
-
-    # The ranks must agree exactly (DDP all-reduces gradients); checked here rather than assumed.
-    checksum = sum(p.detach().double().sum() for p in accelerator.unwrap_model(unet).parameters())
-    checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
-        pipeline.save_pretrained(output_dir)
-        if args.num_sample_images > 0:
-            sample_grid(pipeline, args.num_sample_images, args.sample_inference_steps, args.seed).save(
-                output_dir / "samples.png")
-        write_card(output_dir, repo_id=args.hub_model_id)
-        summary = {"global_step": global_step, "num_processes": accelerator.num_processes,
-                   "param_checksums": checksums, "ranks_in_sync": len(set(checksums)) == 1,
-                   "weights_sha256": weights_sha256(pipeline.unet),
-                   "wall_time_s": time.time() - start_time,
-                   "steps_per_s": (global_step - start_step) / max(time.time() - start_time, 1e-9)}
-        (output_dir / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        logger.info(f"Saved the pipeline to {output_dir}: {summary}")
-        if args.push_to_hub:
-            from medgen_diffusers.hub import push_pipeline
-
-            push_pipeline(output_dir, args.hub_model_id, token=args.hub_token)
-    accelerator.end_training()
+    noise_scheduler = DDPMScheduler(**schedule, thresholding=True, sample_max_value=1.0, timestep_spacing="trailing")
+    return unet, noise_scheduler
 
 
 def patient_counts(train, args, source_options):

@@ -1,0 +1,335 @@
+"""Differentially private training (DP-SGD, Abadi et al. 2016) for ``train_unconditional.py --dp_epsilon``.
+
+Opacus does the privacy-critical parts: ``GradSampleModule`` computes per-example gradients, ``DPOptimizer`` clips
+each unit's gradient to ``max_grad_norm`` and adds Gaussian noise of std ``noise_multiplier * max_grad_norm``, and
+its accountant (RDP by default) turns (noise multiplier, sampling rate, steps) into (epsilon, delta). This module
+adds what upstream Opacus lacks and DP for diffusion models needs:
+
+* **The privacy unit.** One image, or one patient where the data names patients (DICOM PatientID, NIfTI folders,
+  ``--patient_column``): units are Poisson-sampled (each unit joins a step's batch with probability q) and the
+  gradients of all rows of one unit are averaged into one per-unit gradient *before* clipping, so a whole patient
+  changes the summed gradient by at most ``max_grad_norm`` -- epsilon is then a per-patient guarantee.
+* **Noise multiplicity** (DPDM, Dockhorn et al. 2022): each image enters a step K times with independent noise and
+  timesteps; the K rows are averaged before clipping, which lowers the variance of the diffusion loss at no
+  privacy cost (the unit's sensitivity is still ``max_grad_norm``; q, sigma and steps are unchanged).
+* **A logical batch larger than memory**: a step's units are packed, whole, into physical batches of at most
+  ``--train_batch_size`` rows; Opacus' skip-step protocol clips and sums each physical batch and adds the noise
+  once per logical step (what its ``BatchMemoryManager`` does for its own data loader).
+* **Exact resume**: the units of step s are drawn from a generator seeded by (seed, s), and the accountant's
+  history is saved with every checkpoint and checked on resume.
+"""
+
+import json
+import math
+import os
+from pathlib import Path
+from dataclasses import asdict, dataclass
+from typing import Callable, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+ACCOUNTANTS = ("rdp", "prv")
+DP_UNITS = ("auto", "image", "patient")
+ACCOUNTANT_FILE = "privacy_accountant.json"  # inside each checkpoint: the accountant's history
+# Above this noise multiplier the noise std per coordinate (sigma * C / B) swamps what clipped gradients can carry at
+# the batch sizes a CPU or one GPU affords; DPDM's MNIST runs used sigma ~ 1-2 at batch 4096. Refused, with numbers.
+MAX_NOISE_MULTIPLIER = 10.0
+FINETUNE_LAYERS = ("all", "decoder", "attention")
+COVERS = ("The training images, through everything derived from the weights (samples, the card's sample grid, "
+          "a pushed pipeline): the most any one {unit} could have changed the model.")
+NOT_COVERED = ("hyper-parameters or checkpoints chosen by looking at results on the private data",
+               "class counts of the private data, when sampling uses them (`--like-split`, `medgen utility`'s "
+               "synthetic set): `medgen sample --balanced` uses none",
+               "validation FID computed on private images during training (--eval_steps) and `medgen evaluate`/"
+               "`medgen audit` results, which read the private images directly",
+               "the public prior (--init_from): it is not private data",
+               "the number of training images or patients (recorded in run_config.json)")
+
+
+class PrivacyError(ValueError):
+    """Settings that cannot give the asked-for guarantee: says which numbers and what to change."""
+
+
+@dataclass
+class PrivacyPlan:
+    """What the guarantee is made of; written to run_config.json, the card and every result's trust block."""
+    target_epsilon: float
+    delta: float
+    delta_rule: str
+    noise_multiplier: float
+    sample_rate: float
+    expected_batch_size: int  # units per step on average (q * number of units)
+    steps: int
+    max_grad_norm: float
+    noise_multiplicity: int
+    unit: str  # "image" or "patient"
+    num_units: int
+    accountant: str
+    finetune_layers: str = "all"
+    init_from: Optional[str] = None
+    secure_rng: bool = False
+
+    def record(self) -> dict:
+        return {**asdict(self), "covers": COVERS.format(unit=self.unit),
+                "not_covered": list(NOT_COVERED)}
+
+
+def default_delta(num_units: int) -> Tuple[float, str]:
+    """The largest power of ten at most 1 / (10 N): well below 1/N, the level at which "release one unit's data
+    at random" would already satisfy the definition."""
+    delta = 10.0 ** math.floor(math.log10(1.0 / (10 * num_units)))
+    return delta, f"10^floor(log10(1 / (10 N))) with N = {num_units} units"
+
+
+def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
+                  accountant: str = "rdp") -> float:
+    """Opacus' accountant's epsilon for ``steps`` Poisson-sampled Gaussian steps."""
+    if steps == 0:
+        return 0.0
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(noise_multiplier, sample_rate, steps)]
+    return float(acc.get_epsilon(delta=delta))
+
+
+def plan_privacy(target_epsilon: float, num_units: int, batch_units: int, steps: int, max_grad_norm: float,
+                 noise_multiplicity: int = 1, unit: str = "image", delta: Optional[float] = None,
+                 accountant: str = "rdp", **extra) -> PrivacyPlan:
+    """The noise multiplier that reaches ``target_epsilon`` after ``steps`` steps at q = batch_units / num_units,
+    found by Opacus' ``get_noise_multiplier``; settings that cannot reach it are refused with the numbers."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if not target_epsilon > 0:
+        raise PrivacyError(f"--dp_epsilon must be > 0; got {target_epsilon}. Typical values: 1 (strong) to 10.")
+    if accountant not in ACCOUNTANTS:
+        raise PrivacyError(f"--dp_accountant must be one of {ACCOUNTANTS}; got {accountant!r}.")
+    if max_grad_norm is None or not max_grad_norm > 0:
+        raise PrivacyError(f"--dp_max_grad_norm must be > 0; got {max_grad_norm}.")
+    if noise_multiplicity < 1:
+        raise PrivacyError(f"--dp_noise_multiplicity must be >= 1; got {noise_multiplicity}.")
+    if num_units < 2 * batch_units:
+        raise PrivacyError(f"{num_units} {unit}s are too few for an expected batch of {batch_units} {unit}s (sampling "
+                           f"rate {batch_units / num_units:.2f}; DP-SGD's amplification by sampling needs q well "
+                           f"below 1): lower --dp_batch_size to at most {max(num_units // 2, 1)}, or train on more "
+                           f"{unit}s.")
+    delta_rule = "given (--dp_delta)"
+    if delta is None:
+        delta, delta_rule = default_delta(num_units)
+    if not 0 < delta < 1.0 / num_units:
+        raise PrivacyError(f"--dp_delta {delta} must be in (0, 1/N) = (0, {1.0 / num_units:.3g}) for N = {num_units} "
+                           f"{unit}s (a delta of 1/N permits leaking one {unit} outright); leave it out for the "
+                           f"default {default_delta(num_units)[0]:g}.")
+    sample_rate = batch_units / num_units
+    try:
+        sigma = get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=sample_rate,
+                                     steps=steps, accountant=accountant, epsilon_tolerance=0.005 * target_epsilon)
+    except ValueError as error:  # Opacus: "The privacy budget is too low."
+        sigma = float("inf")
+        if "budget" not in str(error):
+            raise
+    if sigma > MAX_NOISE_MULTIPLIER:
+        raise PrivacyError(
+            f"epsilon = {target_epsilon} (delta = {delta:g}) over {steps} steps at sampling rate {sample_rate:.4g} "
+            f"({batch_units} of {num_units} {unit}s per step) needs noise multiplier {sigma:.1f}, above "
+            f"{MAX_NOISE_MULTIPLIER:g}: the noise would drown the clipped gradients. Use fewer steps "
+            f"(--max_train_steps), a smaller --dp_batch_size with fewer steps, a larger --dp_epsilon, or more "
+            f"{unit}s. Nothing was trained.")
+    return PrivacyPlan(target_epsilon=target_epsilon, delta=delta, delta_rule=delta_rule, noise_multiplier=sigma,
+                       sample_rate=sample_rate, expected_batch_size=batch_units, steps=steps,
+                       max_grad_norm=max_grad_norm, noise_multiplicity=noise_multiplicity, unit=unit,
+                       num_units=num_units, accountant=accountant, **extra)
+
+
+def privacy_units(unit: str, groups: Optional[np.ndarray], num_images: int, source: str) -> Tuple[str, np.ndarray]:
+    """(unit name, unit index per image). ``auto``: the patient where the data names patients, else the image."""
+    if unit not in DP_UNITS:
+        raise PrivacyError(f"--dp_unit must be one of {DP_UNITS}; got {unit!r}.")
+    if unit == "patient" and groups is None:
+        raise PrivacyError(f"--dp_unit patient needs to know each image's patient, and {source} does not say: use "
+                           "a DICOM folder (PatientID), a NIfTI folder of patient files, or a datasets source with "
+                           "--patient_column; or --dp_unit image.")
+    if unit == "image" or groups is None:
+        return "image", np.arange(num_images)
+    _, unit_of_image = np.unique(np.asarray(groups)[:num_images], return_inverse=True)
+    return "patient", unit_of_image
+
+
+def trainable_parameters(unet, layers: str):
+    """Freeze all but ``layers`` (DP-LDM tunes attention and conditioning only: fewer parameters, less noise per
+    parameter norm); returns the names left trainable."""
+    if layers not in FINETUNE_LAYERS:
+        raise PrivacyError(f"--finetune_layers must be one of {FINETUNE_LAYERS}; got {layers!r}.")
+    conditioning = ("time_embedding.", "class_embedding.")
+    chosen = {
+        "all": lambda name: True,
+        "decoder": lambda name: name.startswith(("up_blocks.", "conv_norm_out.", "conv_out.") + conditioning),
+        "attention": lambda name: ".attentions." in name or name.startswith(conditioning),
+    }[layers]
+    names = []
+    for name, param in unet.named_parameters():
+        param.requires_grad_(chosen(name))
+        if chosen(name):
+            names.append(name)
+    if layers == "attention" and not any(".attentions." in n for n in names):
+        raise PrivacyError("--finetune_layers attention: this UNet has no attention layers (e.g. the tiny preset); "
+                           "use --finetune_layers decoder or all.")
+    return names
+
+
+class PrivateStep:
+    """One DP-SGD step over Poisson-sampled units: per-unit gradients, clipping, noise (Opacus), accounting."""
+
+    def __init__(self, unet, optimizer, plan: PrivacyPlan, unit_of_image: np.ndarray, max_rows: int, seed: int):
+        from opacus import GradSampleModule
+        from opacus.accountants import create_accountant
+        from opacus.optimizers import DPOptimizer
+
+        self.plan, self.seed, self.max_rows = plan, seed, max_rows
+        # The module is wrapped for its per-sample-gradient hooks; calls go through it.
+        self.model = GradSampleModule(unet, batch_first=True, loss_reduction="mean")
+        self.optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
+                                     max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
+                                     loss_reduction="mean", secure_mode=plan.secure_rng)
+        self.accountant = create_accountant(mechanism=plan.accountant)
+        order = np.argsort(unit_of_image, kind="stable")
+        bounds = np.searchsorted(unit_of_image[order], np.arange(plan.num_units + 1))
+        self.images_of_unit = [torch.as_tensor(order[bounds[u]:bounds[u + 1]]) for u in range(plan.num_units)]
+
+    def sample_units(self, step: int) -> torch.Tensor:
+        """Poisson sampling: each unit independently with probability q; the same units for step s on every resume."""
+        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0]))
+        return torch.nonzero(torch.rand(self.plan.num_units, generator=generator) < self.plan.sample_rate).flatten()
+
+    def physical_batches(self, units: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        """(image index per row, position of the row's unit within its batch): whole units, K rows per image,
+        at most ``max_rows`` rows per batch (a unit larger than that gets a batch of its own)."""
+        batches, rows, owners = [], [], []
+        for unit in units.tolist():
+            images = self.images_of_unit[unit].repeat(self.plan.noise_multiplicity)
+            if rows and sum(map(len, rows)) + len(images) > self.max_rows:
+                batches.append(self._pack(rows, owners))
+                rows, owners = [], []
+            rows.append(images)
+            owners.append(len(owners))
+        if rows:
+            batches.append(self._pack(rows, owners))
+        return batches
+
+    @staticmethod
+    def _pack(rows, owners):
+        return torch.cat(rows), torch.cat([torch.full((len(r),), o) for r, o in zip(rows, owners)])
+
+    def per_unit_gradients(self, owner: torch.Tensor) -> None:
+        """Replace each parameter's per-row gradients by per-unit means (the unit's images x K draws), so that
+        Opacus clips one gradient per unit."""
+        num_units = int(owner.max()) + 1
+        # (units x rows) averaging matrix: one matmul per parameter (index_add_ is ~10x slower on CPU).
+        mean = torch.nn.functional.one_hot(owner, num_units).T.float()
+        mean /= mean.sum(dim=1, keepdim=True)
+        for p in self.optimizer.params:
+            rows = p.grad_sample
+            grouped = mean.to(device=rows.device, dtype=rows.dtype) @ rows.reshape(len(rows), -1)
+            p.grad_sample = grouped.view(num_units, *rows.shape[1:])
+
+    def step(self, step: int, row_loss: Callable[[torch.nn.Module, torch.Tensor], torch.Tensor],
+             units: Optional[torch.Tensor] = None) -> Optional[float]:
+        """Draw step ``step``'s units, accumulate their clipped gradients batch by batch, add the noise once and
+        update. ``row_loss(model, image_indices)`` returns one loss per row. Returns the mean row loss (None for
+        an empty draw, which still adds noise and counts as a step, as DP-SGD's analysis assumes).
+        ``units``: these units instead of the Poisson draw -- to inspect one step, never for training: the
+        guarantee rests on the draw."""
+        batches = self.physical_batches(self.sample_units(step) if units is None else units)
+        total, count = 0.0, 0
+        if not batches:  # no unit drawn: a zero-unit gradient, noised
+            for p in self.optimizer.params:
+                p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype, device=p.device)
+        for index, (images, owner) in enumerate(batches):
+            losses = row_loss(self.model, images)
+            losses.mean().backward()
+            self.per_unit_gradients(owner)
+            total, count = total + losses.detach().sum().item(), count + len(losses)
+            if index < len(batches) - 1:  # clip and sum; noise and the update come with the last batch
+                self.optimizer.signal_skip_step(do_skip=True)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        self.accountant.step(noise_multiplier=self.plan.noise_multiplier, sample_rate=self.plan.sample_rate)
+        return total / count if count else None
+
+    def epsilon(self) -> float:
+        return float(self.accountant.get_epsilon(delta=self.plan.delta)) if self.accountant.history else 0.0
+
+    def register_checkpoint_hooks(self, accelerator):
+        """The accountant's history goes into every checkpoint as JSON; on resume it is read back and must match
+        the steps the checkpoint holds."""
+
+        def save(models, weights, checkpoint_dir):
+            if accelerator.is_main_process:
+                with open(os.path.join(checkpoint_dir, ACCOUNTANT_FILE), "w") as f:
+                    json.dump({"mechanism": self.accountant.mechanism(),
+                               "history": [list(h) for h in self.accountant.history],
+                               "plan": asdict(self.plan)}, f, indent=1)
+
+        def load(models, checkpoint_dir):
+            path = os.path.join(checkpoint_dir, ACCOUNTANT_FILE)
+            if not os.path.isfile(path):
+                raise PrivacyError(f"{checkpoint_dir} has no {ACCOUNTANT_FILE}: it is not a checkpoint of a DP run, "
+                                   "so its privacy spending is unknown. Resume a DP run's checkpoint, or start a new "
+                                   "run (--overwrite_output_dir).")
+            saved = json.load(open(path))
+            if saved["plan"]["noise_multiplier"] != self.plan.noise_multiplier or \
+                    saved["plan"]["sample_rate"] != self.plan.sample_rate:
+                raise PrivacyError(f"{checkpoint_dir} was trained with noise multiplier "
+                                   f"{saved['plan']['noise_multiplier']:.4f} at q = {saved['plan']['sample_rate']:.4g}; "
+                                   f"these settings give {self.plan.noise_multiplier:.4f} at q = "
+                                   f"{self.plan.sample_rate:.4g}. Resume with the run's own --dp_* settings and "
+                                   "--max_train_steps.")
+            self.accountant.load_state_dict({"mechanism": saved["mechanism"],
+                                             "history": [tuple(h) for h in saved["history"]]})
+
+        accelerator.register_save_state_pre_hook(save)
+        accelerator.register_load_state_pre_hook(load)
+
+
+def privacy_guarantee(pipeline_dir) -> Optional[dict]:
+    """The DP guarantee of a pipeline folder trained with --dp_epsilon (run_config.json's plan, train_summary.json's
+    spent epsilon), or None: no folder, or not trained with DP."""
+    if pipeline_dir is None:
+        return None
+    folder = Path(pipeline_dir)
+    try:
+        plan = json.loads((folder / "run_config.json").read_text()).get("privacy")
+        spent = json.loads((folder / "train_summary.json").read_text()).get("privacy") or {}
+    except (OSError, ValueError):
+        return None
+    if not plan:
+        return None
+    return {"epsilon": spent.get("epsilon"), "delta": plan["delta"], "unit": plan["unit"],
+            "max_grad_norm": plan["max_grad_norm"], "noise_multiplier": plan["noise_multiplier"],
+            "sample_rate": plan["sample_rate"], "steps": spent.get("steps"), "accountant": plan["accountant"],
+            "noise_multiplicity": plan["noise_multiplicity"], "init_from": plan.get("init_from"),
+            "finetune_layers": plan.get("finetune_layers"), "covers": plan["covers"],
+            "not_covered": plan["not_covered"]}
+
+
+def privacy_section(guarantee: Optional[dict]) -> str:
+    """The model card's "Differential privacy" section."""
+    if not guarantee:
+        return ("Not trained with differential privacy: the audit below measures leakage on the images it tries, "
+                "it does not bound it. `train_unconditional.py --dp_epsilon E` trains with a guarantee.")
+    g = guarantee
+    prior = (f" Fine-tuned from a public prior ({Path(str(g['init_from'])).name}; layers: {g['finetune_layers']}), "
+             "whose own training data is not covered." if g.get("init_from") else "")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in [
+        ("ε (spent, for δ below)", f"**{g['epsilon']:.3f}**" if g.get("epsilon") is not None else "unknown"),
+        ("δ", f"{g['delta']:g}"), ("privacy unit", f"one {g['unit']}"),
+        ("clipping bound C (per unit)", g["max_grad_norm"]), ("noise multiplier σ", f"{g['noise_multiplier']:.4f}"),
+        ("sampling rate q (Poisson)", f"{g['sample_rate']:.5g}"), ("steps", g["steps"]),
+        ("noise draws per image (K)", g["noise_multiplicity"]), ("accountant", f"Opacus {g['accountant'].upper()}")])
+    not_covered = "\n".join(f"- {item}" for item in g["not_covered"])
+    return (f"Trained with DP-SGD (Opacus: per-{g['unit']} clipping, Gaussian noise): ({g['epsilon']:.2f}, "
+            f"{g['delta']:g})-differentially private with respect to one {g['unit']}.{prior}\n\n"
+            f"| | |\n|---|---|\n{rows}\n\nCovers: {g['covers']}\n\nNot covered:\n\n{not_covered}")
