@@ -20,7 +20,8 @@ import torch
 
 from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline
 from medgen_diffusers.data import class_counts
-from medgen_diffusers.evaluation import RealFeatures, fid, kid, write_json
+from medgen_diffusers.evaluation import RealFeatures, fid, kid
+from medgen_diffusers.provenance import write_json_atomic as write_json
 from medgen_diffusers.generation import generate_images, labels_like_split
 from medgen_diffusers.inception import InceptionFeatures
 

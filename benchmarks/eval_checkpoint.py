@@ -20,7 +20,9 @@ from safetensors.torch import load_file
 
 from medgen_diffusers import BloodMNISTPipeline, class_names
 from medgen_diffusers.data import class_counts
-from medgen_diffusers.evaluation import evaluate_images, summary, write_json
+from medgen_diffusers.evaluation import evaluate_images
+from medgen_diffusers.provenance import write_json_atomic as write_json
+from medgen_diffusers.scoring import summary
 from medgen_diffusers.generation import generate_images, labels_like_split
 
 

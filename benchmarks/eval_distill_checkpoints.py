@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill_lcm import lcm_pipeline  # noqa: E402
 from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline  # noqa: E402
 from medgen_diffusers.data import class_counts  # noqa: E402
-from medgen_diffusers.evaluation import RealFeatures, fid, write_json  # noqa: E402
+from medgen_diffusers.evaluation import RealFeatures, fid  # noqa: E402
+from medgen_diffusers.provenance import write_json_atomic as write_json  # noqa: E402
 from medgen_diffusers.generation import generate_images, labels_like_split  # noqa: E402
 from medgen_diffusers.inception import InceptionFeatures  # noqa: E402
 from medgen_diffusers.checkpointing import list_checkpoints  # noqa: E402

@@ -68,7 +68,7 @@ fi
 $BIN/python - "$STAGE" "$PREVIOUS_EVALUATION" "$PREVIOUS_LABEL" <<'EOF'
 import json, sys
 from pathlib import Path
-from medgen_diffusers.evaluation import write_json
+from medgen_diffusers.provenance import write_json_atomic as write_json
 from medgen_diffusers.model_card import trust_summary
 stage, previous, label = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 evaluation = json.loads((stage / "evaluation.json").read_text())

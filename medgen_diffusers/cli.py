@@ -1,22 +1,26 @@
 """The ``medgen`` command line (``medgen <command> --help`` for each):
 
+  train     train a pipeline (train_unconditional.py), e.g. with --dp_epsilon for differential privacy
+  distill   distil a few-step student (distill_lcm.py)
   sample    generate images: a PNG grid, a MedMNIST-layout npz, a folder per class, or a saved datasets.Dataset
   evaluate  FID/KID (standard + the seed's 64-d protocol) with the real-vs-real floor, as JSON
+  audit     copies and membership inference against the training images, beside held-out real baselines
+  utility   TSTR/TRTR: a classifier trained on synthetic images, scored on real ones
   figures   loss / FID / KID curves, progressive generation and per-class grids of a training run
   card      (re)write a pipeline folder's model card, with its evaluation when present
   push      upload a pipeline folder to the Hugging Face Hub in one commit
   data      locate, verify (MD5) and summarise a MedMNIST dataset
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
-Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). Training is
-``accelerate launch train_unconditional.py`` (see the README).
+Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). ``medgen train``
+and ``medgen distill`` are the training scripts (``train.py``, ``distill.py``) with their own arguments.
 
-Each ``cmd_*`` wires a command's arguments to the module that does the work (``runtime`` resolves the pipeline,
-device, data source and output paths they share). The parser of eight commands keeps this file near 500 lines.
+Each ``cmd_*`` wires a command's arguments to the module that does the work (``scoring`` for evaluate, ``audit``,
+``utility``, ``export``, ...; ``runtime`` resolves the pipeline, device, data source and output paths they share).
+It is over ~400 lines because the argument parser of ten commands, with their help texts, lives here in one place.
 """
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -64,93 +68,9 @@ def cmd_sample(args):
 
 
 def cmd_evaluate(args):
-    import numpy as np
+    from .scoring import evaluate_command
 
-    from . import DEFAULT_MODEL, evaluation
-    from .inception import InceptionFeatures
-    from .privacy import privacy_guarantee
-    from .provenance import check_new_result, provenance, weights_sha256
-
-    shipped = is_shipped(args.source)
-    args.source = args.source or DEFAULT_MODEL
-    source = Path(args.source)
-    images_given = source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file())
-    # Default: next to a pipeline folder the user named (the card reads it there); otherwise -- generated images,
-    # a Hub id, the shipped model -- ./evaluation.json. Checked before any work is done.
-    own_folder = (source / "model_index.json").is_file() and not shipped
-    out = check_new_result(writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json")),
-                           args.overwrite)
-    # No absolute path of this machine in a result that may be committed or pushed.
-    generation = {"source": source_name(None if shipped else args.source)}
-    device = resolve_device(args.device)
-    if images_given:
-        from .data import load_images
-
-        images, labels = evaluation.read_images(source, None, args.images_key)  # a bad file is refused first
-        made_by = evaluation.read_provenance(source) or {}
-        pipeline = made_by.get("pipeline")
-        if args.dataset is None and pipeline and Path(pipeline).exists():
-            data = resolve_data(args, pipeline)  # the images' own model, as medgen sample recorded it
-        else:
-            if not made_by and args.dataset is None:
-                raise ValueError(f"{source} does not record the model or data it came from (medgen sample's npz "
-                                 "and folders do): name the real data to compare with, --dataset NAME_OR_PATH.")
-            recorded = made_by.get("data") or {}
-            data = resolve_data(args, None, run_config={"dataset": recorded.get("source"),
-                                                         "data_md5": recorded.get("checksum")})
-        real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
-        if source.is_dir():  # class sub-folders named like the real classes give labels
-            images, labels = evaluation.read_images(source, real.class_names, args.images_key)
-        if args.num_samples is not None:
-            if args.num_samples > len(images):
-                raise ValueError(f"--num-samples {args.num_samples} but {source} holds {len(images)} images.")
-            # A seeded subset in the file's class mix: `medgen sample` writes images sorted by class, so the first
-            # N would be a few classes only.
-            keep = evaluation.stratified_subset(args.num_samples, labels, len(images), args.seed)
-            images, labels = images[keep], None if labels is None else labels[keep]
-        weights = made_by.get("weights_sha256")
-    else:
-        from .generation import generate_images, plan_labels
-
-        from .data import load_images
-
-        pipe = load_pipeline(args.source, args.scheduler).to(device)
-        data = resolve_data(args, args.source)
-        args.size = args.size or pipe.unet.config.sample_size  # real images at the model's size
-        real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
-        counts = split_counts(args.split, args, args.size) if real.labels is not None else None
-        num = args.num_samples or len(real)
-        train_size = len(load_images(args.dataset, "train", args.size, args.data_root, **source_options(args)))
-        if not args.no_floor and num > train_size:  # before any image is generated
-            raise ValueError(f"The real-vs-real floor needs {num} train images (as many as generated); the train "
-                             f"split has {train_size}: pass --num-samples <= {train_size} or --no-floor.")
-        # Same class mix as the real split, so class frequencies do not bias FID; exactly the images of
-        # `medgen sample --like-split SPLIT --num-images N --seed S` (generation.py is the one generation path).
-        labels = plan_labels(pipe.config.class_names, num,
-                             split_counts=counts if pipe.config.class_names and counts is not None else None)
-        steps = resolve_steps(pipe, args.steps)
-        images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, args.chunk_size)
-        guided = labels is not None and (args.guidance_scale or 1.0) > 1.0  # the pipeline guides only above 1
-        generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
-                          seed=args.seed, nfe_per_image=steps * (2 if guided else 1),
-                          timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
-        weights = weights_sha256(pipe.unet)
-    generation["images_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
-    extractor = InceptionFeatures(args.inception_weights, device=device)
-    result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.size, args.num_real,
-                                        protocols=args.protocols.split(","), floor=not args.no_floor,
-                                        extractor=extractor, root=args.data_root, seed=args.seed, progress=True,
-                                        source_options=source_options(args))
-    result["generation"] = generation
-    result["provenance"] = provenance(data=data_record(data, args, args.size), weights_sha256=weights)
-    # A model trained with --dp_epsilon: its guarantee beside its quality (the card shows both).
-    guarantee = privacy_guarantee(made_by.get("pipeline") if images_given else None if shipped else args.source)
-    if guarantee:
-        result["trust"] = {"differential_privacy": guarantee}
-    result = _public(result)
-    evaluation.write_json(result, out)
-    print(evaluation.summary(result))
-    print(f"wrote {out}")
+    evaluate_command(args)
 
 
 def _public(result):
@@ -162,7 +82,7 @@ def _public(result):
 
 def cmd_audit(args):
     from .audit import run_audit
-    from .evaluation import write_json
+    from .provenance import write_json_atomic as write_json
     from .provenance import check_new_result, is_public_source, provenance
 
     out = check_new_result(writable(args.out), args.overwrite)
@@ -200,7 +120,7 @@ def cmd_audit(args):
 
 
 def cmd_utility(args):
-    from .evaluation import write_json
+    from .provenance import write_json_atomic as write_json
     from .provenance import check_new_result, provenance
     from .utility import run_utility
 

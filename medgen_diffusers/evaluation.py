@@ -18,13 +18,11 @@ Real features are cached on disk per dataset / split / size / protocol / subset,
 network's checksum (``$MEDGEN_CACHE``, default ``~/.cache/medgen-diffusers``).
 """
 
-import json
 import os
 import re
 import time
-import zipfile
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -248,92 +246,6 @@ def evaluate_images(
     return result
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Generated images from an npz or a folder (from a pipeline: medgen_diffusers.generation)
-
-def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] = None,
-                images_key: Optional[str] = None):
-    """(images uint8 NHWC, labels or None) of generated images: an npz's generated array -- ``images_key``, else
-    ``images``, else ``train_images`` (what ``medgen sample`` writes), else its only ``*_images`` array; never real
-    ``val``/``test`` arrays beside it -- or a folder of images (sub-folders named after classes give labels)."""
-    from .sources import pil_to_array
-
-    path = Path(path)
-    if path.is_file() and path.suffix == ".npz":
-        if not zipfile.is_zipfile(path):
-            raise EvaluationError(f"{path} is not an .npz archive (a zip of .npy arrays, as numpy.savez writes): pass "
-                                  "a MedMNIST-style npz with '*_images' arrays, a folder of PNGs, or a pipeline.")
-        with np.load(path) as data:
-            candidates = [k for k in data.files if k.endswith("images")]
-            if images_key is not None:
-                if images_key not in data.files:
-                    raise EvaluationError(f"{path} has no array {images_key!r} (arrays: {', '.join(data.files)}).")
-                key = images_key
-            elif "images" in data.files or "train_images" in data.files:
-                key = "images" if "images" in data.files else "train_images"
-            elif len(candidates) == 1:
-                key = candidates[0]
-            else:
-                raise EvaluationError(f"{path} has {len(candidates)} image arrays ({', '.join(candidates) or 'none'}): "
-                                      "name the generated one with --images-key.")
-            images = data[key]
-            label_key = key.replace("images", "labels")
-            labels = data[label_key].reshape(-1).astype(np.int64) if label_key in data.files else None
-        if images.ndim == 3:
-            images = images[..., None]
-        return images, labels
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".tif", ".tiff"))
-        if not files:
-            raise EvaluationError(f"{path} holds no PNG/JPEG/TIFF images.")
-        from PIL import Image
-
-        images = []
-        for f in files:
-            with Image.open(f) as image:
-                images.append(pil_to_array(image, str(f)))
-        shapes = {im.shape for im in images}
-        if len(shapes) != 1:
-            raise EvaluationError(f"Images in {path} have different sizes {sorted(shapes)}; all must match the split.")
-        labels = None
-        if class_names is not None and all(f.parent.name in class_names for f in files):
-            labels = np.array([class_names.index(f.parent.name) for f in files])
-        return np.stack(images), labels
-    raise EvaluationError(f"{path} is neither an .npz file nor a folder of images: pass generated images as a "
-                          "MedMNIST-style .npz or a folder of PNGs, or a pipeline folder / Hub repo id.")
-
-
-def read_provenance(path: Union[str, os.PathLike]) -> Optional[Dict]:
-    """The provenance ``medgen sample`` wrote with generated images (npz member or folder file), else None."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".npz" and zipfile.is_zipfile(path):
-        with np.load(path) as data:  # allow_pickle stays False: the member is a plain unicode array
-            return json.loads(str(data["provenance"])) if "provenance" in data.files else None
-    if path.is_dir() and (path / "provenance.json").is_file():
-        return json.loads((path / "provenance.json").read_text())
-    return None
-
-
-def stratified_subset(num: int, labels: Optional[np.ndarray], total: int, seed: int = 0) -> np.ndarray:
-    """``num`` of ``total`` indices drawn at random with ``seed``; with labels, each class in proportion to its share
-    (largest remainder), so a class-sorted file keeps its class mix. Sorted."""
-    rng = np.random.default_rng(seed)
-    if labels is None:
-        return np.sort(rng.choice(total, num, replace=False))
-    classes, counts = np.unique(labels, return_counts=True)
-    per_class = labels_like_split(counts, num)
-    picks = [rng.choice(np.flatnonzero(labels == c), int(np.sum(per_class == i)), replace=False)
-             for i, c in enumerate(classes)]
-    return np.sort(np.concatenate(picks))
-
-
-def write_json(result: Dict, path: Union[str, os.PathLike]) -> None:
-    """Atomically (a kill never leaves half a result); the commands check first that they replace nothing."""
-    from .provenance import write_json_atomic
-
-    write_json_atomic(result, path)
-
-
 class TrainingEvaluator:
     """Standard-protocol FID/KID of a pipeline's samples during training, against a fixed train subset and the val
     split. Real features are computed once (and cached on disk); each call costs only sampling + fake features."""
@@ -366,28 +278,3 @@ class TrainingEvaluator:
             logs[f"eval/fid_{split}"] = fid(real, fake)
             logs[f"eval/kid_{split}"] = kid(real, fake, seed=self.seed)["mean"]
         return logs
-
-
-def _spread(std: Optional[float], digits: int) -> str:
-    return "" if std is None else f" +- {std:.{digits}f}"
-
-
-def summary(result: Dict) -> str:
-    """A few human-readable lines: model numbers, the floor beside them, and the seed's reference."""
-    lines = [f"{result['dataset']} {result['split']}: {result['num_generated']} generated vs {result['num_real']} real"]
-    for name, block in (("model", result), ("floor (train vs real)", result.get("floor", {}))):
-        parts = []
-        if "standard" in block:
-            s = block["standard"]
-            parts.append(f"FID {s['fid']:.3f}  KID {s['kid']:.5f}{_spread(s['kid_std'], 5)}")
-            if "precision" in s:
-                parts.append(f"P {s['precision']:.3f} R {s['recall']:.3f} D {s['density']:.3f} C {s['coverage']:.3f}")
-        if "seed" in block:
-            s = block["seed"]
-            parts.append(f"FID64 {s['fid64']:.3f}  KID64 {s['kid64']:.3f}{_spread(s['kid64_std'], 3)}")
-        if parts:
-            lines.append(f"  {name:<22} " + " | ".join(parts))
-    ref = result.get("seed_reference", SEED_REFERENCE)
-    lines.append(f"  {'seed notebook':<22} FID64 {ref['fid64']:.3f}  KID64 {ref['kid64']:.3f} +- "
-                 f"{ref['kid64_std']:.3f} (its real statistics leaked training images)")
-    return "\n".join(lines)

@@ -10,7 +10,8 @@ from PIL import Image
 from medgen_diffusers import evaluation
 from medgen_diffusers import inception as inception_module
 from medgen_diffusers.data import load_medmnist_tensors
-from medgen_diffusers.evaluation import evaluate_images, read_images
+from medgen_diffusers.evaluation import evaluate_images
+from medgen_diffusers.scoring import read_images
 from medgen_diffusers.inception import EvaluationError, InceptionFeatures
 
 N = 24  # images per side: enough for non-degenerate statistics, ~10 s of CPU Inception per protocol

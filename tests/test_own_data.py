@@ -17,7 +17,7 @@ from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.audit import membership_sets
 from medgen_diffusers.cli import main
 from medgen_diffusers.data import AUGMENTATION_POLICY, DataError, load_images, resolve_augmentation
-from medgen_diffusers.evaluation import read_images, stratified_subset
+from medgen_diffusers.scoring import read_images, stratified_subset
 from medgen_diffusers.model_card import build_model_card
 from medgen_diffusers.utility import UtilityError, merge_utility
 

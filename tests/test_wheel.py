@@ -3,6 +3,7 @@ venv, run outside the checkout (no train_unconditional.py to fall back on)."""
 
 import json
 import os
+import shutil
 import site
 import subprocess
 import sys
@@ -13,8 +14,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_medgen_train_and_distill_from_a_wheel_in_a_fresh_venv(tmp_path, data_root):
     run = lambda *cmd, **kw: subprocess.run(cmd, capture_output=True, text=True, timeout=600, **kw)  # noqa: E731
+    # Built from a copy: setuptools' build/ folder in the checkout would keep files the source no longer has.
+    source = tmp_path / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "runs", "site", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
     built = run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"),
-                str(REPO))
+                str(source))
     assert built.returncode == 0, built.stderr[-2000:]
     wheel = next((tmp_path / "dist").glob("medgen_diffusers-*.whl"))
     venv = tmp_path / "venv"
