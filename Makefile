@@ -11,7 +11,7 @@ DEMO_DIR ?= runs/demo
 TRAIN_DEMO_DIR ?= runs/train-demo
 DEMO_STEPS ?= 400
 
-.PHONY: install demo train-demo test clean
+.PHONY: install demo train-demo test docs clean
 
 install: $(VENV)/.installed
 
@@ -39,8 +39,12 @@ train-demo: install
 	rm -f $(TRAIN_DEMO_DIR)/samples_dpmsolver.png
 	$(BIN)/medgen sample $(TRAIN_DEMO_DIR) --scheduler dpmsolver --steps 20 --num-images 16 --out $(TRAIN_DEMO_DIR)/samples_dpmsolver.png
 
+# The documentation site (MkDocs, material theme; API pages from the docstrings) -> site/
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache
