@@ -12,6 +12,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from safetensors.torch import load_file
 from conftest import REPO, read_metrics, run_training
 
+import train_unconditional
+
 from medgen_diffusers import BloodMNISTPipeline
 
 SHORT = ["--max_train_samples", "512", "--train_batch_size", "16", "--lr_warmup_steps", "2",
@@ -144,9 +146,10 @@ def test_min_snr_weighting_changes_the_loss_as_the_paper_says(tmp_path, data_roo
     Step 1 sees the same batch, noise and timesteps in every run (same seed), so its losses compare directly:
     for v-prediction the weights min(SNR, 5) / (SNR + 1) are all below 1 -> a smaller loss; for epsilon,
     min(SNR, gamma) / SNR is exactly 1 once gamma exceeds every SNR -> the plain loss, bit for bit."""
-    def first_loss(name, *extra):
-        run_training(tmp_path / name, data_root, "--max_train_samples", "64", "--train_batch_size", "32",
-                     "--max_train_steps", "1", "--num_sample_images", "0", "--logger", "none", *extra)
+    def first_loss(name, *extra):  # in-process: five script start-ups cost ~30 s of suite time
+        train_unconditional.main(["--output_dir", str(tmp_path / name), "--data_root", str(data_root),
+                                  "--model_preset", "tiny", "--max_train_samples", "64", "--train_batch_size", "32",
+                                  "--max_train_steps", "1", "--num_sample_images", "0", "--logger", "none", *extra])
         return read_metrics(tmp_path / name)[0]["loss"]
 
     v_plain, v_min_snr = first_loss("v"), first_loss("v_snr", "--snr_gamma", "5")
