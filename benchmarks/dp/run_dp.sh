@@ -86,11 +86,11 @@ score nodp
 train "$work/prior_dp1" --dataset "$work/private.npz" $common $dp --dp_epsilon 1 --init_from "$work/prior" \
     --learning_rate 1e-3
 score prior_dp1
-train "$work/dp10" --dataset "$work/private.npz" $common $dp --dp_epsilon 10
-score dp10
 # The prior alone, scored against the private half (its audit's members: the private half it never saw).
 [ -f "$out/prior_evaluation.json" ] || .venv/bin/medgen evaluate "$work/prior" --dataset "$work/private.npz" \
     --split test --num-samples "$EVAL_N" --protocols standard --out "$out/prior_evaluation.json"
 [ -f "$out/prior_audit.json" ] || .venv/bin/medgen audit "$work/prior" --dataset "$work/private.npz" --spaces pixel \
     --num-samples "$EVAL_N" --out "$out/prior_audit.json"
+train "$work/dp10" --dataset "$work/private.npz" $common $dp --dp_epsilon 10
+score dp10
 $py benchmarks/dp/summarise.py "$out" "$work"

@@ -27,7 +27,9 @@ for arm in ARMS:
     entry = {
         "epsilon": privacy.get("epsilon"), "delta": privacy.get("delta"),
         "noise_multiplier": (config.get("privacy") or {}).get("noise_multiplier"),
-        "steps": summary.get("global_step"), "wall_time_s": summary.get("wall_time_s"),
+        # steps / the rate of the run's last leg: a resumed run's wall_time_s counts its last leg only.
+        "steps": summary.get("global_step"),
+        "train_time_s": summary["global_step"] / summary["steps_per_s"] if summary.get("steps_per_s") else None,
         "init_from": Path(config["init_from"]).name if config.get("init_from") else None,
         "test_fid": std.get("fid"), "floor_fid": floor.get("fid"),
         "tstr_ratio_acc": (ut or {}).get("tstr_ratio", {}).get("acc"),
@@ -40,7 +42,7 @@ for arm in ARMS:
         fmt = lambda v, d=3: "–" if v is None else f"{v:.{d}f}"  # noqa: E731
         ratio = None if entry["test_fid"] is None or not entry["floor_fid"] else entry["test_fid"] / entry["floor_fid"]
         rows.append(f"| {arm} | {fmt(entry['epsilon'], 2) if privacy else '∞ (no DP)'} | "
-                    f"{fmt(entry['noise_multiplier'])} | {entry['steps']} | {fmt((entry['wall_time_s'] or 0) / 60, 1)} | "
+                    f"{fmt(entry['noise_multiplier'])} | {entry['steps']} | {fmt((entry['train_time_s'] or 0) / 60, 1)} | "
                     f"{fmt(entry['test_fid'], 1)} ({fmt(ratio, 2)}× floor {fmt(entry['floor_fid'], 1)}) | "
                     f"{fmt(entry['tstr_ratio_acc'])} | {fmt(entry['copy_rate'])} vs {fmt(entry['copy_rate_test_baseline'])} | "
                     f"{fmt(entry['gu'])} | {fmt(entry['membership_auc'])} |")
@@ -48,6 +50,6 @@ machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads
 (out / "summary.json").write_text(json.dumps({"machine": machine, "arms": table}, indent=2) + "\n")
 (out / "summary.md").write_text(
     f"Machine: {machine}. Written by benchmarks/dp/summarise.py from benchmarks/dp/run_dp.sh's results.\n\n"
-    "| arm | ε (δ in summary.json) | σ | steps | train min | test FID (× floor) | TSTR/TRTR ACC | copy rate vs test | "
+    "| arm | ε (δ in summary.json) | σ | steps | train CPU-min | test FID (× floor) | TSTR/TRTR ACC | copy rate vs test | "
     "Gu | membership AUC |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")
 print((out / "summary.md").read_text())
