@@ -147,8 +147,23 @@ def test_fid_orders_sets_by_how_far_they_are_from_the_real_ones(inception, real_
     same, other_real, corrupted = (evaluation.fid(real, features) for features in
                                    (real, inception.standard(train), inception.standard(washed)))
     print(f"FID same {same:.4f}, other real {other_real:.1f}, washed-out {corrupted:.1f} (N = {N})")
-    assert abs(same) < 1e-3 and other_real < corrupted
+    assert abs(same) < 1e-9 and other_real < corrupted
 
+
+
+def test_fid_below_the_feature_dimension_equals_cleanfids_sqrtm():
+    """The exact small-N path (singular values of the centred cross-product) against clean-fid's sqrtm formula on
+    the same features, and the full-rank path is clean-fid's own."""
+    from cleanfid.fid import fid_from_feats
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.gamma(2.0, size=(40, 64)), rng.gamma(2.2, size=(30, 64)) + 0.1
+    small = evaluation.fid(real, fake)  # 30 < 64: rank-deficient covariances
+    assert abs(small - fid_from_feats(real, fake)) <= 1e-6 * small and small > 1.0
+    big_real, big_fake = rng.gamma(2.0, size=(200, 64)), rng.gamma(2.2, size=(150, 64))
+    assert evaluation.fid(big_real, big_fake) == float(fid_from_feats(big_real, big_fake))
+    with pytest.raises(evaluation.EvaluationError, match="at least 2 images"):
+        evaluation.fid(real, fake[:1])
 
 
 def test_precision_recall_density_coverage_tell_fidelity_from_diversity():
