@@ -91,7 +91,8 @@ if [ "$(realpath "$PREVIOUS")" = "$(realpath "$DEST")" ] && [ -f "$DEST/evaluati
   [ ! -f "$DEST/fid_kid_curves.png" ] || cp "$DEST/fid_kid_curves.png" benchmarks/results/previous_default/
 fi
 rm -rf "$DEST" && mkdir -p "$DEST"
-(cd "$STAGE" && find . -type f ! -name 'audit_closest_pairs.png' -print0 | xargs -0 cp --parents -t "$OLDPWD/$DEST")
+# audit_closest_pairs.png ships too: BloodMNIST is public, and the web demo's card tab shows it (medgen app).
+(cd "$STAGE" && find . -type f -print0 | xargs -0 cp --parents -t "$OLDPWD/$DEST")
 # The shipped JSONs name the package, not where this machine staged it (no local paths ship).
 $BIN/python - "$RUN" "$STAGE" "$DEST" <<'EOF'
 import re, sys

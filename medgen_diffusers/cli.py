@@ -9,6 +9,7 @@
   figures   loss / FID / KID curves, progressive generation and per-class grids of a training run
   card      (re)write a pipeline folder's model card, with its evaluation when present
   push      upload a pipeline folder to the Hugging Face Hub in one commit
+  app       the web demo (Gradio; the [app] extra): generate, download an npz, read the model's numbers
   data      locate, verify (MD5) and summarise a MedMNIST dataset
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
@@ -29,9 +30,9 @@ from .runtime import (SCHEDULERS, data_record, device_name, is_shipped, load_pip
 
 
 def cmd_sample(args):
-    from .export import export, infer_format, run_key
+    from .export import export, infer_format, run_key, sample_provenance
     from .generation import plan_labels
-    from .provenance import provenance, read_run_config, redact_paths, weights_sha256
+    from .provenance import read_run_config, weights_sha256
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
@@ -52,17 +53,9 @@ def cmd_sample(args):
     key = run_key({**{k: v for k, v in vars(args).items() if k not in ("device", "source_options")},
                    "weights_sha256": weights})
     run = read_run_config(args.pipeline) or {}
-    record = provenance(data={"source": run.get("dataset"), "checksum": run.get("data_md5")},
-                        weights_sha256=weights, pipeline=source_name(args.pipeline))
-    record.pop("command")  # the same images give the same bytes, whatever --out is called
-    # The data source is cut to a name (the npz is what gets shared); the pipeline path stays, so that
-    # `medgen evaluate FILE.npz` finds the run, and through it the data, on this machine.
-    record["data"] = redact_paths(record["data"])
-    if args.pipeline is not None and Path(args.pipeline).exists():
-        record["pipeline"] = str(Path(args.pipeline).resolve())
     summary = export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps),
-                     args.guidance_scale, args.seed, key, args.chunk_size, state=state, provenance=record,
-                     intensity=run.get("intensity"))
+                     args.guidance_scale, args.seed, key, args.chunk_size, state=state,
+                     provenance=sample_provenance(args.pipeline, weights), intensity=run.get("intensity"))
     if summary:
         print(summary)
 
@@ -215,6 +208,12 @@ def cmd_push(args):
         return
     url = push_pipeline(args.pipeline_dir, args.repo_id, token=args.token, private=args.private)
     print(f"pushed {args.pipeline_dir} to {url}")
+
+
+def cmd_app(args):
+    from .app import launch
+
+    launch(args.pipeline, args.host, args.port, args.device, args.share)
 
 
 def cmd_data(args):
@@ -388,6 +387,16 @@ def build_parser():
     push.add_argument("--private", action="store_true")
     push.add_argument("--dry-run", action="store_true", help="List exactly the files that would be sent; send none.")
     push.set_defaults(func=cmd_push)
+
+    app = commands.add_parser("app", help="The web demo (Gradio, the [app] extra) for a pipeline folder.")
+    app.add_argument("pipeline", nargs="?", default=None,
+                     help="Pipeline folder or Hub repo id (default: the shipped BloodMNIST model).")
+    app.add_argument("--host", default="127.0.0.1", help="Address to serve on (0.0.0.0: reachable from others).")
+    app.add_argument("--port", type=int, default=None, help="Port (default: Gradio's, 7860 or the next free one).")
+    app.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    app.add_argument("--share", action="store_true",
+                     help="Also a public gradio.live link (anyone with it can generate; off by default).")
+    app.set_defaults(func=cmd_app)
 
     data = commands.add_parser("data", help="Locate, verify (MD5) and summarise a MedMNIST dataset.")
     data.add_argument("--dataset", default="bloodmnist")

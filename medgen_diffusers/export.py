@@ -200,6 +200,24 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
     return f"wrote {num_images} images as {fmt} to {out_path}{per_class}"
 
 
+def sample_provenance(pipeline, weights_sha256: str) -> dict:
+    """What an exported file records about its making: the weights, the pipeline, the training data's name and
+    checksum (from the run). No command line: the same images give the same bytes, whatever the output is called."""
+    from .provenance import provenance, read_run_config, redact_paths
+    from .runtime import source_name
+
+    run = read_run_config(pipeline) or {}
+    record = provenance(data={"source": run.get("dataset"), "checksum": run.get("data_md5")},
+                        weights_sha256=weights_sha256, pipeline=source_name(pipeline))
+    record.pop("command")
+    # The data source is cut to a name (the npz is what gets shared); the pipeline path stays, so that
+    # `medgen evaluate FILE.npz` finds the run, and through it the data, on this machine.
+    record["data"] = redact_paths(record["data"])
+    if pipeline is not None and Path(pipeline).exists():
+        record["pipeline"] = str(Path(pipeline).resolve())
+    return record
+
+
 def run_key(args: dict) -> dict:
     """What identifies a generation run for resuming: every argument that changes the images."""
     key = {k: v for k, v in sorted(args.items()) if k not in ("out", "func", "command")}

@@ -299,7 +299,6 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optiona
     weights (an earlier run in the same folder, a result copied from another model) is left off the card."""
     from .pipelines import default_steps
     from .privacy import privacy_guarantee
-    from .provenance import folder_weights_sha256
 
     folder = Path(pipeline_dir)
     index = folder / "model_index.json"
@@ -315,22 +314,28 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optiona
     if scheduler.get("timestep_spacing"):
         sampler_note += f", {scheduler['timestep_spacing']} spacing"
     samples = next((name for name in ("classes.png", "samples.png") if (folder / name).is_file()), None)
-    weights = folder_weights_sha256(folder)
-
-    def read(name):  # `medgen evaluate/audit/utility PIPELINE` write their results where the card reads them
-        path = folder / name
-        if not path.is_file():
-            return None
-        result = json.loads(path.read_text())
-        if (result.get("provenance") or {}).get("weights_sha256") != weights:
-            return None  # not (provably) this model's
-        return result
-
+    results = read_results(folder)
     # The usage snippets name the repo id, else the folder as given -- never an absolute path of this machine.
     where = repo_id or (folder.name if folder.is_absolute() else folder.as_posix())
-    card = build_model_card(training_config, class_names, read("evaluation.json"), repo_or_path=where,
-                            samples_image=samples, sampler_note=sampler_note, audit=read("audit.json"),
-                            utility=read("utility.json"), description=description, citation=citation,
+    card = build_model_card(training_config, class_names, results["evaluation"], repo_or_path=where,
+                            samples_image=samples, sampler_note=sampler_note, audit=results["audit"],
+                            utility=results["utility"], description=description, citation=citation,
                             privacy=privacy_guarantee(folder))
     card.save(folder / "README.md")
     return folder / "README.md"
+
+
+def read_results(pipeline_dir) -> Dict[str, Optional[Dict]]:
+    """``evaluation``, ``audit`` and ``utility``: the results `medgen evaluate/audit/utility PIPELINE` saved in the
+    folder, each only where its recorded weights are this pipeline's (None otherwise: missing, an earlier run's, or
+    copied from another model). The card and the web demo show only these."""
+    from .provenance import folder_weights_sha256
+
+    folder = Path(pipeline_dir)
+    weights = folder_weights_sha256(folder)
+    results = {}
+    for name in ("evaluation", "audit", "utility"):
+        path = folder / f"{name}.json"
+        result = json.loads(path.read_text()) if path.is_file() else {}
+        results[name] = result if (result.get("provenance") or {}).get("weights_sha256") == weights else None
+    return results

@@ -37,7 +37,7 @@ def test_console_script_is_installed():
 
 def test_every_command_has_help(capsys):
     # In-process (the console script itself is run above): each --help exits 0 with the command's usage.
-    for command in ("sample", "evaluate", "audit", "utility", "figures", "card", "push", "data"):
+    for command in ("sample", "evaluate", "audit", "utility", "figures", "card", "push", "data", "app"):
         with pytest.raises(SystemExit) as exit_info:
             main([command, "--help"])
         assert exit_info.value.code == 0 and "usage: medgen " + command in capsys.readouterr().out

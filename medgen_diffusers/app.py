@@ -1,0 +1,200 @@
+"""The web demo (Gradio): ``medgen app [PIPELINE]`` on your machine, ``space/app.py`` on Hugging Face Spaces.
+
+* **Generate**: class, sampler, steps, guidance, seed and number of images -> a grid, and the MedMNIST-layout npz
+  that ``medgen sample`` writes for the same arguments (the same bytes: both go through :func:`export.export`).
+* **Model card**: quality, utility and privacy, each beside its real baseline -- the tables of the model's README,
+  from the results saved with it (only those whose recorded weights are this model's), and its differential-privacy
+  guarantee when it has one. The audit's closest-pairs figure shows real training images, so it is shown only for
+  a model of a public dataset (a MedMNIST set); for your own data the tab says why it is not there.
+
+Bad input (a class the model does not have, steps < 1, too many images) is shown as an error in the page; the
+server keeps running. Gradio's usage analytics are off unless you turn them on (``GRADIO_ANALYTICS_ENABLED``).
+Gradio is an optional extra: ``pip install "medgen-diffusers[app]"``.
+"""
+
+import os
+import shutil
+import tempfile
+import threading
+from pathlib import Path
+
+MAX_IMAGES = 64  # per request: a CPU Space generates 64 images at 20 steps in well under a minute
+ALL_CLASSES = "all classes (balanced)"
+SAVED_SAMPLER = "saved"
+KEEP_REQUESTS = 16  # recent requests' files kept for download; older ones are removed
+CLOSEST_PAIRS = "audit_closest_pairs.png"  # `medgen audit PIPELINE --out PIPELINE/audit.json` writes it there
+
+
+def require_gradio():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves a hospital's machine by default
+    try:
+        import gradio
+    except ImportError:
+        raise ValueError('The web demo needs Gradio, an optional extra: pip install "medgen-diffusers[app]".') from None
+    return gradio
+
+
+def pipeline_folder(pipeline):
+    """The local folder of a pipeline argument: the folder itself, the shipped model's, or a Hub repo's snapshot
+    (its configs, results and figures only; the weights come through diffusers)."""
+    from . import DEFAULT_MODEL
+
+    if pipeline is None:
+        return Path(DEFAULT_MODEL)
+    if Path(pipeline).is_dir():
+        return Path(pipeline)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(pipeline, allow_patterns=["*.json", "*.png", "*.md"]))
+
+
+class Demo:
+    """The model behind the page: one pipeline, one generation at a time (a scheduler keeps per-run state)."""
+
+    def __init__(self, pipeline=None, device="auto"):
+        from .provenance import is_public_source, read_run_config, weights_sha256
+        from .runtime import load_pipeline, resolve_device
+
+        self.pipeline = pipeline
+        self.pipe = load_pipeline(pipeline).to(resolve_device(device))
+        self.saved_scheduler = self.pipe.scheduler
+        self.weights = weights_sha256(self.pipe.unet)
+        self.folder = pipeline_folder(pipeline)
+        run = read_run_config(self.folder) or {}
+        # A public dataset's name (a MedMNIST flag), else None: the user's own data, whose path is not shown.
+        self.public_dataset = run.get("dataset") if is_public_source(run.get("dataset")) else None
+        self.lock = threading.Lock()
+        # Each request's files, until Gradio has copied them to its cache; removed at exit (and kept to a few).
+        self.scratch = tempfile.TemporaryDirectory(prefix="medgen-app-")
+
+    @property
+    def class_names(self):
+        return list(self.pipe.config.class_names or [])
+
+    def default_steps(self):
+        from .pipelines import default_steps
+
+        return default_steps(self.pipe.config)
+
+    def generate(self, class_choice=ALL_CLASSES, sampler=SAVED_SAMPLER, steps=None, guidance_scale=1.0, seed=0,
+                 num_images=16):
+        """(grid PNG path, npz path) in a new temporary folder; ValueError with what to fix for bad input."""
+        import diffusers
+        import numpy as np
+        from PIL import Image
+
+        from .export import export, run_key, sample_provenance
+        from .figures import square_grid
+        from .generation import plan_labels
+        from .runtime import SCHEDULERS, resolve_steps
+
+        num_images, seed = int(num_images), int(seed)
+        if not 1 <= num_images <= MAX_IMAGES:
+            raise ValueError(f"Number of images must be 1 to {MAX_IMAGES}; got {num_images} (use `medgen sample` "
+                             "for more).")
+        if sampler != SAVED_SAMPLER and sampler not in SCHEDULERS:
+            raise ValueError(f"Unknown sampler {sampler!r}; choose {SAVED_SAMPLER} or one of {', '.join(SCHEDULERS)}.")
+        if steps is not None and int(steps) < 1:
+            raise ValueError(f"Steps must be >= 1; got {steps}.")
+        if self.class_names:
+            one_class = None if class_choice in (None, "", ALL_CLASSES) else class_choice
+            labels = plan_labels(self.class_names, num_images, one_class)
+            guidance = float(guidance_scale)
+        else:
+            labels, guidance = None, None
+            if float(guidance_scale) != 1.0:
+                raise ValueError("Guidance needs a class-conditional model; this one is unconditional (use 1.0).")
+        with self.lock:
+            for old in sorted(Path(self.scratch.name).iterdir(), key=os.path.getmtime)[:-KEEP_REQUESTS]:
+                shutil.rmtree(old, ignore_errors=True)
+            out = Path(tempfile.mkdtemp(dir=self.scratch.name)) / "synthetic.npz"
+            self.pipe.scheduler = (self.saved_scheduler if sampler == SAVED_SAMPLER else
+                                   getattr(diffusers, SCHEDULERS[sampler]).from_config(self.saved_scheduler.config))
+            steps = resolve_steps(self.pipe, None if steps is None else int(steps))
+            key = run_key({"app": True, "sampler": sampler, "steps": steps, "seed": seed, "labels": str(labels),
+                           "guidance_scale": guidance, "weights_sha256": self.weights})
+            export(self.pipe, str(out), "npz", num_images, labels, steps, guidance, seed, key,
+                   provenance=sample_provenance(self.pipeline, self.weights))
+            with np.load(out, allow_pickle=False) as npz:
+                images = npz["train_images"]
+            grid = square_grid([Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
+                                for image in images])
+            grid = grid.resize((grid.width * 4, grid.height * 4), Image.NEAREST)  # 28-px cells, enlarged
+            grid.save(out.with_name("grid.png"))
+        return str(out.with_name("grid.png")), str(out)
+
+    def card_markdown(self):
+        """The card's numbers with their baselines, from the results saved with the model."""
+        from .model_card import metrics_table, read_results, trust_section
+        from .privacy import privacy_guarantee, privacy_section
+
+        results = read_results(self.folder)
+        quality = (metrics_table(results["evaluation"]) if results["evaluation"] else
+                   "Not evaluated yet: `medgen evaluate PIPELINE --out PIPELINE/evaluation.json`.")
+        return "\n\n".join([
+            f"Weights sha256 `{self.weights[:16]}...`; results whose recorded weights differ are not shown.",
+            "### Quality (FID/KID beside the real-vs-real floor)", quality,
+            "### Differential privacy", privacy_section(privacy_guarantee(self.folder)),
+            "### Privacy audit and utility", trust_section(results["audit"], results["utility"])])
+
+    def closest_pairs(self):
+        """(figure path or None, why): real training images are shown only for a public dataset."""
+        figure = self.folder / CLOSEST_PAIRS
+        if self.public_dataset is None:
+            return None, ("This model was trained on your own data: the audit's closest-pairs figure shows real "
+                          "training images, so the demo never shows it. Read audit.json's numbers above instead.")
+        if not figure.is_file():
+            return None, (f"No closest-pairs figure saved with this model: `medgen audit PIPELINE --out "
+                          f"PIPELINE/audit.json` writes {CLOSEST_PAIRS} beside it.")
+        return str(figure), (f"The synthetic images closest to a training image (top row) above that training image "
+                             f"(bottom row); {self.public_dataset} is a public dataset.")
+
+
+def build_app(pipeline=None, device="auto"):
+    """The Gradio Blocks of the demo for a pipeline folder, Hub repo id, or (None) the shipped model."""
+    gr = require_gradio()
+    demo = Demo(pipeline, device)
+    from .runtime import SCHEDULERS, source_name
+
+    def generate(class_choice, sampler, steps, guidance_scale, seed, num_images):
+        try:
+            return demo.generate(class_choice, sampler, steps, guidance_scale, seed, num_images)
+        except ValueError as error:  # ours say what to fix; shown in the page, the server goes on
+            raise gr.Error(str(error)) from None
+
+    conditional = bool(demo.class_names)
+    with gr.Blocks(title="medgen-diffusers") as blocks:
+        what = f"{len(demo.class_names)} classes" if conditional else "unconditional"
+        gr.Markdown(f"# medgen-diffusers: synthetic {demo.public_dataset or ''} images ({what})\nModel: `{source_name(pipeline)}`. "
+                    "Synthetic images for research and augmentation, **not for diagnosis**.")
+        with gr.Tab("Generate"):
+            with gr.Row():
+                with gr.Column():
+                    class_choice = gr.Dropdown([ALL_CLASSES] + demo.class_names, value=ALL_CLASSES, label="Class",
+                                               visible=conditional)
+                    sampler = gr.Dropdown([SAVED_SAMPLER] + list(SCHEDULERS), value=SAVED_SAMPLER,
+                                          label=f"Sampler ({SAVED_SAMPLER}: {type(demo.saved_scheduler).__name__})")
+                    steps = gr.Slider(1, max(100, demo.default_steps()), value=demo.default_steps(), step=1,
+                                      label="Steps")
+                    guidance = gr.Slider(0.0, 5.0, value=1.0, step=0.1, label="Guidance (1 = none)",
+                                         visible=conditional)
+                    seed = gr.Number(0, precision=0, label="Seed")
+                    num_images = gr.Slider(1, MAX_IMAGES, value=16, step=1, label="Images")
+                    button = gr.Button("Generate", variant="primary")
+                with gr.Column():
+                    grid = gr.Image(label="Synthetic images", type="filepath", format="png")
+                    npz = gr.File(label="MedMNIST-layout npz (train_images, train_labels, provenance)")
+            button.click(generate, [class_choice, sampler, steps, guidance, seed, num_images], [grid, npz],
+                         api_name="generate")
+        with gr.Tab("Model card"):
+            gr.Markdown(demo.card_markdown())
+            figure, why = demo.closest_pairs()
+            gr.Markdown(why)
+            if figure:
+                gr.Image(figure, label="Closest pairs (audit)", interactive=False)
+    return blocks
+
+
+def launch(pipeline=None, host="127.0.0.1", port=None, device="auto", share=False):
+    """Serve the demo until interrupted (``medgen app``; Spaces set GRADIO_SERVER_NAME/PORT themselves)."""
+    build_app(pipeline, device).launch(server_name=host, server_port=port, share=share, show_error=True)
