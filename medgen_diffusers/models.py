@@ -6,6 +6,7 @@ class-conditional RGB model (8 classes + the null class); CPU step times (batch 
 + AdamW, 2 cores) are measured by ``benchmarks/bench_presets.py`` and recorded in ``benchmarks/results/``.
 """
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Optional
@@ -96,3 +97,38 @@ def build_unet(
     config.update(sample_size=sample_size, in_channels=channels, out_channels=channels)
     config["num_class_embeds"] = None if num_classes is None else num_classes + 1
     return UNet2DModel(**{k: v for k, v in config.items() if not k.startswith("_")})
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX). Without them oneDNN emulates bf16 and a step
+    gets slower, not faster. Asked through torch.cpu's probes; where a PyTorch build lacks them: False (fp32)."""
+    import torch
+
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)
+
+
+def auto_mixed_precision(on_cpu: bool, private: bool = False) -> str:
+    """What ``--mixed_precision auto`` trains in: bf16 autocast (fp32 master weights) on a CPU with bf16
+    instructions and on GPUs with bf16, else fp32 ("no"); always fp32 under DP-SGD (Opacus' per-sample gradients).
+    On 2 AVX512-BF16 cores bf16 makes the tiny UNet's step ~1.9x faster at the same FID (benchmarks/results/
+    train_step.json, ablation arm H) and trained the shipped model."""
+    import torch
+
+    if private:
+        return "no"
+    if on_cpu:
+        return "bf16" if native_cpu_bf16() else "no"
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def attention_kernels(device_type: str, mixed_precision: str, math_on_cpu_bf16: bool = True):
+    """The SDPA kernels for the UNet's attention: PyTorch's math kernel for bf16 on the CPU, whose flash kernel is
+    slow there at these token counts (49 tokens at 7x7: bf16 step 0.55 s with flash, 0.41 s with math, tiny UNet,
+    batch 128, 2 cores; benchmarks/bench_train_step.py); PyTorch's own choice everywhere else (in fp32 its CPU
+    flash kernel is the faster one)."""
+    if not (math_on_cpu_bf16 and device_type == "cpu" and mixed_precision == "bf16"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
