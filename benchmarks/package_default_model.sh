@@ -90,21 +90,8 @@ if [ "$(realpath "$PREVIOUS")" = "$(realpath "$DEST")" ] && [ -f "$DEST/evaluati
   cp "$DEST"/evaluation.json "$DEST"/run_config.json benchmarks/results/previous_default/
   [ ! -f "$DEST/fid_kid_curves.png" ] || cp "$DEST/fid_kid_curves.png" benchmarks/results/previous_default/
 fi
-rm -rf "$DEST" && mkdir -p "$DEST"
 # audit_closest_pairs.png ships too: BloodMNIST is public, and the web demo's card tab shows it (medgen app).
-(cd "$STAGE" && find . -type f -print0 | xargs -0 cp --parents -t "$OLDPWD/$DEST")
-# The shipped JSONs name the package, not where this machine staged it (no local paths ship).
-$BIN/python - "$RUN" "$STAGE" "$DEST" <<'EOF'
-import re, sys
-from pathlib import Path
-run, stage, dest = sys.argv[1:]
-names = sorted({run.rstrip("/"), stage.rstrip("/"), str(Path(run).resolve()), str(Path(stage).resolve())}, key=len,
-               reverse=True)
-for path in Path(dest).rglob("*.json"):  # "source" fields and every "_name_or_path" (unet/config.json too)
-    text = path.read_text()
-    for name in names:
-        text = re.sub('"' + re.escape(name) + '(?=["/])', '"' + dest, text)
-    path.write_text(text)
-EOF
+# No local path ships: the JSONs name the package, not where this machine staged it.
+$BIN/python benchmarks/ship_folder.py "$RUN" "$STAGE" "$DEST"
 cp "$STAGE/audit_closest_pairs.png" benchmarks/results/audit/default_closest_pairs_pixel.png
 du -sh "$DEST"

@@ -18,9 +18,12 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .runtime import SCHEDULERS
+
 MAX_IMAGES = 64  # per request: a CPU Space generates 64 images at 20 steps in well under a minute
 ALL_CLASSES = "all classes (balanced)"
 SAVED_SAMPLER = "saved"
+STUDENT = "4-step model"  # the shipped model's distilled student (FAST_MODEL), offered beside its samplers
 KEEP_REQUESTS = 16  # recent requests' files kept for download; older ones are removed
 CLOSEST_PAIRS = "audit_closest_pairs.png"  # `medgen audit PIPELINE --out PIPELINE/audit.json` writes it there
 
@@ -52,6 +55,7 @@ class Demo:
     """The model behind the page: one pipeline, one generation at a time (a scheduler keeps per-run state)."""
 
     def __init__(self, pipeline=None, device="auto"):
+        from . import DEFAULT_MODEL, FAST_MODEL
         from .provenance import is_public_source, read_run_config, weights_sha256
         from .runtime import load_pipeline, resolve_device
 
@@ -63,6 +67,12 @@ class Demo:
         run = read_run_config(self.folder) or {}
         # A public dataset's name (a MedMNIST flag), else None: the user's own data, whose path is not shown.
         self.public_dataset = run.get("dataset") if is_public_source(run.get("dataset")) else None
+        # Serving the shipped model: its shipped 4-step student is offered as a sampler too.
+        self.student = None
+        teacher = Path(pipeline or DEFAULT_MODEL).resolve() == Path(DEFAULT_MODEL).resolve()
+        if teacher and Path(FAST_MODEL, "model_index.json").is_file():
+            self.student = load_pipeline(FAST_MODEL).to(self.pipe.device)
+            self.student_weights = weights_sha256(self.student.unet)
         self.lock = threading.Lock()
         # Each request's files, until Gradio has copied them to its cache; removed at exit (and kept to a few).
         self.scratch = tempfile.TemporaryDirectory(prefix="medgen-app-")
@@ -71,10 +81,14 @@ class Demo:
     def class_names(self):
         return list(self.pipe.config.class_names or [])
 
-    def default_steps(self):
+    @property
+    def samplers(self):
+        return [SAVED_SAMPLER] + list(SCHEDULERS) + ([STUDENT] if self.student is not None else [])
+
+    def default_steps(self, sampler=SAVED_SAMPLER):
         from .pipelines import default_steps
 
-        return default_steps(self.pipe.config)
+        return default_steps((self.student if sampler == STUDENT else self.pipe).config)
 
     def generate(self, class_choice=ALL_CLASSES, sampler=SAVED_SAMPLER, steps=None, guidance_scale=1.0, seed=0,
                  num_images=16):
@@ -83,17 +97,18 @@ class Demo:
         import numpy as np
         from PIL import Image
 
+        from . import FAST_MODEL
         from .export import export, run_key, sample_provenance
         from .figures import square_grid
         from .generation import plan_labels
-        from .runtime import SCHEDULERS, resolve_steps
+        from .runtime import resolve_steps
 
         num_images, seed = int(num_images), int(seed)
         if not 1 <= num_images <= MAX_IMAGES:
             raise ValueError(f"Number of images must be 1 to {MAX_IMAGES}; got {num_images} (use `medgen sample` "
                              "for more).")
-        if sampler != SAVED_SAMPLER and sampler not in SCHEDULERS:
-            raise ValueError(f"Unknown sampler {sampler!r}; choose {SAVED_SAMPLER} or one of {', '.join(SCHEDULERS)}.")
+        if sampler not in self.samplers:
+            raise ValueError(f"Unknown sampler {sampler!r}; choose one of {', '.join(self.samplers)}.")
         if steps is not None and int(steps) < 1:
             raise ValueError(f"Steps must be >= 1; got {steps}.")
         if self.class_names:
@@ -108,13 +123,17 @@ class Demo:
             for old in sorted(Path(self.scratch.name).iterdir(), key=os.path.getmtime)[:-KEEP_REQUESTS]:
                 shutil.rmtree(old, ignore_errors=True)
             out = Path(tempfile.mkdtemp(dir=self.scratch.name)) / "synthetic.npz"
-            self.pipe.scheduler = (self.saved_scheduler if sampler == SAVED_SAMPLER else
-                                   getattr(diffusers, SCHEDULERS[sampler]).from_config(self.saved_scheduler.config))
-            steps = resolve_steps(self.pipe, None if steps is None else int(steps))
+            if sampler == STUDENT:  # the shipped 4-step model, with its own scheduler
+                pipe, source, weights = self.student, FAST_MODEL, self.student_weights
+            else:
+                pipe, source, weights = self.pipe, self.pipeline, self.weights
+                pipe.scheduler = (self.saved_scheduler if sampler == SAVED_SAMPLER else
+                                  getattr(diffusers, SCHEDULERS[sampler]).from_config(self.saved_scheduler.config))
+            steps = resolve_steps(pipe, None if steps is None else int(steps))
             key = run_key({"app": True, "sampler": sampler, "steps": steps, "seed": seed, "labels": str(labels),
-                           "guidance_scale": guidance, "weights_sha256": self.weights})
-            export(self.pipe, str(out), "npz", num_images, labels, steps, guidance, seed, key,
-                   provenance=sample_provenance(self.pipeline, self.weights))
+                           "guidance_scale": guidance, "weights_sha256": weights})
+            export(pipe, str(out), "npz", num_images, labels, steps, guidance, seed, key,
+                   provenance=sample_provenance(source, weights))
             with np.load(out, allow_pickle=False) as npz:
                 images = npz["train_images"]
             grid = square_grid([Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
@@ -154,7 +173,7 @@ def build_app(pipeline=None, device="auto"):
     """The Gradio Blocks of the demo for a pipeline folder, Hub repo id, or (None) the shipped model."""
     gr = require_gradio()
     demo = Demo(pipeline, device)
-    from .runtime import SCHEDULERS, source_name
+    from .runtime import source_name
 
     def generate(class_choice, sampler, steps, guidance_scale, seed, num_images):
         try:
@@ -165,14 +184,15 @@ def build_app(pipeline=None, device="auto"):
     conditional = bool(demo.class_names)
     with gr.Blocks(title="medgen-diffusers") as blocks:
         what = f"{len(demo.class_names)} classes" if conditional else "unconditional"
-        gr.Markdown(f"# medgen-diffusers: synthetic {demo.public_dataset or ''} images ({what})\nModel: `{source_name(pipeline)}`. "
-                    "Synthetic images for research and augmentation, **not for diagnosis**.")
+        gr.Markdown(f"# medgen-diffusers: synthetic {demo.public_dataset or ''} images ({what})\n"
+                    f"Model: `{source_name(pipeline)}`. Synthetic images for research and augmentation, "
+                    "**not for diagnosis**.")
         with gr.Tab("Generate"):
             with gr.Row():
                 with gr.Column():
                     class_choice = gr.Dropdown([ALL_CLASSES] + demo.class_names, value=ALL_CLASSES, label="Class",
                                                visible=conditional)
-                    sampler = gr.Dropdown([SAVED_SAMPLER] + list(SCHEDULERS), value=SAVED_SAMPLER,
+                    sampler = gr.Dropdown(demo.samplers, value=SAVED_SAMPLER,
                                           label=f"Sampler ({SAVED_SAMPLER}: {type(demo.saved_scheduler).__name__})")
                     steps = gr.Slider(1, max(100, demo.default_steps()), value=demo.default_steps(), step=1,
                                       label="Steps")
@@ -184,6 +204,8 @@ def build_app(pipeline=None, device="auto"):
                 with gr.Column():
                     grid = gr.Image(label="Synthetic images", type="filepath", format="png")
                     npz = gr.File(label="MedMNIST-layout npz (train_images, train_labels, provenance)")
+            # Choosing the 4-step model (or back) sets the steps to that model's own default.
+            sampler.change(lambda name: demo.default_steps(name), sampler, steps, api_visibility="private")
             button.click(generate, [class_choice, sampler, steps, guidance, seed, num_images], [grid, npz],
                          api_name="generate")
         with gr.Tab("Model card"):

@@ -36,6 +36,8 @@ def cmd_sample(args):
 
     if args.num_images < 1:
         raise ValueError(f"--num-images must be >= 1; got {args.num_images}.")
+    if args.fast:
+        args.pipeline = fast_model(args.pipeline)
     fmt = infer_format(args.out, args.format)
     writable(args.out)
     device = resolve_device(args.device)
@@ -58,6 +60,36 @@ def cmd_sample(args):
                      provenance=sample_provenance(args.pipeline, weights), intensity=run.get("intensity"))
     if summary:
         print(summary)
+        if args.fast:
+            print(fast_note())
+
+
+def fast_note():
+    """What --fast trades, from the two shipped models' own test evaluations."""
+    import json
+
+    from . import DEFAULT_MODEL, FAST_MODEL
+
+    fid, nfe = {}, {}
+    for name, folder in (("fast", FAST_MODEL), ("default", DEFAULT_MODEL)):
+        evaluation = json.loads(Path(folder, "evaluation.json").read_text())
+        fid[name], nfe[name] = evaluation["standard"]["fid"], evaluation["generation"]["nfe_per_image"]
+    return (f"the shipped 4-step model: test FID {fid['fast']:.2f} at {nfe['fast']} network evaluations per image, "
+            f"the default model {fid['default']:.2f} at {nfe['default']} ({fid['fast'] / fid['default']:.2f}x the "
+            f"FID, {nfe['default'] / nfe['fast']:.0f}x fewer evaluations)")
+
+
+def fast_model(pipeline):
+    """--fast: the shipped 4-step student, in place of the shipped teacher."""
+    from . import FAST_MODEL
+
+    if pipeline is not None:
+        raise ValueError("--fast picks the shipped 4-step model; drop it, or the PIPELINE argument (a distilled "
+                         "pipeline of your own is fast by itself: its saved sampler and steps are used).")
+    if not Path(FAST_MODEL, "model_index.json").is_file():
+        raise FileNotFoundError(f"The 4-step model is not in this installation ({FAST_MODEL}); reinstall "
+                                "medgen-diffusers, or sample the default model without --fast.")
+    return FAST_MODEL
 
 
 def cmd_evaluate(args):
@@ -278,6 +310,9 @@ def build_parser():
     sample.add_argument("pipeline", nargs="?", default=None,
                         help="Pipeline folder (save_pretrained) or Hub repo id (default: the shipped BloodMNIST model).")
     sample.add_argument("--num-images", type=int, default=16)
+    sample.add_argument("--fast", action="store_true",
+                        help="The shipped 4-step distilled model instead of the default (4 network evaluations per "
+                             "image, not 20; its test FID beside the teacher's is on its card).")
     which = sample.add_mutually_exclusive_group()
     which.add_argument("--class", dest="class_name", default=None, help="Only this class (name, prefix or index).")
     which.add_argument("--balanced", action="store_true", help="Equal images per class (N a multiple of classes).")

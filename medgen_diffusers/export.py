@@ -204,7 +204,7 @@ def sample_provenance(pipeline, weights_sha256: str) -> dict:
     """What an exported file records about its making: the weights, the pipeline, the training data's name and
     checksum (from the run). No command line: the same images give the same bytes, whatever the output is called."""
     from .provenance import provenance, read_run_config, redact_paths
-    from .runtime import source_name
+    from .runtime import is_shipped, source_name
 
     run = read_run_config(pipeline) or {}
     record = provenance(data={"source": run.get("dataset"), "checksum": run.get("data_md5")},
@@ -213,7 +213,7 @@ def sample_provenance(pipeline, weights_sha256: str) -> dict:
     # The data source is cut to a name (the npz is what gets shared); the pipeline path stays, so that
     # `medgen evaluate FILE.npz` finds the run, and through it the data, on this machine.
     record["data"] = redact_paths(record["data"])
-    if pipeline is not None and Path(pipeline).exists():
+    if pipeline is not None and Path(pipeline).exists() and not is_shipped(pipeline):  # shipped: by name
         record["pipeline"] = str(Path(pipeline).resolve())
     return record
 

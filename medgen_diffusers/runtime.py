@@ -30,27 +30,34 @@ def load_pipeline(path_or_repo=None, scheduler=None):
     return pipe
 
 
-def writable(path, what="--out"):
-    """``path`` as a Path, unless it lies in the shipped model's folder: no command changes that (in a normal install
-    it is inside site-packages); regenerating it is benchmarks/make_default_model.sh's job."""
-    from . import DEFAULT_MODEL
+def shipped_models() -> dict:
+    """The models shipped inside the package: resolved folder -> how results name it."""
+    from . import DEFAULT_MODEL, FAST_MODEL
 
-    resolved, shipped = Path(path).resolve(), Path(DEFAULT_MODEL).resolve()
-    if resolved == shipped or shipped in resolved.parents:
-        raise ValueError(f"{what} {path} is inside the shipped model's folder ({shipped}), which medgen never "
-                         f"changes: choose another {what} (e.g. the current directory).")
+    return {Path(DEFAULT_MODEL).resolve(): "medgen_diffusers/pretrained/bloodmnist (shipped)",
+            Path(FAST_MODEL).resolve(): "medgen_diffusers/pretrained/bloodmnist-4step (shipped)"}
+
+
+def writable(path, what="--out"):
+    """``path`` as a Path, unless it lies in a shipped model's folder: no command changes those (in a normal install
+    they are inside site-packages); regenerating them is benchmarks/package_*_model.sh's job."""
+    resolved = Path(path).resolve()
+    for shipped in shipped_models():
+        if resolved == shipped or shipped in resolved.parents:
+            raise ValueError(f"{what} {path} is inside a shipped model's folder ({shipped}), which medgen never "
+                             f"changes: choose another {what} (e.g. the current directory).")
     return Path(path)
 
 
 def is_shipped(path) -> bool:
-    from . import DEFAULT_MODEL
-
-    return path is None or Path(path).resolve() == Path(DEFAULT_MODEL).resolve()
+    return path is None or Path(path).resolve() in shipped_models()
 
 
 def source_name(path) -> str:
-    """How a result names the pipeline it came from: as the user gave it, never the shipped folder's local path."""
-    return "medgen_diffusers/pretrained/bloodmnist (shipped)" if is_shipped(path) else str(path)
+    """How a result names the pipeline it came from: as the user gave it, never a shipped folder's local path."""
+    if path is None:
+        return shipped_models()[next(iter(shipped_models()))]
+    return shipped_models().get(Path(path).resolve(), str(path))
 
 
 def resolve_steps(pipe, steps):

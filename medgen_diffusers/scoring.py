@@ -38,7 +38,7 @@ def evaluate_command(args):
     out = check_new_result(writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json")),
                            args.overwrite)
     # No absolute path of this machine in a result that may be committed or pushed.
-    generation = {"source": source_name(None if shipped else args.source)}
+    generation = {"source": source_name(args.source)}
     device = resolve_device(args.device)
     if images_given:
         from .data import load_images

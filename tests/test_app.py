@@ -108,3 +108,15 @@ def test_card_tab_never_shows_a_private_training_image(memorised_run, trained_ru
     shutil.copy(Path(DEFAULT_MODEL) / "evaluation.json", private / "evaluation.json")
     card = Demo(private, "cpu").card_markdown()
     assert "Not evaluated yet" in card and "12.005" not in card and "Not trained with differential privacy" in card
+
+
+def test_the_shipped_model_offers_its_four_step_student(tmp_path):
+    """Serving the shipped model, the page offers the 4-step model too; its npz is `medgen sample --fast`'s."""
+    from medgen_diffusers.app import STUDENT
+
+    demo = Demo(None, "cpu")
+    assert STUDENT in demo.samplers and demo.default_steps(STUDENT) == 4 and demo.default_steps() == 20
+    _, npz = demo.generate("platelet", STUDENT, 4, 1.0, 2, 2)
+    assert main(["sample", "--fast", "--class", "platelet", "--seed", "2", "--num-images", "2", "--device", "cpu",
+                 "--out", str(tmp_path / "cli.npz")]) == 0
+    assert Path(npz).read_bytes() == (tmp_path / "cli.npz").read_bytes()

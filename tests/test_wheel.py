@@ -1,5 +1,5 @@
 """An installed wheel can do everything a checkout can: `medgen train` and `medgen distill` from a wheel in a fresh
-venv, run outside the checkout (no train_unconditional.py to fall back on)."""
+venv, run outside the checkout (no train_unconditional.py to fall back on), and both shipped models in it."""
 
 import json
 import os
@@ -46,6 +46,10 @@ def test_medgen_train_and_distill_from_a_wheel_in_a_fresh_venv(tmp_path, data_ro
                     cwd=tmp_path, env=env)
     assert distilled.returncode == 0, distilled.stderr[-3000:]
     assert (tmp_path / "student" / "model_index.json").is_file()
+    # Both shipped models are in the wheel: the 4-step one samples from site-packages.
+    fast = run(str(venv / "bin" / "medgen"), "sample", "--fast", "--num-images", "2", "--out", "fast.png",
+               cwd=tmp_path, env=env)
+    assert fast.returncode == 0 and "the shipped 4-step model" in fast.stdout, fast.stderr[-2000:]
     # Bad input from an installed command: one line, exit 2, nothing written.
     refused = run(str(venv / "bin" / "medgen"), "train", "--output_dir", "run", cwd=tmp_path, env=env)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr and "Traceback" not in refused.stderr
