@@ -23,8 +23,9 @@ def main():
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--extra", default="{}", help="JSON merged into the result (arm, training record, ...)")
     args = parser.parse_args()
-    with np.load(args.samples) as data:
-        images = data["images"]
+    with np.load(args.samples) as data:  # peers.py writes `images`; `medgen sample` MedMNIST's `train_images`
+        key = "images" if "images" in data.files else next(k for k in data.files if k.endswith("_images"))
+        images = data[key]
     result = evaluate_images(images, split="val", protocols=("standard",), per_class=False)
     sampling = args.samples.with_suffix(".json")
     result.update(json.loads(args.extra))
