@@ -15,12 +15,13 @@ import json
 import time
 from pathlib import Path
 
-from diffusers import DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from safetensors.torch import load_file
 
 from medgen_diffusers import BloodMNISTPipeline, class_names
 from medgen_diffusers.data import class_counts
 from medgen_diffusers.evaluation import evaluate_images
+from medgen_diffusers.models import edm_scheduler, fast_solver
 from medgen_diffusers.provenance import write_json_atomic as write_json
 from medgen_diffusers.scoring import summary
 from medgen_diffusers.generation import generate_images, labels_like_split
@@ -38,13 +39,16 @@ def pipeline_from_checkpoint(checkpoint, prediction_type, beta_schedule, weights
     # post-hoc curves (eval_curve.py). Before it was written out here, it came implicitly from DPM-Solver's default.
     scheduler = DDPMScheduler(beta_schedule=beta_schedule, prediction_type=prediction_type, thresholding=True,
                               sample_max_value=1.0, timestep_spacing="linspace")
+    if prediction_type == "edm":  # --formulation edm: the scheduler it trains with (Karras sigmas, rho 7)
+        scheduler = edm_scheduler()
     return BloodMNISTPipeline(unet.eval(), scheduler, names)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
-    parser.add_argument("--prediction_type", required=True)
+    parser.add_argument("--prediction_type", required=True, help="epsilon, v_prediction, sample, or edm "
+                        "(a --formulation edm run: its EDM scheduler; --beta_schedule is then not used)")
     parser.add_argument("--beta_schedule", required=True)
     parser.add_argument("--weights", choices=("ema", "raw"), default="ema")
     parser.add_argument("--split", default="val")
@@ -57,7 +61,7 @@ def main():
     pipe = pipeline_from_checkpoint(args.checkpoint, args.prediction_type, args.beta_schedule, args.weights)
     if args.save:
         pipe.save_pretrained(args.save)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    pipe.scheduler = fast_solver(pipe.scheduler)  # DPM-Solver++ 2M (EDM's variant for an EDM run)
     started = time.perf_counter()
     labels = labels_like_split(class_counts("bloodmnist", args.split), args.num_samples)
     images = generate_images(pipe, args.num_samples, labels, args.steps)

@@ -15,7 +15,7 @@ export MEDMNIST_ROOT OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 ARM=$1
 RUN=${RUN_ROOT:-../bg-runs}/abl2_$ARM
 OUT=benchmarks/results/ablation2
-STEPS=5000 PRESET=tiny BATCH=128 SCHED=cosine
+STEPS=5000 PRESET=tiny BATCH=128 SCHED=cosine PRED=v_prediction
 case $ARM in
   decay) EXTRA=() ;;
   constant) EXTRA=(); SCHED=constant_with_warmup ;;
@@ -25,7 +25,10 @@ case $ARM in
   # `small` steps cost 5.0x `tiny` ones at batch 128 on one thread (results/presets.json: 5.61 vs 1.12 s; 3.95x on
   # 2 quiet cores), so 1,000 steps; the CPU time each arm really used is logged beside it (ps cputime).
   small) EXTRA=(); PRESET=small; STEPS=1000 ;;
-  *) echo "unknown arm '$ARM'; the arms are: decay constant min_snr batch256 small" >&2; exit 2 ;;
+  # EDM (Karras et al. 2022; issue 23 part 3): log-normal sigmas and EDM preconditioning, the same UNet, batch and
+  # step cost as the baseline, so the same 5,000 steps; scored with EDM's DPM-Solver++ 2M at 20 steps.
+  edm) EXTRA=(--formulation edm); PRED=edm ;;
+  *) echo "unknown arm '$ARM'; the arms are: decay constant min_snr batch256 small edm" >&2; exit 2 ;;
 esac
 mkdir -p "$OUT"
 if [ ! -d "$RUN/checkpoint-$STEPS" ]; then
@@ -34,5 +37,5 @@ if [ ! -d "$RUN/checkpoint-$STEPS" ]; then
       --max_train_steps $STEPS --checkpointing_steps 250 --checkpoints_total_limit 2 --resume_from_checkpoint latest \
       --num_sample_images 0 --logger none --seed 0 "${EXTRA[@]}"
 fi
-.venv/bin/python benchmarks/eval_checkpoint.py "$RUN/checkpoint-$STEPS" --prediction_type v_prediction \
+.venv/bin/python benchmarks/eval_checkpoint.py "$RUN/checkpoint-$STEPS" --prediction_type $PRED \
     --beta_schedule squaredcos_cap_v2 --num-samples 256 --out "$OUT/${ARM}_step$STEPS.json"

@@ -18,6 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from .models import is_edm
 from .runtime import SCHEDULERS
 
 MAX_IMAGES = 64  # per request: a CPU Space generates 64 images at 20 steps in well under a minute
@@ -127,6 +128,9 @@ class Demo:
                 pipe, source, weights = self.student, FAST_MODEL, self.student_weights
             else:
                 pipe, source, weights = self.pipe, self.pipeline, self.weights
+                if sampler != SAVED_SAMPLER and is_edm(self.saved_scheduler):
+                    raise ValueError(f"This model was trained with the EDM formulation: it samples with its own "
+                                     f"scheduler only; pick {SAVED_SAMPLER!r}.")
                 pipe.scheduler = (self.saved_scheduler if sampler == SAVED_SAMPLER else
                                   getattr(diffusers, SCHEDULERS[sampler]).from_config(self.saved_scheduler.config))
             steps = resolve_steps(pipe, None if steps is None else int(steps))

@@ -17,6 +17,8 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import torch
 
+from .models import is_edm
+
 MEMORIZATION_RATIO = 1 / 3  # Gu et al.: nearest / second-nearest distance below this = memorized
 COPY_PERCENTILE = 1.0
 DEFAULT_NUM_MIA = 1000  # members and non-members each, at most (fewer when the data holds fewer)
@@ -75,11 +77,14 @@ def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Dict[str
 def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], timesteps: Sequence[int] = (50, 200, 500),
                      seed: int = 0, batch_size: int = 128) -> np.ndarray:
     """Per-image denoising loss of the pipeline's UNet (its own prediction type), averaged over ``timesteps``, with
-    noise drawn per image from a fixed seed: the same image always gets the same noise."""
+    noise drawn per image from a fixed seed: the same image always gets the same noise. An EDM pipeline is scored
+    at the noise levels sigma = sqrt((1 - a_t) / a_t) these timesteps have on the cosine schedule (the default
+    model's), with EDM's own loss (||F - F_target||^2, its lambda(sigma)-weighted denoising error)."""
     unet, scheduler = pipe.unet, pipe.scheduler
     device = unet.device
     config = scheduler.config
-    alphas = torch.cumprod(1 - _betas(config), dim=0)
+    edm = is_edm(config)
+    alphas = torch.cumprod(1 - _betas({"beta_schedule": "squaredcos_cap_v2"} if edm else config), dim=0)
     prediction = config.get("prediction_type", "epsilon")
     losses = []
     for start in range(0, len(images), batch_size):
@@ -92,6 +97,15 @@ def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], tim
         for t in timesteps:
             noise = torch.randn(x0.shape, generator=generator).to(device)
             a = alphas[t].to(device)
+            if edm:
+                sigma = ((1 - a) / a).sqrt()
+                noisy = x0 + sigma * noise
+                out = unet(scheduler.precondition_inputs(noisy, sigma),
+                           scheduler.precondition_noise(sigma).expand(len(x0)), class_labels=cond).sample
+                denoised = scheduler.precondition_outputs(noisy, out.float(), sigma)
+                weight = (sigma ** 2 + config.sigma_data ** 2) / (sigma * config.sigma_data) ** 2
+                total += (weight * (denoised - x0) ** 2).mean(dim=(1, 2, 3))
+                continue
             noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
             target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
             out = unet(noisy, torch.full((len(x0),), t, device=device), class_labels=cond).sample

@@ -42,6 +42,7 @@ from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, ch
                                             register_ema_hooks, save_checkpoint)
 from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
 from medgen_diffusers.model_card import write_card
+from medgen_diffusers.models import is_edm
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
 
 logger = get_logger(__name__)
@@ -123,6 +124,9 @@ def main(argv=None):
     # Teacher: frozen; its noise schedule defines the grid the student learns to jump along. A resumed student must
     # be a student of this teacher.
     teacher_pipe = BloodMNISTPipeline.from_pretrained(args.teacher)
+    if is_edm(teacher_pipe.scheduler):
+        raise ValueError(f"--teacher {args.teacher} was trained with the EDM formulation; distillation follows a "
+                         "DDPM teacher's DDIM grid. Distil a --formulation ddpm model.")
     teacher_sha256 = weights_sha256(teacher_pipe.unet)
     if checkpoint is not None:
         check_resumed_config(output_dir, "distill_config.json", {"teacher_sha256": teacher_sha256},

@@ -286,10 +286,9 @@ class TrainingEvaluator:
         self.num_samples, self.num_inference_steps, self.seed = num_samples, num_inference_steps, seed
 
     def __call__(self, pipe) -> Dict[str, float]:
-        from diffusers import DPMSolverMultistepScheduler
+        from .models import fast_solver
 
-        fast = type(pipe)(pipe.unet, DPMSolverMultistepScheduler.from_config(pipe.scheduler.config),
-                          pipe.config.class_names)
+        fast = type(pipe)(pipe.unet, fast_solver(pipe.scheduler), pipe.config.class_names)
         labels = self.labels if pipe.config.class_names and self.labels is not None else None
         images = generate_images(fast, self.num_samples, labels, self.num_inference_steps, seed=self.seed,
                                  progress=False)  # the same images `medgen sample` would write

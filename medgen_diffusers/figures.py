@@ -190,6 +190,7 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
     from diffusers import DDIMScheduler
 
     from .data import load_images
+    from .models import is_edm
     from .pipelines import BloodMNISTPipeline
 
     run_dir = Path(run_dir)
@@ -210,7 +211,8 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
         return written  # training still running: no saved pipeline yet
 
     pipe = BloodMNISTPipeline.from_pretrained(run_dir).to(device)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    if not is_edm(pipe.scheduler):  # an EDM pipeline keeps its own solver (its timesteps are noise levels)
+        pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)
     config_path = run_dir / "run_config.json"
     run_config = json.loads(config_path.read_text()) if config_path.is_file() else {}

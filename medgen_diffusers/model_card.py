@@ -41,10 +41,7 @@ from medgen_diffusers import BloodMNISTPipeline
 pipe = BloodMNISTPipeline.from_pretrained("{repo_or_path}")
 images = pipe(batch_size=8).images  # {sampler_note}
 
-# Any diffusers scheduler swaps in from the saved config, e.g.:
-from diffusers import DDIMScheduler
-pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-images = pipe(batch_size=8, num_inference_steps=50).images
+{scheduler_swap}
 ```
 
 Without medgen-diffusers installed, plain diffusers loads it with the pipeline file shipped in this repo:
@@ -218,6 +215,19 @@ def source_metadata(training_config: Dict, description: Optional[str] = None,
             "bias": "the sites, devices, protocols and patients it came from"}
 
 
+# The card's "swap a scheduler" snippet: any DDPM-family scheduler fits a DDPM-formulation model; an EDM model's
+# timesteps are noise levels, so only the EDM schedulers (which share its precondition_*) fit it.
+SCHEDULER_SWAP = {
+    "ddpm": "# Any diffusers scheduler swaps in from the saved config, e.g.:\nfrom diffusers import DDIMScheduler\n"
+            "pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)\n"
+            "images = pipe(batch_size=8, num_inference_steps=50).images",
+    "edm": "# Trained with the EDM formulation (Karras et al. 2022): EDM schedulers swap in from the saved config, e.g.:\n"
+           "from diffusers import EDMEulerScheduler\n"
+           "pipe.scheduler = EDMEulerScheduler.from_config(pipe.scheduler.config)\n"
+           "images = pipe(batch_size=8, num_inference_steps=40).images",
+}
+
+
 def build_model_card(
     training_config: Dict,
     class_names: Optional[List[str]] = None,
@@ -239,7 +249,8 @@ def build_model_card(
     training_config = redact_paths(training_config)  # no absolute path of this machine on a card
     source = source_metadata(training_config, description, citation)
     dataset = source["name"]
-    tags = ["diffusers", "medical-imaging", "ddpm", "synthetic-data"]
+    edm = training_config.get("formulation") == "edm"
+    tags = ["diffusers", "medical-imaging", "edm" if edm else "ddpm", "synthetic-data"]
     if source["datasets"]:
         tags[2:2] = ["medmnist", dataset]
     if class_names:
@@ -269,7 +280,9 @@ def build_model_card(
         metrics_section = metrics_table(metrics)
     else:
         metrics_section = "Not evaluated yet: run `medgen evaluate` on this pipeline."
+    scheduler_swap = SCHEDULER_SWAP["edm" if edm else "ddpm"]
     text = TEMPLATE.format(
+        scheduler_swap=scheduler_swap,
         card_data=card_data.to_yaml(),
         title=f"{dataset} diffusion model",
         dataset=dataset,

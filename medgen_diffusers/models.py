@@ -132,3 +132,32 @@ def attention_kernels(device_type: str, mixed_precision: str, math_on_cpu_bf16: 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.MATH])
+
+
+# EDM (Karras et al. 2022, arXiv 2206.00364), `--formulation edm`: the training noise levels are log-normal,
+# ln(sigma) ~ N(P_MEAN, P_STD^2) (the paper's table 1); the preconditioning (c_skip, c_out, c_in, c_noise) is the
+# saved scheduler's own `precondition_*`, so plain diffusers samples exactly what was trained.
+EDM_P_MEAN, EDM_P_STD = -1.2, 1.2
+
+
+def edm_scheduler():
+    """The scheduler an EDM run trains with and saves: diffusers' EDM DPM-Solver++ (2nd order, Karras sigmas
+    0.002..80, sigma_data 0.5), its x0 estimate clamped to the image range like the DDPM-family configs."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    return EDMDPMSolverMultistepScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, thresholding=True,
+                                          sample_max_value=1.0)
+
+
+def is_edm(scheduler_or_config) -> bool:
+    """Whether a scheduler (or its config) is of the EDM family: its timesteps are c_noise(sigma), not 0..999."""
+    config = getattr(scheduler_or_config, "config", scheduler_or_config)
+    return "sigma_data" in config
+
+
+def fast_solver(scheduler):
+    """A 2nd-order multistep solver with the scheduler's own settings: DPM-Solver++ (EDM's variant for EDM runs)."""
+    from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler
+
+    solver = EDMDPMSolverMultistepScheduler if is_edm(scheduler) else DPMSolverMultistepScheduler
+    return solver.from_config(scheduler.config)

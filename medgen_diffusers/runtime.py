@@ -20,10 +20,15 @@ def load_pipeline(path_or_repo=None, scheduler=None):
     import diffusers
 
     from . import BloodMNISTPipeline
+    from .models import is_edm
 
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise ValueError(f"Unknown scheduler {scheduler!r}. Valid: {', '.join(SCHEDULERS)}.")
     pipe = BloodMNISTPipeline.from_pretrained(path_or_repo)
+    if scheduler is not None and is_edm(pipe.scheduler):
+        raise ValueError(f"{path_or_repo} was trained with the EDM formulation: its timesteps are noise levels "
+                         f"(c_noise), which {SCHEDULERS[scheduler]} does not know. Leave the scheduler option out: "
+                         f"it samples with its own {type(pipe.scheduler).__name__}.")
     if scheduler is not None:
         scheduler_cls = getattr(diffusers, SCHEDULERS[scheduler])
         pipe.scheduler = scheduler_cls.from_config(pipe.scheduler.config)

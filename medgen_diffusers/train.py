@@ -35,7 +35,8 @@ from medgen_diffusers.data import AUGMENTATIONS, augment, load_images, resolve_a
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
-from medgen_diffusers.models import UNET_PRESETS, attention_kernels, auto_mixed_precision, build_unet
+from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, UNET_PRESETS, attention_kernels, auto_mixed_precision,
+                                     build_unet, edm_scheduler, fast_solver, is_edm)
 from medgen_diffusers.privacy import (ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS, PrivateStep, plan_privacy, privacy_units,
                                       trainable_parameters)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
@@ -93,6 +94,11 @@ def parse_args(argv=None):
     # Defaults = the ablation's winner (benchmarks/results/ablation/): v-prediction on the cosine schedule reached
     # half the FID of epsilon on the linear schedule at the same CPU budget, and stays stable with few-step solvers.
     g.add_argument("--prediction_type", default="v_prediction", choices=("epsilon", "v_prediction", "sample"))
+    g.add_argument("--formulation", default="ddpm", choices=("ddpm", "edm"),
+                   help="ddpm: --prediction_type on the --ddpm_beta_schedule (saved with DDIM); edm: Karras et al. "
+                        "2022 -- log-normal noise levels and the c_skip/c_out/c_in/c_noise preconditioning of "
+                        "diffusers' EDMDPMSolverMultistepScheduler, saved with it (--prediction_type and the DDPM "
+                        "schedule do not apply).")
     g.add_argument("--ddpm_num_steps", type=int, default=1000)
     g.add_argument("--ddpm_beta_schedule", default="squaredcos_cap_v2",
                    choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
@@ -177,6 +183,9 @@ def parse_args(argv=None):
         p.error("--max_train_steps must be >= 1.")
     if not 0.0 <= args.label_dropout < 1.0:
         p.error("--label_dropout must be in [0, 1).")
+    if args.formulation == "edm" and args.snr_gamma is not None:
+        p.error("--snr_gamma weights the DDPM losses; EDM's loss has its own weighting (lambda(sigma) = 1 / c_out^2). "
+                "Leave --snr_gamma out with --formulation edm.")
     if args.snr_gamma is not None and not args.snr_gamma > 0:
         p.error("--snr_gamma must be > 0 (5.0 is the Min-SNR paper's value); leave it out for the plain MSE loss.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs"):
@@ -209,7 +218,8 @@ def on_cpu(args) -> bool:
 
 def sample_grid(pipeline, num_images, steps, seed):
     """A fixed-seed grid from the EMA weights, sampled with DDIM (fast enough to run on CPU)."""
-    scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)
+    scheduler = (fast_solver(pipeline.scheduler) if is_edm(pipeline.scheduler)  # EDM timesteps are c_noise(sigma)
+                 else DDIMScheduler.from_config(pipeline.scheduler.config))
     fast = BloodMNISTPipeline(pipeline.unet, scheduler, pipeline.config.class_names)
     fast.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(seed)
@@ -220,12 +230,14 @@ def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augm
     """One loss per image: augment, noise at a random timestep, predict the target, weight (Min-SNR)."""
     clean = augment(to_model_range(batch_images), augmentation)
     noise = torch.randn_like(clean)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
-    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     class_labels = None
     if num_classes is not None:  # label dropout teaches the null class for classifier-free guidance
         dropped = torch.rand(batch_labels.shape, device=batch_labels.device) < args.label_dropout
         class_labels = torch.where(dropped, torch.full_like(batch_labels, num_classes), batch_labels)
+    if is_edm(noise_scheduler):
+        return edm_loss(unet, noise_scheduler, clean, noise, class_labels, args)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = noise
@@ -245,6 +257,22 @@ def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augm
             weights = weights / (snr + 1)
         loss = loss * weights
     return loss
+
+
+def edm_loss(unet, scheduler, clean, noise, class_labels, args):
+    """EDM's training loss (Karras et al. 2022, eq. 2 and table 1): sigma log-normal; the UNet sees c_in * x at
+    timestep c_noise(sigma) and its output F gives the denoised D = c_skip * x + c_out * F -- all three from the
+    scheduler's `precondition_*`, which its sampler applies too; lambda(sigma) = 1 / c_out^2 makes the loss a plain
+    MSE on F (unit weight at every noise level)."""
+    sigma = (torch.randn(clean.shape[0], 1, 1, 1, device=clean.device) * EDM_P_STD + EDM_P_MEAN).exp()
+    noisy = clean + sigma * noise
+    with attention_kernels(clean.device.type, args.mixed_precision, args.cpu_bf16_math_attention):
+        output = unet(scheduler.precondition_inputs(noisy, sigma), scheduler.precondition_noise(sigma).flatten(),
+                      class_labels=class_labels).sample
+    denoised = scheduler.precondition_outputs(noisy, output.float(), sigma)
+    sigma_data = scheduler.config.sigma_data
+    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    return (weight * (denoised - clean) ** 2).mean(dim=(1, 2, 3))
 
 
 def data_parallel_updates(accelerator, unet, optimizer, lr_scheduler, train_dataloader, loss_fn, args, start_step,
@@ -331,7 +359,7 @@ def describe_run(args, data, images, source_options, accelerator, unet, noise_sc
         run_config.update(intensity=data.intensity, patients=patient_counts(data, args, source_options))
     run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
                       resolution=images.shape[-1], channels=images.shape[1], class_conditional=class_conditional,
-                      prediction_type=noise_scheduler.config.prediction_type,
+                      prediction_type="edm" if is_edm(noise_scheduler) else noise_scheduler.config.prediction_type,
                       total_batch_size=args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
                       resolved_max_train_steps=max_train_steps, data_md5=data.md5,
                       num_parameters=sum(p.numel() for p in unet.parameters()),
@@ -560,6 +588,8 @@ def build_model(args, resolution, channels, num_classes):
     """A fresh UNet of --model_preset/--model_config, or --init_from's UNet; the training noise schedule."""
     if args.init_from is None:
         unet = build_unet(args.model_preset, args.model_config, resolution, channels, num_classes)
+        if args.formulation == "edm":
+            return unet, edm_scheduler()
         schedule = dict(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                         prediction_type=args.prediction_type)
     else:
@@ -574,6 +604,12 @@ def build_model(args, resolution, channels, num_classes):
                              + ". Start from a pipeline trained at the same size, channels and classes (or "
                                "--no-class_conditional for an unconditional prior).")
         # The prior's own schedule and target: fine-tuning with another would unlearn what it learned.
+        if is_edm(prior.scheduler) != (args.formulation == "edm"):
+            raise ValueError(f"--init_from {args.init_from} was trained with the "
+                             f"{'edm' if is_edm(prior.scheduler) else 'ddpm'} formulation: pass --formulation "
+                             f"{'edm' if is_edm(prior.scheduler) else 'ddpm'} to fine-tune it.")
+        if is_edm(prior.scheduler):
+            return unet, edm_scheduler()
         schedule = {k: prior.scheduler.config[k] for k in ("num_train_timesteps", "beta_schedule", "prediction_type")}
     # Images live in [-1, 1]. Thresholding (with sample_max_value=1) clamps each step's x0 estimate to that range;
     # it is saved in the scheduler config, so DDIM, DPM-Solver++, ... swapped in with `from_config` use it too.
@@ -607,7 +643,8 @@ def final_pipeline(accelerator, unet, ema_unet, noise_scheduler, class_names, nu
     if ema_unet is not None:
         ema_unet.copy_to(model.parameters())
     model.eval()
-    scheduler = DDIMScheduler.from_config(noise_scheduler.config)  # same betas, prediction type and spacing
+    # DDIM: same betas, prediction type and spacing; an EDM run keeps its EDM solver (its timesteps are c_noise).
+    scheduler = (type(noise_scheduler) if is_edm(noise_scheduler) else DDIMScheduler).from_config(noise_scheduler.config)
     return BloodMNISTPipeline(model, scheduler, class_names if num_classes is not None else None,
                               default_num_inference_steps=DEFAULT_SAMPLER_STEPS)
 
