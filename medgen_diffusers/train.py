@@ -230,14 +230,12 @@ def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augm
     """One loss per image: augment, noise at a random timestep, predict the target, weight (Min-SNR)."""
     clean = augment(to_model_range(batch_images), augmentation)
     noise = torch.randn_like(clean)
-    class_labels = None
-    if num_classes is not None:  # label dropout teaches the null class for classifier-free guidance
-        dropped = torch.rand(batch_labels.shape, device=batch_labels.device) < args.label_dropout
-        class_labels = torch.where(dropped, torch.full_like(batch_labels, num_classes), batch_labels)
     if is_edm(noise_scheduler):
-        return edm_loss(unet, noise_scheduler, clean, noise, class_labels, args)
+        return edm_loss(unet, noise_scheduler, clean, noise, drop_labels(batch_labels, num_classes, args), args)
     timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), device=clean.device)
     noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    # Drawn after the timesteps, as before EDM existed: a DDPM run's random stream (and its resumes) is unchanged.
+    class_labels = drop_labels(batch_labels, num_classes, args)
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = noise
@@ -257,6 +255,14 @@ def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augm
             weights = weights / (snr + 1)
         loss = loss * weights
     return loss
+
+
+def drop_labels(batch_labels, num_classes, args):
+    """Label dropout teaches the null class for classifier-free guidance; None for an unconditional model."""
+    if num_classes is None:
+        return None
+    dropped = torch.rand(batch_labels.shape, device=batch_labels.device) < args.label_dropout
+    return torch.where(dropped, torch.full_like(batch_labels, num_classes), batch_labels)
 
 
 def edm_loss(unet, scheduler, clean, noise, class_labels, args):
