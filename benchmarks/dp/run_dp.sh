@@ -13,7 +13,12 @@
 #        prior_dp10, prior_dp1 -- the prior DP fine-tuned on the private half at eps=10 and eps=1
 # Usage: benchmarks/dp/run_dp.sh [WORK_DIR]   (default ~/medgen-dp-work; checkpoints stay there, not in the repo)
 # Sizes: DP_STEPS (80), PRIOR_STEPS (800), NODP_STEPS (same CPU time as a DP arm: 4x DP_STEPS at batch 128),
-# EVAL_N (300 generated vs 300 real test images; the floor: 300 train vs the same test images).
+# EVAL_N (300 generated vs 300 real test images; the floor: 300 train vs the same test images),
+# UTILITY_ARGS (the classifier budget of `medgen utility`, default a quick 600 images x 8 epochs; "--epochs 10" is the
+# utility protocol's own budget on the whole private half), OUT (results folder), ARMS (comma-separated subset of
+# mem,prior_dp10,nodp,prior_dp1,prior,dp10; default all). E.g. the longer prior run of benchmarks/results/dp/long:
+#   OUT=benchmarks/results/dp/long ARMS=prior_dp10,prior PRIOR_STEPS=2000 DP_STEPS=200 UTILITY_ARGS="--epochs 10" \
+#       benchmarks/dp/run_dp.sh ~/medgen-dp-long
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 work=${1:-$HOME/medgen-dp-work}
@@ -22,10 +27,13 @@ DP_STEPS=${DP_STEPS:-80}
 PRIOR_STEPS=${PRIOR_STEPS:-800}
 NODP_STEPS=${NODP_STEPS:-$((DP_STEPS * 4))}
 EVAL_N=${EVAL_N:-300}
-out=benchmarks/results/dp
+UTILITY_ARGS=${UTILITY_ARGS:---num-train 600 --epochs 8}
+ARMS=${ARMS:-mem,prior_dp10,nodp,prior_dp1,prior,dp10}
+out=${OUT:-benchmarks/results/dp}
 py=.venv/bin/python
 export HF_HUB_OFFLINE=1 MEDMNIST_ROOT="$data"
 mkdir -p "$work" "$out"
+want() { [[ ",$ARMS," == *",$1,"* ]]; }
 train() {  # OUTPUT_DIR ARGS...: train (or resume) unless the pipeline is already there
   local dir=$1; shift
   [ -f "$dir/model_index.json" ] && return 0
@@ -36,13 +44,14 @@ score() {  # ARM: test FID with floor, utility, audit -> $out/ARM_*.json
   local arm=$1 dir=$work/$1
   [ -f "$out/${arm}_evaluation.json" ] || .venv/bin/medgen evaluate "$dir" --split test --num-samples "$EVAL_N" \
       --protocols standard --out "$out/${arm}_evaluation.json"
-  [ -f "$out/${arm}_utility.json" ] || .venv/bin/medgen utility "$dir" --num-train 600 --epochs 8 --fractions "" \
+  [ -f "$out/${arm}_utility.json" ] || .venv/bin/medgen utility "$dir" $UTILITY_ARGS --fractions "" \
       --arms trtr,tstr --num-seeds 1 --out "$out/${arm}_utility.json"
   [ -f "$out/${arm}_audit.json" ] || .venv/bin/medgen audit "$dir" --spaces pixel --num-samples "$EVAL_N" \
       --out "$out/${arm}_audit.json"
 }
 
 # 1. Memorising set, with and without DP.
+if want mem; then
 $py - "$work/cells" "$data" <<'PY'
 import sys
 from pathlib import Path
@@ -59,6 +68,7 @@ for arm in mem_nodp mem_dp10; do
   [ -f "$out/${arm}_audit.json" ] || .venv/bin/medgen audit "$work/$arm" --spaces pixel --num-samples 64 \
       --out "$out/${arm}_audit.json"
 done
+fi
 
 # 2. BloodMNIST halves.
 $py - "$data/bloodmnist.npz" "$work" <<'PY'
@@ -76,21 +86,36 @@ for name, keep in halves.items():
 PY
 common="--lr_warmup_steps 10 --train_batch_size 128"
 dp="--dp_batch_size 256 --dp_noise_multiplicity 1 --max_train_steps $DP_STEPS"
-train "$work/prior" --dataset "$work/public.npz" $common --max_train_steps "$PRIOR_STEPS" --lr_warmup_steps 50
+if want prior || want prior_dp10 || want prior_dp1; then
+  train "$work/prior" --dataset "$work/public.npz" $common --max_train_steps "$PRIOR_STEPS" --lr_warmup_steps 50
+fi
 # Most telling arm first, each scored as soon as it is trained, so a cut-short run still leaves whole rows.
-train "$work/prior_dp10" --dataset "$work/private.npz" $common $dp --dp_epsilon 10 --init_from "$work/prior" \
-    --learning_rate 1e-3
-score prior_dp10
-train "$work/nodp" --dataset "$work/private.npz" $common --max_train_steps "$NODP_STEPS"
-score nodp
-train "$work/prior_dp1" --dataset "$work/private.npz" $common $dp --dp_epsilon 1 --init_from "$work/prior" \
-    --learning_rate 1e-3
-score prior_dp1
-# The prior alone, scored against the private half (its audit's members: the private half it never saw).
-[ -f "$out/prior_evaluation.json" ] || .venv/bin/medgen evaluate "$work/prior" --dataset "$work/private.npz" \
-    --split test --num-samples "$EVAL_N" --protocols standard --out "$out/prior_evaluation.json"
-[ -f "$out/prior_audit.json" ] || .venv/bin/medgen audit "$work/prior" --dataset "$work/private.npz" --spaces pixel \
-    --num-samples "$EVAL_N" --out "$out/prior_audit.json"
-train "$work/dp10" --dataset "$work/private.npz" $common $dp --dp_epsilon 10
-score dp10
+if want prior_dp10; then
+  train "$work/prior_dp10" --dataset "$work/private.npz" $common $dp --dp_epsilon 10 --init_from "$work/prior" \
+      --learning_rate 1e-3
+  score prior_dp10
+fi
+if want nodp; then
+  train "$work/nodp" --dataset "$work/private.npz" $common --max_train_steps "$NODP_STEPS"
+  score nodp
+fi
+if want prior_dp1; then
+  train "$work/prior_dp1" --dataset "$work/private.npz" $common $dp --dp_epsilon 1 --init_from "$work/prior" \
+      --learning_rate 1e-3
+  score prior_dp1
+fi
+# The prior alone, scored against the private half (its audit's members: the private half it never saw; its
+# classifiers' real arm: the private half too, so its TSTR/TRTR sits beside the fine-tunes').
+if want prior; then
+  [ -f "$out/prior_evaluation.json" ] || .venv/bin/medgen evaluate "$work/prior" --dataset "$work/private.npz" \
+      --split test --num-samples "$EVAL_N" --protocols standard --out "$out/prior_evaluation.json"
+  [ -f "$out/prior_utility.json" ] || .venv/bin/medgen utility "$work/prior" --dataset "$work/private.npz" \
+      $UTILITY_ARGS --fractions "" --arms trtr,tstr --num-seeds 1 --out "$out/prior_utility.json"
+  [ -f "$out/prior_audit.json" ] || .venv/bin/medgen audit "$work/prior" --dataset "$work/private.npz" --spaces pixel \
+      --num-samples "$EVAL_N" --out "$out/prior_audit.json"
+fi
+if want dp10; then
+  train "$work/dp10" --dataset "$work/private.npz" $common $dp --dp_epsilon 10
+  score dp10
+fi
 $py benchmarks/dp/summarise.py "$out" "$work"
