@@ -32,6 +32,10 @@ ARMS=${ARMS:-mem,prior_dp10,nodp,prior_dp1,prior,dp10}
 out=${OUT:-benchmarks/results/dp}
 py=.venv/bin/python
 export HF_HUB_OFFLINE=1 MEDMNIST_ROOT="$data"
+for arm in ${ARMS//,/ }; do  # a mistyped arm would otherwise run nothing, silently
+  [[ ",mem,prior_dp10,nodp,prior_dp1,prior,dp10," == *",$arm,"* ]] || {
+    echo "run_dp.sh: unknown arm '$arm' in ARMS; choose from mem,prior_dp10,nodp,prior_dp1,prior,dp10" >&2; exit 2; }
+done
 mkdir -p "$work" "$out"
 want() { [[ ",$ARMS," == *",$1,"* ]]; }
 train() {  # OUTPUT_DIR ARGS...: train (or resume) unless the pipeline is already there
