@@ -93,6 +93,8 @@ def main():
                                           "ours_default_fused,ours_fp32_compiled,ours_default_compiled")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
     args = parser.parse_args()
+    if args.block < 2 or args.steps < 1:
+        parser.error(f"--block must be >= 2 (its first step is untimed) and --steps >= 1; got {args.block}, {args.steps}")
 
     scheduler = DDPMScheduler()
     # name: (data path, channels_last, bf16 autocast, fused AdamW + foreach EMA, torch.compile, math attention)
