@@ -9,6 +9,9 @@
 # Scores: every arm's own default sampler at 20 steps on N = 1,712 (the whole val split) and at its default steps
 # (1,000 for the DDPM peers) on N = DEFAULT_N (256: 1,000 steps x 1,712 images would cost ~2 CPU-hours per arm),
 # plus DDIM 20 for the tools whose default sampler is DDPM; per-image sampling time on one thread.
+# PARTS=2 samples a peer's N in 2 one-thread processes at once (where N is a multiple of 128 x PARTS; other N's in
+# one process): each 128-image batch is seeded from its index, so the images are the ones a single process makes;
+# the time reported is the parts' sum.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ -n "${MEDMNIST_ROOT:-}" ] || [ ! -f ../shared/data/bloodmnist.npz ] || export MEDMNIST_ROOT=$(cd ../shared/data && pwd)
@@ -20,6 +23,7 @@ RUN=$ROOT/$ARM
 PY=${PEERS_ENV:-../bg-runs/peers-env}/bin/python
 OUT=benchmarks/results/peers
 DEFAULT_N=${DEFAULT_N:-256}
+PARTS=${PARTS:-1}
 # CPU seconds per step on one idle thread (probe) -> steps for 3,600 CPU-seconds.
 case $ARM in
   ours) STEPS=5100 ;;               # 0.717 s/step (tiny, batch 128, bf16 auto; 120- minus 20-step run)
@@ -53,6 +57,26 @@ score() {  # NAME STEPS SCHEDULER N
       .venv/bin/medgen sample "$RUN" --num-images "$n" --seed 0 --out "$npz" >/dev/null
       python3 -c "import json,sys; s=float(sys.argv[1]); n=int(sys.argv[2]); print(json.dumps({'arm':'ours','sampler_steps':20,'scheduler':'own','num':n,'seed':0,'seconds':round(s,1),'seconds_per_image':round(s/n,4),'threads':1}))" \
         "$(echo "$(date +%s.%N) - $t0" | bc)" "$n" > "${npz%.npz}.json"
+    elif [ "$PARTS" -gt 1 ] && [ $((n % (128 * PARTS))) -eq 0 ]; then
+      local per=$((n / PARTS)) p
+      for p in $(seq 0 $((PARTS - 1))); do  # part p = batches starting at p*per: seed 0 + start, as in one process
+        "$PY" benchmarks/peers/peers.py sample "$ARM" --run "$RUN" --steps "$steps" --scheduler "$sched" --num $per \
+          --seed $((p * per)) --out "${npz%.npz}.part$p.npz" &
+      done
+      wait
+      "$PY" - "$npz" "$PARTS" <<'MERGE'
+import json, sys
+import numpy as np
+out, parts = sys.argv[1], int(sys.argv[2])
+names = [out[:-4] + f".part{p}" for p in range(parts)]
+info = [json.load(open(n + ".json")) for n in names]
+images = np.concatenate([np.load(n + ".npz")["images"] for n in names])
+np.savez_compressed(out, images=images)
+seconds = sum(i["seconds"] for i in info)
+json.dump(dict(info[0], num=len(images), seed=0, seconds=round(seconds, 1),
+               seconds_per_image=round(seconds / len(images), 4), parts=parts,
+               wall_seconds=max(i["seconds"] for i in info)), open(out[:-4] + ".json", "w"))
+MERGE
     else
       "$PY" benchmarks/peers/peers.py sample "$ARM" --run "$RUN" --steps "$steps" --scheduler "$sched" --num "$n" --out "$npz"
     fi
