@@ -24,6 +24,7 @@ PY=${PEERS_ENV:-../bg-runs/peers-env}/bin/python
 OUT=benchmarks/results/peers
 DEFAULT_N=${DEFAULT_N:-256}
 PARTS=${PARTS:-1}
+[[ $PARTS =~ ^[1-9][0-9]*$ ]] || { echo "PARTS must be a whole number >= 1 (sampling processes); got '$PARTS'" >&2; exit 2; }
 # CPU seconds per step on one idle thread (probe) -> steps for 3,600 CPU-seconds.
 case $ARM in
   ours) STEPS=5100 ;;               # 0.717 s/step (tiny, batch 128, bf16 auto; 120- minus 20-step run)
@@ -58,12 +59,13 @@ score() {  # NAME STEPS SCHEDULER N
       python3 -c "import json,sys; s=float(sys.argv[1]); n=int(sys.argv[2]); print(json.dumps({'arm':'ours','sampler_steps':20,'scheduler':'own','num':n,'seed':0,'seconds':round(s,1),'seconds_per_image':round(s/n,4),'threads':1}))" \
         "$(echo "$(date +%s.%N) - $t0" | bc)" "$n" > "${npz%.npz}.json"
     elif [ "$PARTS" -gt 1 ] && [ $((n % (128 * PARTS))) -eq 0 ]; then
-      local per=$((n / PARTS)) p
+      local per=$((n / PARTS)) p pids=()
       for p in $(seq 0 $((PARTS - 1))); do  # part p = batches starting at p*per: seed 0 + start, as in one process
         "$PY" benchmarks/peers/peers.py sample "$ARM" --run "$RUN" --steps "$steps" --scheduler "$sched" --num $per \
           --seed $((p * per)) --out "${npz%.npz}.part$p.npz" &
+        pids+=($!)
       done
-      wait
+      for p in "${pids[@]}"; do wait "$p"; done  # a failed part stops the arm (set -e) before any merge
       "$PY" - "$npz" "$PARTS" <<'MERGE'
 import json, sys
 import numpy as np
