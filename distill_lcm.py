@@ -6,7 +6,8 @@
 Installed: `medgen distill ...` or `accelerate launch -m medgen_diffusers.distill ...`.
 """
 
-from medgen_diffusers.distill import boundary_scalings, lcm_pipeline, main, parse_args, run_as_script  # noqa: F401
+from medgen_diffusers.distill import (boundary_scalings, lcm_pipeline, main, parse_args, phase_start,  # noqa: F401
+                                      run_as_script, student_pipeline)
 
 if __name__ == "__main__":
     run_as_script()

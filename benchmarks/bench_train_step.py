@@ -12,6 +12,12 @@ precision, timed in one run (alternating, so both see the same machine load).
   what `--mixed_precision auto` does on a CPU (bf16 autocast, attention on the math kernel); each also with fused
   AdamW + foreach EMA, and with torch.compile (inductor, default mode; compile time reported, amortised over 2,000
   steps). The example runs at its own default precision (fp32), as a user would run it.
+
+Each arm runs in its own worker process (the main process only hands out blocks of steps, round-robin, so every arm
+sees the same machine load): what train_unconditional.py does to the process's allocator (`--keep_freed_memory`,
+on by default: glibc keeps freed memory instead of returning it to the OS after every step) is process-wide, and
+the example arm must run with glibc's defaults, as a user's would. Every "ours" arm keeps freed memory, as the
+training script does; **ours_default_no_keep_freed** is ours_default with glibc's defaults.
 """
 
 import argparse
@@ -20,6 +26,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +39,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torchvision import transforms
 
 from medgen_diffusers.data import augment_dihedral, load_medmnist, load_medmnist_tensors, to_model_range
-from medgen_diffusers.models import attention_kernels, build_unet
+from medgen_diffusers.models import attention_kernels, build_unet, keep_freed_memory
 
 
 def make_step(unet, scheduler, channels_last=False, bf16=False, fused=False, compiled=False, math_attention=False):
@@ -82,6 +90,54 @@ def our_batches(batch_size):
         yield augment_dihedral(to_model_range(images)), labels
 
 
+# name: (data path, channels_last, bf16 autocast, fused AdamW + foreach EMA, torch.compile, math attention,
+#        keep freed memory)
+RECIPES = {"example": ("example", False, False, False, False, False, False),
+           "ours_fp32": ("ours", False, False, False, False, False, True),
+           "ours_channels_last": ("ours", True, False, False, False, False, True),
+           "ours_bf16_flash_attention": ("ours", False, True, False, False, False, True),
+           "ours_default": ("ours", False, True, False, False, True, True),  # train_unconditional.py's CPU default
+           "ours_default_no_keep_freed": ("ours", False, True, False, False, True, False),
+           "ours_default_channels_last": ("ours", True, True, False, False, True, True),
+           "ours_default_channels_last_fused": ("ours", True, True, True, False, True, True),
+           "ours_fp32_fused": ("ours", False, False, True, False, False, True),
+           "ours_default_fused": ("ours", False, True, True, False, True, True),
+           "ours_fp32_compiled": ("ours", False, False, True, True, False, True),
+           "ours_default_compiled": ("ours", False, True, True, True, True, True)}
+
+
+def worker(name, preset, batch_size):
+    """One arm in this process: build it, take the first step (which compiles, if compiled), then run the blocks of
+    steps the main process asks for on stdin and answer each with its step times on stdout (one JSON line each)."""
+    data, channels_last, bf16, fused, compiled, math_attention, keep_freed = RECIPES[name]
+    kept = keep_freed and keep_freed_memory()
+    if keep_freed and not kept:
+        raise SystemExit(f"{name}: keep_freed_memory() did not apply here (Linux with glibc only)")
+    torch.manual_seed(0)
+    unet = build_unet(preset, num_classes=8)
+    if channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    batches = example_batches(batch_size) if data == "example" else our_batches(batch_size)
+    step = make_step(unet, DDPMScheduler(), channels_last, bf16, fused, compiled, math_attention)
+    started = time.perf_counter()
+    step(*next(batches))
+    print(json.dumps({"first_step_seconds": time.perf_counter() - started}), flush=True)
+    for line in sys.stdin:
+        times = []
+        for _ in range(int(line)):
+            started = time.perf_counter()
+            step(*next(batches))
+            times.append(time.perf_counter() - started)
+        print(json.dumps(times), flush=True)
+
+
+def start_worker(name, args):
+    process = subprocess.Popen([sys.executable, __file__, "--worker", name, "--preset", args.preset,
+                                "--batch_size", str(args.batch_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               text=True)
+    return process, json.loads(process.stdout.readline())["first_step_seconds"]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -89,54 +145,44 @@ def main():
     parser.add_argument("--steps", type=int, default=30, help="Timed steps per arm (after 2 warm-up rounds).")
     parser.add_argument("--block", type=int, default=4, help="Consecutive steps per arm and round; the first untimed.")
     parser.add_argument("--arms", default="example,ours_fp32,ours_channels_last,ours_bf16_flash_attention,"
-                                          "ours_default,ours_default_channels_last,ours_fp32_fused,"
-                                          "ours_default_fused,ours_fp32_compiled,ours_default_compiled")
+                                          "ours_default,ours_default_no_keep_freed,ours_default_channels_last,"
+                                          "ours_fp32_fused,ours_default_fused,ours_fp32_compiled,ours_default_compiled")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "train_step.json"))
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # internal: run one arm (see worker())
     args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.preset, args.batch_size)
     if args.block < 2 or args.steps < 1:
         parser.error(f"--block must be >= 2 (its first step is untimed) and --steps >= 1; got {args.block}, {args.steps}")
+    names = args.arms.split(",")
+    unknown = [name for name in names if name not in RECIPES]
+    if unknown:
+        parser.error(f"unknown --arms {unknown}; known: {', '.join(RECIPES)}")
 
-    scheduler = DDPMScheduler()
-    # name: (data path, channels_last, bf16 autocast, fused AdamW + foreach EMA, torch.compile, math attention)
-    recipes = {"example": ("example", False, False, False, False, False),
-               "ours_fp32": ("ours", False, False, False, False, False),
-               "ours_channels_last": ("ours", True, False, False, False, False),
-               "ours_bf16_flash_attention": ("ours", False, True, False, False, False),
-               "ours_default": ("ours", False, True, False, False, True),  # --mixed_precision auto on CPU
-               "ours_default_channels_last": ("ours", True, True, False, False, True),
-               "ours_default_channels_last_fused": ("ours", True, True, True, False, True),
-               "ours_fp32_fused": ("ours", False, False, True, False, False),
-               "ours_default_fused": ("ours", False, True, True, False, True),
-               "ours_fp32_compiled": ("ours", False, False, True, True, False),
-               "ours_default_compiled": ("ours", False, True, True, True, True)}
-    arms, compile_seconds = {}, {}
-    for name in args.arms.split(","):
-        data, channels_last, bf16, fused, compiled, math_attention = recipes[name]
-        torch.manual_seed(0)
-        unet = build_unet(args.preset, num_classes=8)
-        if channels_last:
-            unet = unet.to(memory_format=torch.channels_last)
-        batches = example_batches(args.batch_size) if data == "example" else our_batches(args.batch_size)
-        arms[name] = (batches, make_step(unet, scheduler, channels_last, bf16, fused, compiled, math_attention))
-        if compiled:  # the first step compiles forward and backward: timed here, amortised below
-            started = time.perf_counter()
-            arms[name][1](*next(batches))
-            compile_seconds[name] = round(time.perf_counter() - started, 1)
-    times = {name: [] for name in arms}
-    names = list(arms)
+    workers, compile_seconds = {}, {}
+    for name in names:  # one at a time: a compiling arm's first step is timed without the others' load
+        workers[name], first_step = start_worker(name, args)
+        if RECIPES[name][4]:  # the first step compiles forward and backward: timed here, amortised below
+            compile_seconds[name] = round(first_step, 1)
+    times = {name: [] for name in names}
     rounds = 2 + -(-args.steps // (args.block - 1))
-    for i in range(rounds):  # round-robin: every arm sees the same machine load
-        # In blocks of --block consecutive steps, the first one untimed: a training run repeats one step, so its
-        # weights and activations stay in cache, while a step timed right after another arm's starts cold.
-        # Rotated each round: no arm always follows the example (its per-image data path).
-        for name in names[i % len(names):] + names[:i % len(names)]:
-            batches, step = arms[name]
-            for j in range(args.block):
-                started = time.perf_counter()
-                step(*next(batches))
-                if i >= 2 and j > 0 and len(times[name]) < args.steps:
-                    times[name].append(time.perf_counter() - started)
-    seconds = {name: statistics.median(t) for name, t in times.items()}
+    try:
+        for i in range(rounds):  # round-robin: every arm sees the same machine load
+            # In blocks of --block consecutive steps, the first one untimed: a training run repeats one step, so its
+            # weights and activations stay in cache, while a step timed right after another arm's starts cold.
+            # Rotated each round: no arm always follows the example (its per-image data path).
+            for name in names[i % len(names):] + names[:i % len(names)]:
+                process = workers[name]
+                process.stdin.write(f"{args.block}\n")
+                process.stdin.flush()
+                block = json.loads(process.stdout.readline())
+                if i >= 2:
+                    times[name].extend(block[1:])
+    finally:
+        for process in workers.values():
+            process.stdin.close()
+            process.wait()
+    seconds = {name: statistics.median(t[:args.steps]) for name, t in times.items()}
     # A run of R steps pays the compile once: per step over a 2,000-step CPU run (the README's) it is small.
     amortised = {name: round(seconds[name] + compile_seconds[name] / 2000, 4) for name in compile_seconds}
     result = {
@@ -145,6 +191,7 @@ def main():
         "speedup_vs_example": {k: round(seconds["example"] / v, 3) for k, v in seconds.items()},
         "compile_seconds": compile_seconds, "seconds_per_step_with_compile_over_2000_steps": amortised,
         "compile": {"mode": "default", "backend": "inductor"},
+        "process_per_arm": True,
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "gpu": torch.cuda.is_available()},

@@ -4,7 +4,7 @@ the checkpoint and learning rate (val only; the test split is for the chosen pip
     python benchmarks/eval_distill_checkpoints.py ../bg-runs/lcm --num-samples 256 --out benchmarks/results/few_step/lcm_val.json
 
 The student's weights are the checkpoint's `model.safetensors` (loaded by name, strictly); the scheduler is the one
-distill_lcm.py saves (LCMScheduler on the teacher's schedule). The teacher's own 4- and 20-step FIDs are scored on the
+distill_lcm.py saves (LCMScheduler on the teacher's schedule; with --phases K the teacher's DDIMScheduler). The teacher's own 4- and 20-step FIDs are scored on the
 same images' labels and seeds for reference.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distill_lcm import lcm_pipeline  # noqa: E402
+from distill_lcm import student_pipeline  # noqa: E402
 from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline  # noqa: E402
 from medgen_diffusers.data import class_counts  # noqa: E402
 from medgen_diffusers.evaluation import RealFeatures, fid  # noqa: E402
@@ -47,8 +47,7 @@ def main():
 
     rows = [{"model": "teacher", "nfe": steps, "fid": score(teacher, steps)} for steps in (4, 20)]
     for checkpoint in list_checkpoints(args.run_dir):
-        pipe = lcm_pipeline(teacher, load_file(checkpoint / "model.safetensors"), config["num_ddim_timesteps"],
-                            config["timestep_scaling"])
+        pipe = student_pipeline(teacher, load_file(checkpoint / "model.safetensors"), config)
         for steps in (int(s) for s in args.steps.split(",")):
             rows.append({"model": checkpoint.name, "nfe": steps, "fid": score(pipe, steps)})
             print(json.dumps(rows[-1]), flush=True)

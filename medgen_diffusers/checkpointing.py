@@ -162,11 +162,15 @@ def check_resumed_config(output_dir, config_name: str, current: dict, keys) -> N
 def register_ema_hooks(accelerator, ema, folder_name: str, model_cls):
     """Save/load an ``EMAModel`` with every Accelerate checkpoint, as safetensors (diffusers' examples do the same),
     never as a pickle."""
+    import torch
     from diffusers.training_utils import EMAModel
 
     def save(models, weights, checkpoint_dir):
         if accelerator.is_main_process:
-            ema.save_pretrained(os.path.join(checkpoint_dir, folder_name))
+            # EMAModel.save_pretrained builds a model to save from, whose random init draws from the global RNG:
+            # without fork_rng, when a run saves checkpoints would change its later noise and its weights.
+            with torch.random.fork_rng(devices=[]):
+                ema.save_pretrained(os.path.join(checkpoint_dir, folder_name))
 
     def load(models, checkpoint_dir):
         with warnings.catch_warnings(), quiet_diffusers():  # it reads its EMA fields through the model's config

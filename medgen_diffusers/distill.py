@@ -13,6 +13,13 @@ Each step follows diffusers' `train_lcm_distill_sd_wds.py`, in pixel space and w
    target network (an EMA of the student, decay 0.95) gives f(x_{t_{n-1}}, t_{n-1}) without gradient;
 4. pseudo-Huber loss between the two (c = 0.00054 sqrt(d), Song & Dhariwal 2023).
 
+With ``--phases K`` the objective is multi-phase (phased) consistency distillation instead (Wang et al. 2024,
+arXiv 2405.18407): the trajectory is cut into K phases at the timesteps a K-step trailing DDIM sampler visits (for
+K = 2: 999 -> 499 -> clean), and the student learns to jump from any x_t to the start of its own phase, x_s = DDIM(x_t
+-> s) of its own x0 and noise estimates, consistently with the target one teacher step later. DDIM's own step is that
+jump, so the saved pipeline is the student with the teacher's DDIMScheduler (trailing) and K default steps: each
+network evaluation lands exactly on a phase boundary.
+
 The saved pipeline is a `BloodMNISTPipeline` with `LCMScheduler` (same noise schedule, `original_inference_steps`
 = the DDIM grid, the same `timestep_scaling` as training) and `default_num_inference_steps` = 4: it loads through
 `BloodMNISTPipeline.from_pretrained` and plain `DiffusionPipeline` like any other. The student is distilled from the
@@ -31,7 +38,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers import DDPMScheduler, LCMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, LCMScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, TensorDataset
@@ -42,7 +49,7 @@ from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, ch
                                             register_ema_hooks, save_checkpoint)
 from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
 from medgen_diffusers.model_card import write_card
-from medgen_diffusers.models import is_edm
+from medgen_diffusers.models import is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
 
 logger = get_logger(__name__)
@@ -63,15 +70,28 @@ def parse_args(argv=None):
     p.add_argument("--num_ddim_timesteps", type=int, default=50, help="The teacher's solver grid (LCM's N).")
     p.add_argument("--timestep_scaling", type=float, default=10.0, help="Boundary-condition time scale (LCM's).")
     p.add_argument("--ema_decay", type=float, default=0.95, help="Target network = EMA of the student.")
-    p.add_argument("--num_inference_steps", type=int, default=4, help="The saved pipeline's default step count.")
+    p.add_argument("--phases", type=int, default=0,
+                   help="0: latent-consistency distillation to t = 0 (LCMScheduler, --num_inference_steps steps). "
+                        "K >= 1: K-phase consistency distillation, sampled in K DDIM steps (K must divide "
+                        "--num_ddim_timesteps; e.g. 2 for a 2-evaluation sampler).")
+    p.add_argument("--num_inference_steps", type=int, default=4,
+                   help="The saved pipeline's default step count (with --phases K it is K).")
     p.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    p.add_argument("--keep_freed_memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="As train_unconditional.py's: keep freed memory in the process (glibc), fewer page faults.")
     p.add_argument("--checkpointing_steps", type=int, default=250)
     p.add_argument("--checkpoints_total_limit", type=int, default=3)
     p.add_argument("--resume_from_checkpoint", default="latest", help="A checkpoint folder, 'latest', or ''.")
     p.add_argument("--overwrite_output_dir", action="store_true", help="Replace the run already in --output_dir.")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cpu", action="store_true")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.phases < 0 or (args.phases and args.num_ddim_timesteps % args.phases):
+        p.error(f"--phases {args.phases}: the phase boundaries must lie on the teacher's {args.num_ddim_timesteps}-"
+                f"point DDIM grid, so --phases must be 0 or a divisor of --num_ddim_timesteps (e.g. 2 or 5).")
+    if args.phases:
+        args.num_inference_steps = args.phases
+    return args
 
 
 def boundary_scalings(timesteps, timestep_scaling, sigma_data=0.5):
@@ -93,6 +113,30 @@ def x0_and_eps(model_output, sample, alpha, sigma, prediction_type):
     raise ValueError(f"prediction_type {prediction_type!r} is not supported")
 
 
+def phase_start(timesteps, phases, num_train_timesteps=1000):
+    """Where a K-phase student jumps to from timestep t: the largest timestep of a K-step trailing DDIM sampler
+    below t (-1 = clean), i.e. where DDIMScheduler's K-step sampler goes next from the start of t's phase."""
+    length = num_train_timesteps // phases
+    return torch.div(timesteps, length, rounding_mode="floor") * length - 1
+
+
+def student_pipeline(teacher_pipe, student_state, config):
+    """The distilled student as a pipeline, from a run's distill_config.json (or the arguments): LCMScheduler for
+    consistency distillation to t = 0, the teacher's DDIMScheduler (trailing) for K-phase distillation."""
+    phases = config.get("phases", 0)
+    if not phases:
+        return lcm_pipeline(teacher_pipe, student_state, config["num_ddim_timesteps"], config["timestep_scaling"],
+                            config.get("num_inference_steps", 4))
+    accepted = inspect.signature(DDIMScheduler.__init__).parameters
+    scheduler = DDIMScheduler(**{**{k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted},
+                                 "timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True})
+    unet = UNet2DModel.from_config(teacher_pipe.unet.config)
+    unet.load_state_dict(student_state)
+    pipeline = BloodMNISTPipeline(unet=unet.eval(), scheduler=scheduler, class_names=teacher_pipe.config.class_names)
+    pipeline.register_to_config(default_num_inference_steps=phases)
+    return pipeline
+
+
 def lcm_pipeline(teacher_pipe, student_state, num_ddim_timesteps=50, timestep_scaling=10.0, default_steps=4):
     """A BloodMNISTPipeline of the student's weights with LCMScheduler on the teacher's noise schedule, thresholding
     and prediction type (keys LCMScheduler does not take, like DDPM's variance_type, are left out: every load would
@@ -109,6 +153,7 @@ def lcm_pipeline(teacher_pipe, student_state, num_ddim_timesteps=50, timestep_sc
 
 def main(argv=None):
     args = parse_args(argv)
+    args.keep_freed_memory = args.keep_freed_memory and keep_freed_memory()  # recorded: applied or not (glibc)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -129,14 +174,15 @@ def main(argv=None):
                          "DDPM teacher's DDIM grid. Distil a --formulation ddpm model.")
     teacher_sha256 = weights_sha256(teacher_pipe.unet)
     if checkpoint is not None:
-        check_resumed_config(output_dir, "distill_config.json", {"teacher_sha256": teacher_sha256},
-                             ["teacher_sha256"])
+        check_resumed_config(output_dir, "distill_config.json", {"teacher_sha256": teacher_sha256,
+                                                                 "phases": args.phases}, ["teacher_sha256", "phases"])
     teacher = teacher_pipe.unet.requires_grad_(False).eval().to(accelerator.device)
     schedule = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
     prediction_type = schedule.config.prediction_type
     alphas_cumprod = schedule.alphas_cumprod.to(accelerator.device)
     step_ratio = schedule.config.num_train_timesteps // args.num_ddim_timesteps
     grid = torch.arange(1, args.num_ddim_timesteps + 1, device=accelerator.device) * step_ratio - 1  # 19, 39, ... 999
+    final_alpha_cumprod = torch.tensor(1.0, device=accelerator.device)  # DDIM's last step, set_alpha_to_one
     class_conditional = teacher.config.num_class_embeds is not None
 
     # Data: the teacher's training split and augmentation (its run_config.json), as in train_unconditional.py.
@@ -207,27 +253,41 @@ def main(argv=None):
             x_start = schedule.add_noise(clean, noise, t_start)
             alpha, sigma = (alphas_cumprod[t_start].sqrt()[:, None, None, None],
                             (1 - alphas_cumprod[t_start]).sqrt()[:, None, None, None])
-            # 2. Student: f(x_{t_n}, t_n).
-            c_skip, c_out = boundary_scalings(t_start, args.timestep_scaling)
+            # 2. Student: f(x_{t_n}, t_n) -- x0 with the boundary condition, or (K phases) the DDIM jump to the
+            # start of t_n's phase, s, where DDIM's own formula makes f the identity at t = s.
             with accelerator.autocast():
                 out = student(x_start, t_start, class_labels=class_labels).sample.float()
-            x0_student, _ = x0_and_eps(out, x_start, alpha, sigma, prediction_type)
-            prediction = c_skip * x_start + c_out * x0_student
+            x0_student, eps_student = x0_and_eps(out, x_start, alpha, sigma, prediction_type)
+            if args.phases:
+                edge = phase_start(t_start, args.phases, schedule.config.num_train_timesteps)
+                alpha_edge = torch.where(edge >= 0, alphas_cumprod[edge.clamp(min=0)],
+                                         final_alpha_cumprod)[:, None, None, None]
+                prediction = alpha_edge.sqrt() * x0_student + (1 - alpha_edge).sqrt() * eps_student
+            else:
+                c_skip, c_out = boundary_scalings(t_start, args.timestep_scaling)
+                prediction = c_skip * x_start + c_out * x0_student
             with torch.no_grad():
                 # 3. Teacher: one DDIM step to t_{n-1}; target: f(x_{t_{n-1}}, t_{n-1}).
                 with accelerator.autocast():
                     out = teacher(x_start, t_start, class_labels=class_labels).sample.float()
                 x0_teacher, eps_teacher = x0_and_eps(out, x_start, alpha, sigma, prediction_type)
                 x0_teacher = x0_teacher.clamp(-1, 1)  # the teacher's sampler thresholds its x0 the same way
+                # (Phases: a step from t_0 goes to clean as the DDIM sampler's last step does, alpha = 1.)
                 alpha_prev = torch.where(t_start - step_ratio >= 0, alphas_cumprod[t_prev],
-                                         alphas_cumprod[0])[:, None, None, None]
+                                         final_alpha_cumprod if args.phases else alphas_cumprod[0])[:, None, None, None]
                 x_prev = alpha_prev.sqrt() * x0_teacher + (1 - alpha_prev).sqrt() * eps_teacher
                 target.copy_to(target_unet.parameters())
                 with accelerator.autocast():
                     out = target_unet(x_prev, t_prev, class_labels=class_labels).sample.float()
-                x0_target, _ = x0_and_eps(out, x_prev, alpha_prev.sqrt(), (1 - alpha_prev).sqrt(), prediction_type)
-                c_skip_prev, c_out_prev = boundary_scalings(t_prev, args.timestep_scaling)
-                target_value = c_skip_prev * x_prev + c_out_prev * x0_target
+                x0_target, eps_target = x0_and_eps(out, x_prev, alpha_prev.sqrt(), (1 - alpha_prev).sqrt(),
+                                                   prediction_type)
+                if args.phases:  # the teacher's step reached the phase start: x_prev is the target itself
+                    reached = (t_start - step_ratio <= edge)[:, None, None, None]
+                    jump = alpha_edge.sqrt() * x0_target + (1 - alpha_edge).sqrt() * eps_target
+                    target_value = torch.where(reached, x_prev, jump)
+                else:
+                    c_skip_prev, c_out_prev = boundary_scalings(t_prev, args.timestep_scaling)
+                    target_value = c_skip_prev * x_prev + c_out_prev * x0_target
             # 4. Pseudo-Huber loss, one step, EMA target update.
             loss = (torch.sqrt((prediction - target_value) ** 2 + huber_c ** 2) - huber_c).mean()
             accelerator.backward(loss)
@@ -252,8 +312,7 @@ def main(argv=None):
     # The few-step pipeline: the student with LCMScheduler on the teacher's noise schedule.
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = lcm_pipeline(teacher_pipe, accelerator.unwrap_model(student).state_dict(), args.num_ddim_timesteps,
-                                args.timestep_scaling, args.num_inference_steps)
+        pipeline = student_pipeline(teacher_pipe, accelerator.unwrap_model(student).state_dict(), vars(args))
         pipeline.save_pretrained(output_dir)
         # The student's run_config: its teacher's data, so evaluate/audit/utility/card find the same data source.
         student_run = {**teacher_run, "dataset": source.dataset, "data_root": source.root, **source.options,

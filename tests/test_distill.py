@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
-from diffusers import LCMScheduler
+from diffusers import DDIMScheduler, LCMScheduler
 
 from medgen_diffusers import BloodMNISTPipeline
 
@@ -41,7 +42,7 @@ def test_boundary_scalings_are_the_ones_lcmscheduler_samples_with():
 def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_exactly(tmp_path, data_root):
     teacher = BloodMNISTPipeline.from_pretrained()
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    distill(straight, data_root, 3)
+    distill(straight, data_root, 3, "--checkpointing_steps", "3")  # no checkpoint at 2: saving must not shift RNG
     distill(resumed, data_root, 2)
     distill(resumed, data_root, 3)  # resumes from checkpoint-2 (the default is --resume_from_checkpoint latest)
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
@@ -81,6 +82,36 @@ def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_e
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
     kind = load_without_package(straight, tmp_path / "out.npy", env, cwd=tmp_path)
     assert kind.endswith("BloodMNISTPipeline") and np.isfinite(np.load(tmp_path / "out.npy")).all()
+
+
+def test_phased_student_jumps_where_ddim_samples_and_saves_a_two_step_pipeline(tmp_path, data_root, capsys):
+    """--phases K: the training target of every timestep is the start of its phase, which must be exactly where the
+    saved K-step trailing DDIM sampler goes next -- else the student is trained for jumps the sampler never takes."""
+    sys.path.insert(0, str(REPO))
+    from distill_lcm import parse_args, phase_start
+
+    for phases in (2, 5):
+        sampler = DDIMScheduler(timestep_spacing="trailing")
+        sampler.set_timesteps(phases)
+        starts = phase_start(sampler.timesteps, phases).tolist()
+        assert starts == [t - 1000 // phases for t in sampler.timesteps.tolist()], (phases, starts)
+    grid = torch.arange(1, 51) * 20 - 1
+    assert phase_start(grid, 2).unique().tolist() == [-1, 499]  # 19..499 -> clean, 519..999 -> 499
+
+    with pytest.raises(SystemExit) as refused:  # 3 phases would put boundaries off the 50-point grid
+        parse_args(["--output_dir", str(tmp_path / "bad"), "--phases", "3"])
+    assert refused.value.code == 2 and "divisor of --num_ddim_timesteps" in capsys.readouterr().err
+
+    distill(tmp_path / "phased", data_root, 2, "--phases", "2")
+    pipe = BloodMNISTPipeline.from_pretrained(tmp_path / "phased")
+    assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.timestep_spacing == "trailing"
+    assert pipe.config.default_num_inference_steps == 2
+    assert json.loads((tmp_path / "phased" / "distill_config.json").read_text())["phases"] == 2
+    timesteps = []
+    pipe.unet.register_forward_hook(lambda module, inputs, output: timesteps.append(int(inputs[1].flatten()[0])))
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(class_labels=[0, 7], generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert timesteps == [999, 499] and images.shape == (2, 28, 28, 3) and np.isfinite(images).all()
 
 
 def test_distilling_a_missing_teacher_is_one_clear_error(tmp_path, data_root):

@@ -33,6 +33,8 @@ def test_short_training_lowers_the_loss_and_saves_a_loadable_pipeline(trained_ru
             "samples.png", "train_summary.json"} <= files
     assert any(f.startswith("logs/") and "tfevents" in f for f in files)
     assert not any(f.endswith(".bin") for f in files if not f.startswith("checkpoint-"))
+    # The run records whether its allocator kept freed memory (the default; glibc, i.e. Linux, only).
+    assert json.loads((trained_run / "run_config.json").read_text())["keep_freed_memory"] is sys.platform.startswith("linux")
     card = (trained_run / "README.md").read_text()
     assert card.startswith("---\n") and "library_name: diffusers" in card and "not for diagnosis" in card
 
@@ -198,3 +200,29 @@ def test_fast_step_defaults_keep_the_fp32_loss(data_root, tmp_path):
     print(f"loss fp32 {fp32:.5f}, bf16 math attention {fast:.5f}, bf16 flash {flash:.5f}")
     assert abs(fast - fp32) <= 0.005 * fp32 and abs(fast - flash) <= 0.001 * flash, (fp32, fast, flash)
     assert type(attention_kernels("cuda", "bf16")).__name__ == "nullcontext"  # elsewhere: PyTorch's own choice
+
+
+FAULT_PROBE = """
+import resource, torch
+from medgen_diffusers.models import keep_freed_memory
+def faults():  # minor page faults of ten 48 MiB allocations, each freed before the next (a step's activations)
+    torch.ones(12 * 2**20), torch.ones(12 * 2**20)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.ones(12 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+default = faults()
+print(default, keep_freed_memory(), faults())
+"""
+
+
+def test_keep_freed_memory_stops_the_page_faults_of_reallocated_memory():
+    """--keep_freed_memory (on by default): glibc's defaults hand a freed 48 MiB block back to the OS, so every new
+    one page-faults all of it in again (~12k faults each); kept, it is reused without faults. One process: before,
+    then after the call (it changes the process's allocator for good)."""
+    if not sys.platform.startswith("linux"):
+        return
+    out = subprocess.run([sys.executable, "-c", FAULT_PROBE], capture_output=True, text=True, cwd=REPO, check=True)
+    default, applied, kept = out.stdout.split()
+    assert applied == "True", out
+    assert int(default) > 10 * 10_000 and int(kept) < 10 * 100, out.stdout
