@@ -127,23 +127,28 @@ def student_pipeline(teacher_pipe, student_state, config):
     if not phases:
         return lcm_pipeline(teacher_pipe, student_state, config["num_ddim_timesteps"], config["timestep_scaling"],
                             config.get("num_inference_steps", 4))
-    accepted = inspect.signature(DDIMScheduler.__init__).parameters
-    scheduler = DDIMScheduler(**{**{k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted},
+    # Trailing spacing: the K steps are the phase boundaries (999, 499 for K = 2), the last one to alpha = 1.
+    scheduler = DDIMScheduler(**{**teacher_scheduler_config(teacher_pipe, DDIMScheduler),
                                  "timestep_spacing": "trailing", "steps_offset": 0, "set_alpha_to_one": True})
-    unet = UNet2DModel.from_config(teacher_pipe.unet.config)
-    unet.load_state_dict(student_state)
-    pipeline = BloodMNISTPipeline(unet=unet.eval(), scheduler=scheduler, class_names=teacher_pipe.config.class_names)
-    pipeline.register_to_config(default_num_inference_steps=phases)
-    return pipeline
+    return with_student_weights(teacher_pipe, student_state, scheduler, phases)
 
 
 def lcm_pipeline(teacher_pipe, student_state, num_ddim_timesteps=50, timestep_scaling=10.0, default_steps=4):
     """A BloodMNISTPipeline of the student's weights with LCMScheduler on the teacher's noise schedule, thresholding
-    and prediction type (keys LCMScheduler does not take, like DDPM's variance_type, are left out: every load would
-    warn about them)."""
-    accepted = inspect.signature(LCMScheduler.__init__).parameters
-    scheduler = LCMScheduler(**{k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted},
+    and prediction type."""
+    scheduler = LCMScheduler(**teacher_scheduler_config(teacher_pipe, LCMScheduler),
                              original_inference_steps=num_ddim_timesteps, timestep_scaling=timestep_scaling)
+    return with_student_weights(teacher_pipe, student_state, scheduler, default_steps)
+
+
+def teacher_scheduler_config(teacher_pipe, scheduler_cls):
+    """The teacher's scheduler settings that ``scheduler_cls`` takes (keys it does not, like DDPM's variance_type
+    for LCMScheduler, are left out: every load would warn about them)."""
+    accepted = inspect.signature(scheduler_cls.__init__).parameters
+    return {k: v for k, v in teacher_pipe.scheduler.config.items() if k in accepted}
+
+
+def with_student_weights(teacher_pipe, student_state, scheduler, default_steps):
     unet = UNet2DModel.from_config(teacher_pipe.unet.config)
     unet.load_state_dict(student_state)
     pipeline = BloodMNISTPipeline(unet=unet.eval(), scheduler=scheduler, class_names=teacher_pipe.config.class_names)
