@@ -52,6 +52,8 @@ def main():
             rows.append({"model": checkpoint.name, "nfe": steps, "fid": score(pipe, steps)})
             print(json.dumps(rows[-1]), flush=True)
     write_json({"run": Path(args.run_dir).name, "learning_rate": config["learning_rate"],
+                "lr_scheduler": config.get("lr_scheduler", "constant_with_warmup"),
+                "num_ddim_timesteps": config["num_ddim_timesteps"], "phases": config.get("phases", 0),
                 "train_batch_size": config["train_batch_size"], "split": "val", "num_samples": args.num_samples,
                 "rows": rows}, args.out)
 

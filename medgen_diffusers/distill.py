@@ -67,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument("--train_batch_size", type=int, default=128)
     p.add_argument("--learning_rate", type=float, default=2e-5)
     p.add_argument("--lr_warmup_steps", type=int, default=100)
+    p.add_argument("--lr_scheduler", default="constant_with_warmup", choices=("constant_with_warmup", "cosine"),
+                   help="LCM's constant rate after warm-up, or a cosine decay to zero at --max_train_steps.")
     p.add_argument("--num_ddim_timesteps", type=int, default=50, help="The teacher's solver grid (LCM's N).")
     p.add_argument("--timestep_scaling", type=float, default=10.0, help="Boundary-condition time scale (LCM's).")
     p.add_argument("--ema_decay", type=float, default=0.95, help="Target network = EMA of the student.")
@@ -179,8 +181,10 @@ def main(argv=None):
                          "DDPM teacher's DDIM grid. Distil a --formulation ddpm model.")
     teacher_sha256 = weights_sha256(teacher_pipe.unet)
     if checkpoint is not None:
-        check_resumed_config(output_dir, "distill_config.json", {"teacher_sha256": teacher_sha256,
-                                                                 "phases": args.phases}, ["teacher_sha256", "phases"])
+        # A cosine rate is a function of the run's length, so a cosine run resumes only to the same length.
+        keys = ["teacher_sha256", "phases", "lr_scheduler"] + (["max_train_steps"] * (args.lr_scheduler == "cosine"))
+        check_resumed_config(output_dir, "distill_config.json", {**vars(args), "teacher_sha256": teacher_sha256},
+                             keys)
     teacher = teacher_pipe.unet.requires_grad_(False).eval().to(accelerator.device)
     schedule = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
     prediction_type = schedule.config.prediction_type
@@ -218,8 +222,9 @@ def main(argv=None):
     target_unet = UNet2DModel.from_config(teacher.config).requires_grad_(False).eval()
     optimizer = torch.optim.AdamW(student.parameters(), lr=args.learning_rate, weight_decay=0.0)
     # Accelerate steps a prepared scheduler once per process, as train_unconditional.py accounts for.
-    lr_scheduler = get_scheduler("constant_with_warmup", optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
     student, optimizer, loader, lr_scheduler = accelerator.prepare(student, optimizer, loader, lr_scheduler)
     target.to(accelerator.device)
     target_unet.to(accelerator.device)

@@ -102,7 +102,15 @@ def test_phased_student_jumps_where_ddim_samples_and_saves_a_two_step_pipeline(t
         parse_args(["--output_dir", str(tmp_path / "bad"), "--phases", "3"])
     assert refused.value.code == 2 and "divisor of --num_ddim_timesteps" in capsys.readouterr().err
 
-    distill(tmp_path / "phased", data_root, 2, "--phases", "2")
+    distill(tmp_path / "phased", data_root, 2, "--phases", "2", "--lr_scheduler", "cosine")
+    # A cosine rate is a function of the run's length: resuming it to another length is refused, nothing written.
+    before = (tmp_path / "phased" / "metrics.jsonl").read_bytes()
+    longer = subprocess.run([sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(tmp_path / "phased"),
+                             "--data_root", str(data_root), "--phases", "2", "--lr_scheduler", "cosine",
+                             "--max_train_steps", "4", "--train_batch_size", "8"], cwd=REPO, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert longer.returncode != 0 and "max_train_steps" in longer.stderr and "Traceback" not in longer.stderr
+    assert (tmp_path / "phased" / "metrics.jsonl").read_bytes() == before
     pipe = BloodMNISTPipeline.from_pretrained(tmp_path / "phased")
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.timestep_spacing == "trailing"
     assert pipe.config.default_num_inference_steps == 2
