@@ -2,6 +2,9 @@
 plus the distilled default call's throughput versus DDPM's 1000 steps on the same UNet architecture.
 
     python benchmarks/bench_few_step.py ../bg-runs/lcm --num-samples 256 --split val
+    # another student on the same plot, with the rows of an earlier run of the same split and N:
+    python benchmarks/bench_few_step.py ../bg-runs/pcm2 --label "2-phase student" --steps 1,2,4 --no-teacher \
+        --merge benchmarks/results/few_step/shipped_4step_val1712.json --num-samples 1712 --out ...
 
 Each pipeline samples with the scheduler it was saved with (the teacher: DDIM, trailing spacing; the distilled one:
 LCMScheduler), no guidance, seed 0, the split's class mix; standard protocol (clean-fid FID and KID) against the
@@ -34,11 +37,22 @@ def main():
     parser.add_argument("--split", default="val")
     parser.add_argument("--num-samples", type=int, default=256)
     parser.add_argument("--throughput-images", type=int, default=16)
+    parser.add_argument("--label", default="distilled", help="The distilled pipeline's name in the rows and plot.")
+    parser.add_argument("--no-teacher", action="store_true", help="Do not score the teacher (e.g. its rows come "
+                                                                    "from --merge).")
+    parser.add_argument("--merge", default=None, help="A JSON this script wrote for the same split and "
+                                                       "--num-samples: its rows join this run's table and plot.")
     parser.add_argument("--out", default="benchmarks/results/few_step/val.json")
     args = parser.parse_args()
 
-    pipes = {"distilled": BloodMNISTPipeline.from_pretrained(args.distilled),
-             "teacher": BloodMNISTPipeline.from_pretrained(args.teacher)}
+    merged = json.loads(Path(args.merge).read_text()) if args.merge else None
+    if merged and (merged["split"], merged["num_samples"]) != (args.split, args.num_samples):
+        parser.error(f"--merge {args.merge} was scored on {merged['split']} with N = {merged['num_samples']}, this "
+                     f"run on {args.split} with N = {args.num_samples}: FIDs at other N are not comparable.")
+    teacher = BloodMNISTPipeline.from_pretrained(args.teacher)
+    pipes = {args.label: BloodMNISTPipeline.from_pretrained(args.distilled)}
+    if not args.no_teacher:
+        pipes["teacher"] = teacher
     extractor = InceptionFeatures()
     reals = RealFeatures(extractor)
     real = reals.get(args.split, "standard")[0]
@@ -57,14 +71,17 @@ def main():
             rows.append(row)
             print(json.dumps(row), flush=True)
 
+    if merged:  # the earlier run's rows, its student named by its folder, each marked with where it comes from
+        rows += [{**r, "model": merged["distilled"] if r["model"] == "distilled" else r["model"],
+                  "from": Path(args.merge).name} for r in merged["rows"]]
+
     # Throughput: the distilled default call versus DDPM-1000 (diffusers' DDPMPipeline default) on the teacher.
-    default_steps = pipes["distilled"].config.default_num_inference_steps
-    teacher = pipes["teacher"]
+    default_steps = pipes[args.label].config.default_num_inference_steps
     ddpm = BloodMNISTPipeline(teacher.unet, diffusers.DDPMScheduler.from_config(teacher.scheduler.config,
                                                                                timestep_spacing="leading"),
                               teacher.config.class_names)
     timings = {}
-    for label, pipe, steps in (("distilled_default", pipes["distilled"], default_steps), ("ddpm_1000", ddpm, 1000)):
+    for label, pipe, steps in (("distilled_default", pipes[args.label], default_steps), ("ddpm_1000", ddpm, 1000)):
         started = time.perf_counter()
         generate_images(pipe, args.throughput_images, labels[: args.throughput_images], steps, None, seed=1,
                         progress=False)
@@ -73,10 +90,11 @@ def main():
     def at(model, nfe):
         return next((r["fid"] for r in rows if r["model"] == model and r["nfe_per_image"] == nfe), None)
 
-    teacher_20, distilled_default = at("teacher", 20), at("distilled", default_steps)
+    teacher_20, distilled_default = at("teacher", 20), at(args.label, default_steps)
     result = {
         "distilled": Path(args.distilled).name, "teacher": Path(args.teacher).name, "split": args.split,
         "num_samples": args.num_samples, "floor_fid": floor, "rows": rows, "default_steps": default_steps,
+        "merged": args.merge,
         "distilled_default_vs_teacher_20": (distilled_default / teacher_20
                                             if teacher_20 and distilled_default else None),
         "throughput_images_per_s": timings,
