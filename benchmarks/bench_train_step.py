@@ -106,6 +106,15 @@ RECIPES = {"example": ("example", False, False, False, False, False, False),
            "ours_default_compiled": ("ours", False, True, True, True, True, True)}
 
 
+def cpu_model():
+    """The processor's name (Linux); the step's speed-ups differ between machines of the same core count."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def worker(name, preset, batch_size):
     """One arm in this process: build it, take the first step (which compiles, if compiled), then run the blocks of
     steps the main process asks for on stdin and answer each with its step times on stdout (one JSON line each)."""
@@ -192,7 +201,10 @@ def main():
         "compile_seconds": compile_seconds, "seconds_per_step_with_compile_over_2000_steps": amortised,
         "compile": {"mode": "default", "backend": "inductor"},
         "process_per_arm": True,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+        "machine": {"cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+                    # which bf16 hardware oneDNN's convolutions can use: the step's bf16 speed-up depends on it
+                    "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
+                    "amx_bf16": torch.cpu._is_amx_tile_supported(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "gpu": torch.cuda.is_available()},
     }
