@@ -203,8 +203,10 @@ def main():
         "process_per_arm": True,
         "machine": {"cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
                     # which bf16 hardware oneDNN's convolutions can use: the step's bf16 speed-up depends on it
-                    "avx512_bf16": torch.cpu._is_avx512_bf16_supported(),
-                    "amx_bf16": torch.cpu._is_amx_tile_supported(), "cores": os.cpu_count(),
+                    **{key: getattr(torch.cpu, probe, lambda: None)()  # private probes: None where torch lacks one
+                       for key, probe in (("avx512_bf16", "_is_avx512_bf16_supported"),
+                                          ("amx_bf16", "_is_amx_tile_supported"))},
+                    "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "gpu": torch.cuda.is_available()},
     }
