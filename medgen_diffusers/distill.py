@@ -49,7 +49,7 @@ from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, ch
                                             register_ema_hooks, save_checkpoint)
 from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
 from medgen_diffusers.model_card import write_card
-from medgen_diffusers.models import is_edm, keep_freed_memory
+from medgen_diffusers.models import auto_mixed_precision, is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
 
 logger = get_logger(__name__)
@@ -78,7 +78,10 @@ def parse_args(argv=None):
                         "--num_ddim_timesteps; e.g. 2 for a 2-evaluation sampler).")
     p.add_argument("--num_inference_steps", type=int, default=4,
                    help="The saved pipeline's default step count (with --phases K it is K).")
-    p.add_argument("--mixed_precision", default="no", choices=("no", "fp16", "bf16"))
+    p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                   help="As train_unconditional.py's: auto is bf16 autocast on CPUs with bf16 instructions "
+                        "(AVX512-BF16/AMX) and on bf16 GPUs, fp32 elsewhere (emulated bf16 is slower than fp32); "
+                        "the run records what was used.")
     p.add_argument("--keep_freed_memory", action=argparse.BooleanOptionalAction, default=True,
                    help="As train_unconditional.py's: keep freed memory in the process (glibc), fewer page faults.")
     p.add_argument("--checkpointing_steps", type=int, default=250)
@@ -93,7 +96,13 @@ def parse_args(argv=None):
                 f"point DDIM grid, so --phases must be 0 or a divisor of --num_ddim_timesteps (e.g. 2 or 5).")
     if args.phases:
         args.num_inference_steps = args.phases
+    if args.mixed_precision == "auto":  # resolved here, so distill_config.json records what is used
+        args.mixed_precision = auto_mixed_precision(on_cpu=on_cpu(args))
     return args
+
+
+def on_cpu(args) -> bool:
+    return args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def boundary_scalings(timesteps, timestep_scaling, sigma_data=0.5):
@@ -166,7 +175,7 @@ def main(argv=None):
         mixed_precision=args.mixed_precision,
         project_config=ProjectConfiguration(project_dir=str(output_dir)),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
-        cpu=args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available()),
+        cpu=on_cpu(args),
     )
     checkpoint = prepare_run_folder(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir,
                                     accelerator.is_main_process)  # verified before anything is written
