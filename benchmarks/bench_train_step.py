@@ -144,7 +144,11 @@ def start_worker(name, args):
     process = subprocess.Popen([sys.executable, __file__, "--worker", name, "--preset", args.preset,
                                 "--batch_size", str(args.batch_size)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True)
-    return process, json.loads(process.stdout.readline())["first_step_seconds"]
+    line = process.stdout.readline()
+    if not line:  # the worker died before its first step; its own error is printed above
+        raise SystemExit(f"bench_train_step.py: the {name} arm's worker failed (exit code {process.wait()}); "
+                         "see its error above (no data: set $MEDMNIST_ROOT to the folder holding bloodmnist.npz).")
+    return process, json.loads(line)["first_step_seconds"]
 
 
 def main():
