@@ -51,6 +51,7 @@ from medgen_diffusers.data import augment, load_images, resolve_augmentation, to
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import auto_mixed_precision, is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
+from medgen_diffusers.runtime import on_cpu
 
 logger = get_logger(__name__)
 TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safetensors + config
@@ -100,9 +101,6 @@ def parse_args(argv=None):
         args.mixed_precision = auto_mixed_precision(on_cpu=on_cpu(args))
     return args
 
-
-def on_cpu(args) -> bool:
-    return args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def boundary_scalings(timesteps, timestep_scaling, sigma_data=0.5):

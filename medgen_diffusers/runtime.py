@@ -129,6 +129,13 @@ def device_name(device) -> str:
     return f"{device.type} ({cpu}, {torch.get_num_threads()} threads), torch {torch.__version__}"
 
 
+def on_cpu(args) -> bool:
+    """Whether a training or distillation run (its --cpu flag) runs on the CPU: asked, or no CUDA/MPS device."""
+    import torch
+
+    return args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
+
+
 def resolve_device(name="auto"):
     """--device: auto = CUDA, else Apple MPS, else CPU."""
     import torch

@@ -40,6 +40,7 @@ from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, UNET_PRESETS, attent
 from medgen_diffusers.privacy import (ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS, PrivateStep, plan_privacy, privacy_units,
                                       trainable_parameters)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
+from medgen_diffusers.runtime import on_cpu
 
 logger = get_logger(__name__, log_level="INFO")
 EMA_FOLDER = "unet_ema"  # EMA weights inside a checkpoint: safetensors + config, via EMAModel.save_pretrained
@@ -215,10 +216,6 @@ def parse_args(argv=None):
     if args.mixed_precision == "auto":  # resolved here, so the run records (and a resume sees) what is used
         args.mixed_precision = auto_mixed_precision(on_cpu(args), private=args.dp_epsilon is not None)
     return args
-
-
-def on_cpu(args) -> bool:
-    return args.cpu or not (torch.cuda.is_available() or torch.backends.mps.is_available())
 
 
 def sample_grid(pipeline, num_images, steps, seed):
