@@ -230,16 +230,19 @@ def cmd_card(args):
 
 
 def cmd_push(args):
-    from .hub import push_operations, push_pipeline
+    from .hub import push_operations, push_pipeline, repo_visibility
 
+    private, why = repo_visibility(args.pipeline_dir, args.private)
+    visibility = f"a {'private' if private else 'public'} repository ({why})"
     if args.dry_run:
         operations = push_operations(args.pipeline_dir)
-        print(f"would send {len(operations)} files from {args.pipeline_dir} to {args.repo_id} (nothing was sent):")
+        print(f"would send {len(operations)} files from {args.pipeline_dir} to {args.repo_id} as {visibility} "
+              "(nothing was sent):")
         for operation in operations:
             print(f"  {operation.path_in_repo}")
         return
-    url = push_pipeline(args.pipeline_dir, args.repo_id, token=args.token, private=args.private)
-    print(f"pushed {args.pipeline_dir} to {url}")
+    url = push_pipeline(args.pipeline_dir, args.repo_id, token=args.token, private=private)
+    print(f"pushed {args.pipeline_dir} to {url}, {visibility}")
 
 
 def cmd_app(args):
@@ -419,7 +422,12 @@ def build_parser():
     push.add_argument("pipeline_dir")
     push.add_argument("repo_id")
     push.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN / huggingface-cli login).")
-    push.add_argument("--private", action="store_true")
+    visibility = push.add_mutually_exclusive_group()
+    visibility.add_argument("--private", dest="private", action="store_const", const=True, default=None,
+                            help="Create the repository private (the default unless the model was trained on a "
+                                 "public data set such as a MedMNIST flag).")
+    visibility.add_argument("--public", dest="private", action="store_const", const=False,
+                            help="Create the repository public, even for a model of your own data.")
     push.add_argument("--dry-run", action="store_true", help="List exactly the files that would be sent; send none.")
     push.set_defaults(func=cmd_push)
 

@@ -2,7 +2,7 @@
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -69,9 +69,27 @@ def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
     return operations
 
 
-def push_pipeline(pipeline_dir, repo_id: str, token: Optional[str] = None, private: bool = False) -> str:
-    """Create ``repo_id`` if needed and upload ``pipeline_dir`` in one commit; returns the commit URL."""
+def repo_visibility(pipeline_dir, private: Optional[bool] = None) -> Tuple[bool, str]:
+    """(private?, why) for a push of ``pipeline_dir``. Not given: private unless the model was trained on a public
+    data set (a MedMNIST flag) -- weights can memorise their training images and the audit is evidence, not proof,
+    so a model of anyone's own data is never made public by default."""
+    from .provenance import is_public_source
+
+    if private is not None:
+        return private, "--private" if private else "--public"
+    config = Path(pipeline_dir) / "run_config.json"
+    dataset = json.loads(config.read_text()).get("dataset") if config.is_file() else None
+    if dataset is not None and is_public_source(dataset):
+        return False, f"trained on the public data set {dataset}"
+    return True, ("trained on data that is not a public data set" if dataset else "its training data is unknown "
+                  "(no run_config.json)") + ": weights can memorise their training images; --public to override"
+
+
+def push_pipeline(pipeline_dir, repo_id: str, token: Optional[str] = None, private: Optional[bool] = None) -> str:
+    """Create ``repo_id`` if needed (private unless ``repo_visibility`` finds public training data or ``private``
+    is False) and upload ``pipeline_dir`` in one commit; returns the commit URL."""
     operations = push_operations(pipeline_dir)
+    private, _ = repo_visibility(pipeline_dir, private)
     token = token or get_token()
     if token is None:
         raise HubError("No Hugging Face token: run `hf auth login`, set HF_TOKEN, or pass --token. Nothing was "

@@ -15,13 +15,23 @@ adds what upstream Opacus lacks and DP for diffusion models needs:
 * **A logical batch larger than memory**: a step's units are packed, whole, into physical batches of at most
   ``--train_batch_size`` rows; Opacus' skip-step protocol clips and sums each physical batch and adds the noise
   once per logical step (what its ``BatchMemoryManager`` does for its own data loader).
-* **Exact resume**: the units of step s are drawn from a generator seeded by (seed, s), and the accountant's
-  history is saved with every checkpoint and checked on resume.
+* **A secret source of randomness**: the Poisson draw of step s's units comes from (secret, s) and the Gaussian
+  noise from a generator seeded by the secret, 128 bits from ``secrets`` (the OS's CSPRNG) drawn when a run starts.
+  Neither depends on ``--seed``, which is published in run_config.json: with noise that follows from a published
+  seed, anyone holding the data set minus one unit could retrain both candidates and compare -- epsilon would be
+  void. The secret and the noise generator's state live only in each checkpoint folder (``DP_SECRET_FILE``, never
+  pushed), so a resume stays exact; the noise is drawn with Opacus' ``secure_mode`` sampling (several Gaussian
+  draws per coordinate, against floating-point attacks on the noise).
+* **Exact resume**: the accountant's history and the secret state are saved with every checkpoint and checked on
+  resume.
 """
 
+import base64
 import json
 import math
 import os
+import secrets
+import warnings
 from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Tuple
@@ -32,6 +42,7 @@ import torch
 ACCOUNTANTS = ("rdp", "prv")
 DP_UNITS = ("auto", "image", "patient")
 ACCOUNTANT_FILE = "privacy_accountant.json"  # inside each checkpoint: the accountant's history
+DP_SECRET_FILE = "dp_secret.json"  # inside each checkpoint only: the secret and the noise generator's state
 # Above this noise multiplier the noise std per coordinate (sigma * C / B) swamps what clipped gradients can carry at
 # the batch sizes a CPU or one GPU affords; DPDM's MNIST runs used sigma ~ 1-2 at batch 4096. Refused, with numbers.
 MAX_NOISE_MULTIPLIER = 10.0
@@ -68,7 +79,7 @@ class PrivacyPlan:
     accountant: str
     finetune_layers: str = "all"
     init_from: Optional[str] = None
-    secure_rng: bool = False
+    secure_rng: bool = True  # Opacus' secure_mode noise sampling, from a generator seeded by a secret
 
     def record(self) -> dict:
         return {**asdict(self), "covers": COVERS.format(unit=self.unit),
@@ -181,25 +192,36 @@ def trainable_parameters(unet, layers: str):
 class PrivateStep:
     """One DP-SGD step over Poisson-sampled units: per-unit gradients, clipping, noise (Opacus), accounting."""
 
-    def __init__(self, unet, optimizer, plan: PrivacyPlan, unit_of_image: np.ndarray, max_rows: int, seed: int):
+    def __init__(self, unet, optimizer, plan: PrivacyPlan, unit_of_image: np.ndarray, max_rows: int,
+                 secret: Optional[int] = None):
         from opacus import GradSampleModule
         from opacus.accountants import create_accountant
         from opacus.optimizers import DPOptimizer
 
-        self.plan, self.seed, self.max_rows = plan, seed, max_rows
+        self.plan, self.max_rows = plan, max_rows
         # The module is wrapped for its per-sample-gradient hooks; calls go through it.
         self.model = GradSampleModule(unet, batch_first=True, loss_reduction="mean")
+        device = next(unet.parameters()).device
+        self.noise_generator = torch.Generator(device=device)
+        self.set_secret(secrets.randbits(128) if secret is None else secret)
         self.optimizer = DPOptimizer(optimizer, noise_multiplier=plan.noise_multiplier,
                                      max_grad_norm=plan.max_grad_norm, expected_batch_size=plan.expected_batch_size,
-                                     loss_reduction="mean", secure_mode=plan.secure_rng)
+                                     loss_reduction="mean", generator=self.noise_generator,
+                                     secure_mode=plan.secure_rng)
         self.accountant = create_accountant(mechanism=plan.accountant)
         order = np.argsort(unit_of_image, kind="stable")
         bounds = np.searchsorted(unit_of_image[order], np.arange(plan.num_units + 1))
         self.images_of_unit = [torch.as_tensor(order[bounds[u]:bounds[u + 1]]) for u in range(plan.num_units)]
 
+    def set_secret(self, secret: int) -> None:
+        """The run's secret: the Poisson draws follow from (secret, step), the noise generator starts from it."""
+        self.secret = secret
+        self.noise_generator.manual_seed(int(np.random.SeedSequence(secret).generate_state(1, np.uint64)[0] >> 1))
+
     def sample_units(self, step: int) -> torch.Tensor:
         """Poisson sampling: each unit independently with probability q; the same units for step s on every resume."""
-        generator = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, step]).generate_state(1)[0]))
+        generator = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.secret, step]).generate_state(1)[0]))
         return torch.nonzero(torch.rand(self.plan.num_units, generator=generator) < self.plan.sample_rate).flatten()
 
     def physical_batches(self, units: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
@@ -272,6 +294,11 @@ class PrivateStep:
                     json.dump({"mechanism": self.accountant.mechanism(),
                                "history": [list(h) for h in self.accountant.history],
                                "plan": asdict(self.plan)}, f, indent=1)
+                # The secret, only here: checkpoint folders are never pushed (hub.IGNORE_PATTERNS) or summarised.
+                state = base64.b64encode(self.noise_generator.get_state().numpy().tobytes()).decode()
+                secret_path = os.path.join(checkpoint_dir, DP_SECRET_FILE)
+                with open(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+                    json.dump({"secret": str(self.secret), "noise_generator_state": state}, f)
 
         def load(models, checkpoint_dir):
             path = os.path.join(checkpoint_dir, ACCOUNTANT_FILE)
@@ -289,6 +316,15 @@ class PrivateStep:
                                    "--max_train_steps.")
             self.accountant.load_state_dict({"mechanism": saved["mechanism"],
                                              "history": [tuple(h) for h in saved["history"]]})
+            secret_path = os.path.join(checkpoint_dir, DP_SECRET_FILE)
+            if not os.path.isfile(secret_path):
+                raise PrivacyError(f"{checkpoint_dir} has no {DP_SECRET_FILE} (the secret its noise and sampling "
+                                   "were drawn from; checkpoints of runs before it was kept cannot be resumed "
+                                   "exactly): start a new run (--overwrite_output_dir).")
+            kept = json.load(open(secret_path))
+            self.set_secret(int(kept["secret"]))
+            state = np.frombuffer(base64.b64decode(kept["noise_generator_state"]), dtype=np.uint8).copy()
+            self.noise_generator.set_state(torch.from_numpy(state))
 
         accelerator.register_save_state_pre_hook(save)
         accelerator.register_load_state_pre_hook(load)
@@ -328,7 +364,10 @@ def privacy_section(guarantee: Optional[dict]) -> str:
         ("δ", f"{g['delta']:g}"), ("privacy unit", f"one {g['unit']}"),
         ("clipping bound C (per unit)", g["max_grad_norm"]), ("noise multiplier σ", f"{g['noise_multiplier']:.4f}"),
         ("sampling rate q (Poisson)", f"{g['sample_rate']:.5g}"), ("steps", g["steps"]),
-        ("noise draws per image (K)", g["noise_multiplicity"]), ("accountant", f"Opacus {g['accountant'].upper()}")])
+        ("noise draws per image (K)", g["noise_multiplicity"]), ("accountant", f"Opacus {g['accountant'].upper()}"),
+        ("noise and sampling randomness", "a 128-bit secret from the operating system's random generator, drawn "
+         "when the run started and kept only in its checkpoint folders (never published); not the published "
+         "--seed")])
     not_covered = "\n".join(f"- {item}" for item in g["not_covered"])
     return (f"Trained with DP-SGD (Opacus: per-{g['unit']} clipping, Gaussian noise): ({g['epsilon']:.2f}, "
             f"{g['delta']:g})-differentially private with respect to one {g['unit']}.{prior}\n\n"

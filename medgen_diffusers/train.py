@@ -210,7 +210,7 @@ def parse_args(argv=None):
         if args.mixed_precision not in ("no", "auto"):
             p.error("--mixed_precision must be 'no' with --dp_epsilon (per-sample gradients in fp32).")
         if args.record_data_order:
-            p.error("--record_data_order is for data-parallel runs; DP runs draw step s's units from (seed, s).")
+            p.error("--record_data_order is for data-parallel runs; DP runs draw step s's units from a secret.")
         if args.dp_batch_size < 1 or args.dp_noise_multiplicity < 1:
             p.error("--dp_batch_size and --dp_noise_multiplicity must be >= 1.")
     if args.mixed_precision == "auto":  # resolved here, so the run records (and a resume sees) what is used
@@ -507,8 +507,11 @@ def main(argv=None):
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit, logger)
         if (args.save_images_steps and global_step % args.save_images_steps == 0 and accelerator.is_main_process) or \
                 (evaluator is not None and global_step % args.eval_steps == 0):
-            pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
-            snapshot(args, pipeline, evaluator, accelerator, metrics, output_dir, global_step)
+            # Forked: building the copy (its init) and sampling must not draw from the training RNG, whose state
+            # the checkpoint just saved -- a resume from this step would otherwise see another stream.
+            with torch.random.fork_rng(devices=[] if accelerator.device.type != "cuda" else [accelerator.device]):
+                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+                snapshot(args, pipeline, evaluator, accelerator, metrics, output_dir, global_step)
     progress.close()
 
     # The ranks must agree exactly (DDP all-reduces gradients); checked here rather than assumed.
@@ -565,7 +568,7 @@ def make_private(args, data, num_images, unet, optimizer, accelerator):
     plan = plan_privacy(args.dp_epsilon, num_units, args.dp_batch_size, steps, args.dp_max_grad_norm,
                         args.dp_noise_multiplicity, unit, args.dp_delta, args.dp_accountant,
                         finetune_layers=args.finetune_layers, init_from=args.init_from)
-    private = PrivateStep(unet, optimizer, plan, unit_of_image, args.train_batch_size, args.seed)
+    private = PrivateStep(unet, optimizer, plan, unit_of_image, args.train_batch_size)  # its own secret, not --seed
     private.register_checkpoint_hooks(accelerator)
     return private
 

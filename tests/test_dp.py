@@ -12,14 +12,16 @@ from opacus.accountants import RDPAccountant
 
 import train_unconditional
 from medgen_diffusers import BloodMNISTPipeline
-from medgen_diffusers.privacy import PrivacyError, PrivateStep, plan_privacy, privacy_units
+from medgen_diffusers.hub import push_operations
+from medgen_diffusers.privacy import DP_SECRET_FILE, PrivacyError, PrivateStep, plan_privacy, privacy_units
 from medgen_diffusers.provenance import folder_weights_sha256
 
 from conftest import read_metrics, small_unet
 
 DP_ARGS = ["--max_train_samples", "48", "--dp_epsilon", "8", "--dp_batch_size", "8", "--dp_noise_multiplicity", "2",
            "--train_batch_size", "8", "--max_train_steps", "4", "--checkpointing_steps", "2", "--lr_warmup_steps", "1",
-           "--num_sample_images", "2", "--sample_inference_steps", "2", "--logger", "none"]
+           "--num_sample_images", "2", "--sample_inference_steps", "2", "--logger", "none",
+           "--save_images_steps", "2"]  # a sample grid on a checkpoint step must not shift the resumed RNG
 
 
 def train(output_dir, data_root, *extra):
@@ -62,6 +64,19 @@ def test_dp_run_reports_the_accountants_epsilon_and_resumes_exactly(dp_run, data
     assert folder_weights_sha256(killed) == folder_weights_sha256(dp_run)
     assert json.loads((killed / "train_summary.json").read_text())["privacy"] == summary
 
+    # The noise and the Poisson draws come from a secret, not from the published --seed: the same command again
+    # gives other weights, and the secret stands in no file outside the checkpoint folders (which are never pushed).
+    again = tmp_path / "again"
+    train(again, data_root)
+    assert folder_weights_sha256(again) != folder_weights_sha256(dp_run)
+    secret = json.loads((dp_run / "checkpoint-4" / DP_SECRET_FILE).read_text())["secret"]
+    assert len(secret) > 30 and json.loads((again / "checkpoint-4" / DP_SECRET_FILE).read_text())["secret"] != secret
+    published = [p for p in dp_run.rglob("*") if p.is_file() and not p.relative_to(dp_run).parts[0].startswith(
+        "checkpoint-")]
+    assert len(published) > 5 and not any(secret.encode() in p.read_bytes() for p in published)
+    assert not any(op.path_in_repo.startswith("checkpoint-") for op in push_operations(dp_run))
+    assert "secret" in (dp_run / "README.md").read_text()  # the card says where the noise came from
+
     # Resuming with settings that change the noise would mix two guarantees: refused, nothing written.
     before = sorted(p.name for p in killed.iterdir())
     with pytest.raises(PrivacyError, match="noise multiplier"):
@@ -96,7 +111,7 @@ def make_step(data_root, groups, sigma, clip, multiplicity, expected_batch=4):
     unit, unit_of_image = privacy_units("auto", groups, 12, "test data")
     plan = plan_privacy(10, int(unit_of_image.max()) + 1, expected_batch, 10, clip, multiplicity, unit)
     plan.noise_multiplier = sigma
-    private = PrivateStep(unet, optimizer, plan, unit_of_image, max_rows=5, seed=0)
+    private = PrivateStep(unet, optimizer, plan, unit_of_image, max_rows=5, secret=0)
     private.optimizer.noise_multiplier = sigma
     grads = []
     private.optimizer.attach_step_hook(lambda opt: grads.append(torch.cat([p.grad.flatten() for p in opt.params])))

@@ -68,7 +68,9 @@ def test_own_folder_sample_evaluate_card_push_without_naming_the_data(memorised_
     Image.new("RGB", (8, 8)).save(run / "patient_scan.png")
     capsys.readouterr()
     assert medgen("push", run, "someone/cells", "--dry-run") == 0
-    listed = [line.strip() for line in capsys.readouterr().out.splitlines()[1:]]
+    said = capsys.readouterr().out.splitlines()
+    assert "as a private repository (trained on data that is not a public data set" in said[0]
+    listed = [line.strip() for line in said[1:]]
     assert listed == [op.path_in_repo for op in push_operations(run)]
     assert "audit_closest_pairs.png" not in listed and "patient_scan.png" not in listed
     assert {name for name in listed if name.endswith(".png")} <= set(GENERATED_FIGURES)

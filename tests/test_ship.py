@@ -94,6 +94,13 @@ def test_push_sends_one_commit_with_exactly_the_pipeline_files(saved, monkeypatc
     assert all(isinstance(op, CommitOperationAdd) for op in operations)
     assert {op.path_in_repo for op in operations} == PIPELINE_FILES | {"run_config.json"}
     assert {op.path_in_repo for op in operations} == {op.path_in_repo for op in push_operations(saved)}
+    assert calls[0][2]["private"] is False  # a model of a public data set (MedMNIST) may be public
+    # A model of anyone's own data goes to a private repository unless --public is said.
+    (saved / "run_config.json").write_text(json.dumps({"dataset": "/data/hospital/ct", "resolution": 28}))
+    push_pipeline(saved, "medgen/own-test", token="hf_test")
+    assert calls[-2][0] == "create_repo" and calls[-2][2]["private"] is True
+    push_pipeline(saved, "medgen/own-test", token="hf_test", private=False)
+    assert calls[-2][2]["private"] is False
 
 
 def test_push_without_token_or_network_fails_cleanly(saved, tmp_path, monkeypatch, capsys):
