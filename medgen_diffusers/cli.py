@@ -288,6 +288,8 @@ def add_data_options(p):
     g.add_argument("--split-seed", dest="split_seed", type=int, default=None, help="Seed of --split-by.")
     g.add_argument("--patient-column", dest="patient_column", default=None,
                    help="datasets sources: the column naming each image's patient.")
+    g.add_argument("--patient-regex", dest="patient_regex", default=None,
+                   help="Pattern whose first group (or whole match) in a DICOM/NIfTI file's path is its patient.")
 
 
 def build_parser():

@@ -143,6 +143,7 @@ class ImageData:
     notice: Optional[str] = None  # something the user should know (e.g. multi-label data trained unconditionally)
     groups: Optional[np.ndarray] = None  # patient pseudonym per image (DICOM/NIfTI: medical.py), else None
     intensity: Optional[dict] = None  # how stored values became 8-bit (window / percentiles), for medical sources
+    patient_rule: Optional[str] = None  # how each image's patient was found (medical.PATIENT_RULES, a column, ...)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -219,18 +220,20 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                 root: Optional[Union[str, os.PathLike]] = None, download: bool = True,
                 image_column: str = "image", label_column: Optional[str] = "label", window=None,
                 slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
-                split_seed: int = 0, patient_column: Optional[str] = None) -> ImageData:
+                split_seed: int = 0, patient_column: Optional[str] = None,
+                patient_regex: Optional[str] = None) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
     size (MedMNIST: 28). ``root``: the MedMNIST data folder. ``image_column``/``label_column``: for ``datasets``
     sources (``label_column=None``: unlabeled). ``window``, ``slice_axis``, ``slice_range``, ``split_by``,
     ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`); ``patient_column`` (with
-    ``split_by``) for ``datasets`` sources that name each image's patient.
+    ``split_by``) for ``datasets`` sources that name each image's patient; ``patient_regex`` finds the patient in
+    a DICOM/NIfTI file's path instead of the kind's own rule.
     """
     source = str(source)
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed, patient_column)
+           split_by, split_seed, patient_column, patient_regex)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
@@ -251,12 +254,13 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
 
         kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
         if kind is not None:
-            data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size)
+            data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size,
+                                patient_regex)
         elif split_by is not None:
             raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
                             f"volume per patient) files; {path} holds ordinary images.")
-        elif window is not None or slice_range is not None:
-            raise DataError(f"--window / --slice_range apply to DICOM and NIfTI folders; {path} holds ordinary "
+        elif window is not None or slice_range is not None or patient_regex is not None:
+            raise DataError(f"--window / --slice_range / --patient_regex apply to DICOM and NIfTI folders; {path} holds ordinary "
                             "images (8/16-bit files are scaled by their bit depth): drop them.")
         else:
             data = sources.load_folder(path, split, size)

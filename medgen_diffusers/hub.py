@@ -19,6 +19,9 @@ IGNORE_PATTERNS = ["checkpoint-*", "checkpoint-*/*", "logs/*", "samples/*", ".*"
 # show a patient's image.
 GENERATED_FIGURES = ["samples.png", "classes.png", "progressive.png", "loss_curve.png", "fid_kid_curves.png",
                      "fid_vs_steps.png"]
+# Curves of numbers computed on the private training images (loss, FID against them): outside a DP run's epsilon, so
+# never sent for one.
+PRIVATE_STATISTIC_FIGURES = ["loss_curve.png", "fid_kid_curves.png"]
 
 
 class HubError(RuntimeError):
@@ -44,7 +47,8 @@ def network_error(error: BaseException) -> bool:
 def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
     """The files a push sends, as the commit operations of its single commit (sorted by path in the repo). JSON
     files go with this machine's absolute paths cut to their last component; a model of non-public data sends only
-    the figures known to show no real image (GENERATED_FIGURES)."""
+    the figures known to show no real image (GENERATED_FIGURES), and a DP model none of the curves of numbers computed
+    on its private images (PRIVATE_STATISTIC_FIGURES)."""
     from .provenance import is_public_source, redact_paths
 
     folder = Path(pipeline_dir)
@@ -55,12 +59,15 @@ def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
     if any(folder.rglob("*.bin")) and not any(folder.rglob("*.safetensors")):
         raise ValueError(f"{folder} holds .bin weights only; re-save it with save_pretrained (safetensors).")
     config = folder / "run_config.json"
-    dataset = json.loads(config.read_text()).get("dataset") if config.is_file() else None
+    recorded = json.loads(config.read_text()) if config.is_file() else {}
+    dataset, private_training = recorded.get("dataset"), bool(recorded.get("privacy"))
     public = dataset is not None and is_public_source(dataset)
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
     operations = []
     for name in filter_repo_objects(files, allow_patterns=ALLOW_PATTERNS, ignore_patterns=IGNORE_PATTERNS):
         if name.endswith(".png") and not public and name not in GENERATED_FIGURES:
+            continue
+        if private_training and name in PRIVATE_STATISTIC_FIGURES:
             continue
         content = str(folder / name)
         if name.endswith(".json"):

@@ -24,6 +24,9 @@ The decoded image is 8-bit (the model's input), the window recorded in ``ImageDa
 """
 
 import hashlib
+import hmac
+import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -49,9 +52,20 @@ def _error(message):
     return DataError(message)
 
 
+# A per-process secret: the pseudonyms in ImageData.groups cannot be recomputed from a guessed identifier (a
+# constant salt in this source would let anyone who can guess an MRN find its pseudonym). Nothing writes them.
+_PSEUDONYM_SALT = os.urandom(16)
+
+
 def hash_id(value: str) -> str:
-    """A stable pseudonym for a patient/volume: 16 hex digits of a salted sha256. The value itself is never kept."""
-    return hashlib.sha256(f"medgen-diffusers:{value}".encode()).hexdigest()[:16]
+    """The key a patient identifier is split and compared by (identical in every split and every process), kept in
+    memory only while a folder is read: sha256 of the identifier. What leaves the reader is :func:`pseudonym`."""
+    return hashlib.sha256(f"medgen-diffusers:{value}".encode()).hexdigest()
+
+
+def pseudonym(key: str) -> str:
+    """The patient pseudonym an ImageData carries: 16 hex digits of an HMAC keyed by this process's secret salt."""
+    return hmac.new(_PSEUDONYM_SALT, key.encode(), hashlib.sha256).hexdigest()[:16]
 
 
 def parse_window(text) -> Optional[Tuple[float, float]]:
@@ -100,7 +114,8 @@ def is_nifti(path: Path) -> bool:
 
 
 def read_dicom(path: Path):
-    """(modality values (frames, H, W) float64 or RGB uint8 (frames, H, W, 3), the dataset, patient pseudonym)."""
+    """(values, per-frame views, patient identifier or None): values are modality values (frames, H, W) float64, or
+    8-bit RGB (frames, H, W, 3) for colour files; a view holds the attributes that map one frame (see frame_view)."""
     import pydicom
     from pydicom.pixels import apply_modality_lut
 
@@ -112,45 +127,83 @@ def read_dicom(path: Path):
         raise _error(f"{path} has no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}: e.g. a report or "
                      "DICOMDIR): remove it from the image folder.")
     try:
-        array = ds.pixel_array
+        array = ds.pixel_array  # pydicom 3 returns YBR_* colour already converted to RGB
     except Exception as error:  # noqa: BLE001 - missing decoders raise RuntimeError/NotImplementedError
         syntax = ds.file_meta.get("TransferSyntaxUID", "unknown")
         name = getattr(syntax, "name", str(syntax))
         raise _error(f"{path}: its pixel data is compressed as {name} ({syntax}), which pydicom cannot decode here "
                      f"({str(error).splitlines()[0]}): {DECODER_HINT}.") from None
     frames = int(ds.get("NumberOfFrames", 1) or 1)
-    samples = int(ds.get("SamplesPerPixel", 1))
     if frames == 1:
         array = array[None]
-    if samples == 3:  # colour (pathology, ophthalmology): RGB as stored, no windowing
-        if str(ds.PhotometricInterpretation).startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    views = [frame_view(ds, index) for index in range(frames)]
+    patient = str(ds.get("PatientID", "") or "").strip() or None
+    if photometric == "PALETTE COLOR":  # stored values index a colour table: look them up
+        from pydicom.pixels import apply_color_lut
 
-            array = convert_color_space(array, ds.PhotometricInterpretation, "RGB")
-        values = np.asarray(array, dtype=np.uint8)
-    else:
-        values = np.asarray(apply_modality_lut(array, ds), dtype=np.float64)
-    patient = str(ds.get("PatientID", "") or ds.get("StudyInstanceUID", "") or path.parent)
-    return values, ds, hash_id(patient)
+        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+        return rgb_to_uint8(apply_color_lut(array, ds), bits), views, patient
+    if int(ds.get("SamplesPerPixel", 1)) == 3:  # colour (pathology, ophthalmology): RGB, no windowing
+        return rgb_to_uint8(array, int(ds.get("BitsStored", 8))), views, patient
+    values = np.stack([np.asarray(apply_modality_lut(frame, view), dtype=np.float64)
+                       for frame, view in zip(array, views)])
+    return values, views, patient
 
 
-def file_window(ds, values: np.ndarray) -> Optional[np.ndarray]:
-    """The file's own VOI applied to modality ``values`` and scaled to [0, 1] (None when the file has none)."""
+def rgb_to_uint8(array: np.ndarray, bits: int) -> np.ndarray:
+    """Colour samples of ``bits`` bits as 8-bit: scaled by the bit depth (16-bit RGB would wrap modulo 256)."""
+    if array.dtype == np.uint8 and bits <= 8:
+        return array
+    return np.round(np.asarray(array, dtype=np.float64) * (255 / (2 ** bits - 1))).clip(0, 255).astype(np.uint8)
+
+
+# What maps one frame's stored values to modality values and then to display: the top level of the file, where
+# enhanced multi-frame objects (CT/MR/XA) put them in functional groups instead -- shared by all frames, or per
+# frame (PS3.3 C.7.6.16): the Pixel Value Transformation and Frame VOI LUT macros.
+_FRAME_ATTRIBUTES = ("BitsStored", "BitsAllocated", "PixelRepresentation", "PhotometricInterpretation",
+                     "RescaleSlope", "RescaleIntercept", "RescaleType", "ModalityLUTSequence", "WindowCenter",
+                     "WindowWidth", "VOILUTFunction", "VOILUTSequence")
+_FUNCTIONAL_GROUPS = ("PixelValueTransformationSequence", "FrameVOILUTSequence")
+
+
+def frame_view(ds, index: int):
+    """A flat dataset with what maps frame ``index``: the top level, overridden by the shared functional groups,
+    overridden by the frame's own (pydicom's apply_modality_lut / apply_voi_lut read the top level only)."""
+    from pydicom.dataset import Dataset
+
+    view = Dataset()
+    for keyword in _FRAME_ATTRIBUTES:
+        if keyword in ds:
+            view[keyword] = ds[keyword]
+    shared, per_frame = ds.get("SharedFunctionalGroupsSequence"), ds.get("PerFrameFunctionalGroupsSequence")
+    groups = ([shared[0]] if shared else []) + ([per_frame[index]] if per_frame and index < len(per_frame) else [])
+    for group in groups:
+        for sequence in _FUNCTIONAL_GROUPS:
+            if group.get(sequence):
+                for element in group[sequence][0]:
+                    view[element.tag] = element
+    return view
+
+
+def file_window(view, values: np.ndarray) -> Optional[np.ndarray]:
+    """A frame's own VOI (``view``: its frame_view) applied to its modality ``values``, scaled to [0, 1]; None when
+    it has none."""
     from pydicom.pixels import apply_voi_lut
 
-    if "VOILUTSequence" not in ds and "WindowCenter" not in ds:
+    if "VOILUTSequence" not in view and "WindowCenter" not in view:
         return None
-    out = np.stack([apply_voi_lut(frame, ds) for frame in values]).astype(np.float64)
-    if "VOILUTSequence" in ds and ds.VOILUTSequence:
-        bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])
+    out = np.asarray(apply_voi_lut(values, view), dtype=np.float64)
+    if "VOILUTSequence" in view and view.VOILUTSequence:
+        bits = int(view.VOILUTSequence[0].LUTDescriptor[2])
         return np.clip(out / (2 ** bits - 1), 0, 1)
     # pydicom's windowing output range (apply_windowing): the stored range, through the rescale when there is one.
-    bits = int(ds.BitsStored)
-    low, high = (0, 2 ** bits - 1) if int(ds.PixelRepresentation) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
-    if ds.get("ModalityLUTSequence"):
-        low, high = 0, 2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
-    elif "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        low, high = (v * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for v in (low, high))
+    bits = int(view.BitsStored)
+    low, high = (0, 2 ** bits - 1) if int(view.PixelRepresentation) == 0 else (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if view.get("ModalityLUTSequence"):
+        low, high = 0, 2 ** int(view.ModalityLUTSequence[0].LUTDescriptor[2]) - 1
+    elif "RescaleSlope" in view and "RescaleIntercept" in view:
+        low, high = (v * float(view.RescaleSlope) + float(view.RescaleIntercept) for v in (low, high))
     return np.clip((out - low) / (high - low), 0, 1)
 
 
@@ -209,24 +262,75 @@ def _scan(folder: Path, kind: str) -> List[Tuple[Path, str]]:
     return [(p, p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else ".") for p in picked]
 
 
+BIDS_SUBJECT = re.compile(r"^sub-[A-Za-z0-9]+$")
+PATIENT_RULES = {  # one documented rule per source kind (docs/own-data.md); --patient_regex replaces either
+    "dicom": "DICOM PatientID",
+    "nifti": "the BIDS sub-XX folder, else the case folder (root/<class>/<case>/..., or a folder whose name the "
+             "file name starts with, as BraTS' <case>/<case>_t1.nii.gz), else the file name",
+}
+
+
+def patient_of(relative: Path, kind: str, patient_id: Optional[str], patient_regex: Optional[str]) -> Optional[str]:
+    """The patient identifier of one file (``relative``: its path below the split/root folder), or None when a
+    DICOM file has no PatientID. The same in every split folder, so the cross-split check sees a patient twice."""
+    if patient_regex:
+        match = re.search(patient_regex, relative.as_posix())
+        if match is None:
+            raise _error(f"--patient_regex {patient_regex!r} finds no patient in {relative.as_posix()}: give a "
+                         "pattern that matches every file's path below the data folder (its first group, or the "
+                         "whole match, is the patient), e.g. 'sub-[^/]+' or '(case[0-9]+)'.")
+        return match.group(1) if match.groups() else match.group(0)
+    if kind == "dicom":
+        return patient_id
+    folders, name = relative.parts[:-1], relative.name.split(".")[0]
+    subject = next((part for part in folders if BIDS_SUBJECT.match(part)), None)
+    if subject is not None:  # BIDS: sessions and modalities of one subject are one patient
+        return subject
+    if len(folders) >= 2:  # <class>/<case>/...: every file below the case folder is that case
+        return folders[1]
+    if len(folders) == 1 and name.startswith(folders[0]):  # BraTS: <case>/<case>_t1.nii.gz, _t2, _flair, ...
+        return folders[0]
+    return name
+
+
 @lru_cache(maxsize=8)
-def _decode_folder(folder: str, kind: str, slice_axis: str, slice_range: Optional[str]):
-    """Every image of one folder: [(values or RGB, file-window-or-None, patient, class)], decoded once per process."""
+def _decode_folder(folder: str, kind: str, slice_axis: str, slice_range: Optional[str],
+                   patient_regex: Optional[str] = None):
+    """Every image of one folder: [(values or RGB, file-window-or-None, patient key or None, class, invert)],
+    decoded once per process."""
     items = []
     for path, label in _scan(Path(folder), kind):
+        relative = path.relative_to(folder)
         if kind == "dicom":
-            values, ds, patient = read_dicom(path)
-            windowed = None if values.dtype == np.uint8 else file_window(ds, values)
-            invert = str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-            for index, frame in enumerate(values):
-                items.append((frame, None if windowed is None else windowed[index], patient, label, invert))
+            values, views, patient_id = read_dicom(path)
+            patient = patient_of(relative, kind, patient_id, patient_regex)
+            for frame, view in zip(values, views):
+                windowed = None if frame.dtype == np.uint8 else file_window(view, frame)
+                invert = str(view.get("PhotometricInterpretation", "")) == "MONOCHROME1"
+                items.append((frame, windowed, None if patient is None else hash_id(patient), label, invert))
         else:
-            patient = hash_id(path.name.split(".")[0] + f"@{path.parent.name}")
+            patient = hash_id(patient_of(relative, kind, None, patient_regex))
             for frame in read_nifti(path, slice_axis, slice_range):
                 items.append((frame, None, patient, label, False))
     if not items:
         raise _error(f"{folder} holds no {kind.upper()} images.")
     return items
+
+
+def patient_named_classes(class_names: Optional[List[str]], labels: Optional[np.ndarray],
+                          groups: Optional[np.ndarray]) -> List[str]:
+    """Class names that are (or may be) patients: a BIDS sub-/ses- folder, a DICOM person name (^), or a class
+    that holds exactly one patient. PACS/TCIA exports (root/<patient>/<study>/), BraTS (root/<case>/) and BIDS
+    (root/sub-01/) put the patient in the first sub-folder, which a folder source reads as the class."""
+    if not class_names or labels is None:
+        return []
+    labels = np.asarray(labels).reshape(-1)
+    found = []
+    for index, name in enumerate(class_names):
+        one_patient = groups is not None and len(set(np.asarray(groups)[labels == index].tolist())) == 1
+        if one_patient or re.match(r"^(sub|ses)-", name) or "^" in name:
+            found.append(name)
+    return found
 
 
 def split_patients(patients: List[str], seed: int = 0) -> Dict[str, str]:
@@ -243,8 +347,9 @@ def split_patients(patients: List[str], seed: int = 0) -> Dict[str, str]:
 
 def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str = "axial",
                  slice_range: Optional[str] = None, split_by: Optional[str] = None, seed: int = 0,
-                 size: Optional[int] = None):
-    """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule)."""
+                 size: Optional[int] = None, patient_regex: Optional[str] = None):
+    """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule).
+    Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which."""
     from .data import SPLITS, _image_data
 
     if split_by not in (None, "patient"):
@@ -257,18 +362,24 @@ def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str
         if split_dirs:
             if name not in split_dirs:
                 raise _error(f"{path} has split folders {split_dirs} but no '{name}/': add it or choose another split.")
-            return _decode_folder(str(path / name), kind, slice_axis, slice_range)
-        everything = _decode_folder(str(path), kind, slice_axis, slice_range)
+            return _decode_folder(str(path / name), kind, slice_axis, slice_range, patient_regex)
+        everything = _decode_folder(str(path), kind, slice_axis, slice_range, patient_regex)
         if split_by is None:
             if name != "train":
                 raise _error(f"{path} has no train/val/test sub-folders and no --split_by: all its images are "
                              f"'train', there is no '{name}' split. Pass --split_by patient for patient-level splits.")
             return everything
+        missing = sum(item[2] is None for item in everything)
+        if missing:
+            raise _error(f"--split_by patient: {missing} of {len(everything)} images of {path} come from DICOM files "
+                         "without a PatientID, so their patient is unknown. Fill in PatientID, or pass "
+                         "--patient_regex PATTERN that finds the patient in each file's path (e.g. '^([^/]+)/' "
+                         "for one folder per patient).")
         split_of = split_patients([item[2] for item in everything], seed)
         return tuple(item for item in everything if split_of[item[2]] == name)
 
     if split_dirs:  # user-made splits: a patient in two of them leaks train data into the held-out numbers
-        seen = {name: {item[2] for item in items_of(name)} for name in split_dirs}
+        seen = {name: {item[2] for item in items_of(name)} - {None} for name in split_dirs}
         for a in split_dirs:
             for b in split_dirs:
                 if a < b and seen[a] & seen[b]:
@@ -299,7 +410,16 @@ def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str
             raise _error(f"{path} ({split}) has class folder(s) {unknown} that the train split lacks.")
     labels = np.array([[classes.index(item[3])] for item in items]) if labeled else None
     data = _image_data(images, labels, classes if labeled else None, str(path), split)
-    data.groups = np.array([item[2] for item in items])
+    missing = sum(item[2] is None for item in (*items, *(train if split != "train" else ())))
+    data.patient_rule = f"--patient_regex {patient_regex}" if patient_regex else PATIENT_RULES[kind]
+    if missing:  # patients unknown: no pseudonyms at all, and the DP unit cannot be the patient
+        data.patient_rule = f"unknown: {missing} images come from DICOM files without a PatientID"
+        data.notice = (f"{path}: {missing} images come from DICOM files without a PatientID, so patients are "
+                       "unknown (no patient-level splits, cross-split check or per-patient DP): fill in PatientID or "
+                       "pass --patient_regex.")
+    else:
+        pseudonyms = {key: pseudonym(key) for key in {item[2] for item in items}}
+        data.groups = np.array([pseudonyms[item[2]] for item in items])
     data.intensity = rule
     return data
 

@@ -50,12 +50,25 @@ FINETUNE_LAYERS = ("all", "decoder", "attention")
 COVERS = ("The training images, through everything derived from the weights (samples, the card's sample grid, "
           "a pushed pipeline): the most any one {unit} could have changed the model.")
 NOT_COVERED = ("hyper-parameters or checkpoints chosen by looking at results on the private data",
-               "class counts of the private data, when sampling uses them (`--like-split`, `medgen utility`'s "
-               "synthetic set): `medgen sample --balanced` uses none",
+               "the class names and the number of images per class of the private data: the names are in the "
+               "pipeline's configuration and card, and sampling uses the counts when asked to (`--like-split`, "
+               "`medgen utility`'s synthetic set; `medgen sample --balanced` uses none)",
+               "the number of training images and patients (recorded in run_config.json)",
+               "the intensity window, when it was given (--window) or read from each file's own header: a window "
+               "computed from the private pixels (percentiles) is refused under DP",
+               "the training loss (metrics.jsonl, logs/, loss_curve.png): computed on private images, so it stays "
+               "in the run folder and is never pushed",
                "validation FID computed on private images during training (--eval_steps) and `medgen evaluate`/"
-               "`medgen audit` results, which read the private images directly",
-               "the public prior (--init_from): it is not private data",
-               "the number of training images or patients (recorded in run_config.json)")
+               "`medgen audit`/`medgen utility` results, which read the private images directly",
+               "the public prior (--init_from) and what it learned from its own training data")
+# MedMNIST sets whose images are slices or views of one scan or one person (several images per patient) -- with the
+# image as the unit, epsilon per person is k * epsilon for k images of that person (group privacy).
+SLICE_SETS = ("organamnist", "organcmnist", "organsmnist", "chestmnist", "pneumoniamnist", "breastmnist",
+              "retinamnist", "octmnist")
+
+
+class PrivacyWarning(UserWarning):
+    """The guarantee holds, but for a smaller unit than a reader of the card might assume."""
 
 
 class PrivacyError(ValueError):
@@ -79,18 +92,31 @@ class PrivacyPlan:
     accountant: str
     finetune_layers: str = "all"
     init_from: Optional[str] = None
+    prior_overlap: Optional[str] = None  # how --init_from's training data overlaps the private data (override given)
+    unit_note: Optional[str] = None  # when the unit is one image although a person may have several
     secure_rng: bool = True  # Opacus' secure_mode noise sampling, from a generator seeded by a secret
 
     def record(self) -> dict:
-        return {**asdict(self), "covers": COVERS.format(unit=self.unit),
-                "not_covered": list(NOT_COVERED)}
+        not_covered = list(NOT_COVERED)
+        if self.prior_overlap:
+            not_covered.append(f"what the prior (--init_from) learned of this private data: {self.prior_overlap}")
+        return {**asdict(self), "covers": COVERS.format(unit=self.unit), "not_covered": not_covered,
+                "delta_meaning": delta_meaning(self.delta, self.num_units, self.unit)}
 
 
 def default_delta(num_units: int) -> Tuple[float, str]:
-    """The largest power of ten at most 1 / (10 N): well below 1/N, the level at which "release one unit's data
-    at random" would already satisfy the definition."""
-    delta = 10.0 ** math.floor(math.log10(1.0 / (10 * num_units)))
-    return delta, f"10^floor(log10(1 / (10 N))) with N = {num_units} units"
+    """The largest power of ten at most min(1e-5, 1 / (10 N)): well below 1/N, the level at which "release one
+    unit's data at random" would already satisfy the definition, and never above DP-SGD's customary 1e-5 -- at
+    N = 10 units 1/(10 N) alone would let N * delta reach 0.1."""
+    delta = 10.0 ** math.floor(math.log10(min(1e-5, 1.0 / (10 * num_units))))
+    return delta, f"10^floor(log10(min(1e-5, 1 / (10 N)))) with N = {num_units} units"
+
+
+def delta_meaning(delta: float, num_units: int, unit: str) -> str:
+    """delta in words, for this number of units."""
+    return (f"delta = {delta:g} is the probability that the epsilon bound may fail; over the {num_units} {unit}s of "
+            f"the training data the chance that it fails for any one of them is at most N x delta = "
+            f"{num_units * delta:.2g}")
 
 
 def epsilon_spent(noise_multiplier: float, sample_rate: float, steps: int, delta: float,
@@ -154,17 +180,81 @@ def plan_privacy(target_epsilon: float, num_units: int, batch_units: int, steps:
 
 
 def privacy_units(unit: str, groups: Optional[np.ndarray], num_images: int, source: str) -> Tuple[str, np.ndarray]:
-    """(unit name, unit index per image). ``auto``: the patient where the data names patients, else the image."""
+    """(unit name, unit index per image). ``auto``: the patient where the data names patients, else the image --
+    with a PrivacyWarning, since a person with k images is then protected at k * epsilon only."""
     if unit not in DP_UNITS:
         raise PrivacyError(f"--dp_unit must be one of {DP_UNITS}; got {unit!r}.")
     if unit == "patient" and groups is None:
         raise PrivacyError(f"--dp_unit patient needs to know each image's patient, and {source} does not say: use "
                            "a DICOM folder (PatientID), a NIfTI folder of patient files, or a datasets source with "
                            "--patient_column; or --dp_unit image.")
+    if unit == "auto" and groups is None:
+        warnings.warn(unit_note(source), PrivacyWarning, stacklevel=2)
     if unit == "image" or groups is None:
         return "image", np.arange(num_images)
     _, unit_of_image = np.unique(np.asarray(groups)[:num_images], return_inverse=True)
     return "patient", unit_of_image
+
+
+def unit_note(source: str) -> str:
+    """Why the unit is one image, for the log and the card."""
+    slices = Path(str(source)).name.lower() in SLICE_SETS or str(source).lower() in SLICE_SETS
+    return (f"--dp_unit auto: {source} names no patients, so the privacy unit is one image. "
+            + (f"{source} holds several images (slices or views) per patient: " if slices else
+               "If a person contributes several images (slices of one scan, cells of one smear): ")
+            + "epsilon per person is k x epsilon for k images (group privacy). Name the patients (DICOM PatientID, "
+              "--patient_column, --patient_regex) for a per-patient guarantee, or pass --dp_unit image to say the "
+              "image is the unit you mean.")
+
+
+def check_private_source(data, dataset: str, dp_unit: str, init_from: Optional[str],
+                         allow_prior_on_private_data: bool) -> Optional[str]:
+    """Refuse, before training, what would make the guarantee void or narrower than the card could say: a window
+    computed from the private pixels, DICOM files without a patient, a prior trained on this same data. Returns how
+    the prior overlaps when that was explicitly allowed (recorded on the card), else None."""
+    intensity = data.intensity or {}
+    if str(intensity.get("from", "")).startswith("train split percentiles"):
+        raise PrivacyError(f"{dataset}: its intensity window ({intensity['center']:.4g}, {intensity['width']:.4g}) "
+                           "was computed from the percentiles of all private training pixels -- a statistic that "
+                           "depends on every patient, published in run_config.json and the card, and not covered "
+                           "by epsilon. Under --dp_epsilon give a fixed window: --window CENTER,WIDTH or a preset "
+                           "(lung, bone, soft-tissue, ...) chosen without looking at the private data.")
+    if str(data.patient_rule or "").startswith("unknown") and dp_unit != "image":
+        raise PrivacyError(f"{dataset}: {data.patient_rule}, so a per-patient guarantee is impossible and a "
+                           "per-image one would cover a patient with k images only at k x epsilon. Fill in "
+                           "PatientID, pass --patient_regex PATTERN (the patient in each file's path), or pass "
+                           "--dp_unit image if every image is a different person.")
+    if init_from is None:
+        return None
+    overlap = prior_overlap(init_from, dataset, data.md5)
+    if overlap and not allow_prior_on_private_data:
+        raise PrivacyError(f"--init_from {init_from} is not a public prior: {overlap}. Epsilon would not cover what "
+                           "it learned of these images. Start from a model trained on other (public) data, or pass "
+                           "--allow_prior_on_private_data to fine-tune anyway (the card then says that epsilon does "
+                           "not cover the prior's view of this data).")
+    return overlap
+
+
+def prior_overlap(init_from: str, dataset: str, data_md5: str) -> Optional[str]:
+    """How --init_from's recorded training data overlaps the private data: the same checksum or the same source
+    (None: its run_config.json names other data). A prior without a readable run_config.json is unknown data."""
+    from .provenance import recorded_source
+
+    folder = Path(init_from)
+    try:
+        if folder.is_dir():
+            config = json.loads((folder / "run_config.json").read_text())
+        else:
+            from huggingface_hub import hf_hub_download
+
+            config = json.loads(Path(hf_hub_download(init_from, "run_config.json")).read_text())
+    except Exception:  # noqa: BLE001 - missing file, offline, not a repo: all mean "its data is unknown"
+        return "its training data is unknown (no run_config.json to compare)"
+    if config.get("data_md5") == data_md5:
+        return f"it was trained on data with the same checksum ({data_md5[:12]})"
+    if recorded_source(str(config.get("dataset"))) == recorded_source(dataset):
+        return f"it was trained on the same source ({Path(str(dataset)).name})"
+    return None
 
 
 def trainable_parameters(unet, layers: str):
@@ -348,7 +438,9 @@ def privacy_guarantee(pipeline_dir) -> Optional[dict]:
             "sample_rate": plan["sample_rate"], "steps": spent.get("steps"), "accountant": plan["accountant"],
             "noise_multiplicity": plan["noise_multiplicity"], "init_from": plan.get("init_from"),
             "finetune_layers": plan.get("finetune_layers"), "covers": plan["covers"],
-            "not_covered": plan["not_covered"]}
+            "not_covered": plan["not_covered"], "num_units": plan.get("num_units"),
+            "prior_overlap": plan.get("prior_overlap"), "unit_note": plan.get("unit_note"),
+            "delta_meaning": plan.get("delta_meaning"), "secure_rng": plan.get("secure_rng", False)}
 
 
 def privacy_section(guarantee: Optional[dict]) -> str:
@@ -357,18 +449,33 @@ def privacy_section(guarantee: Optional[dict]) -> str:
         return ("Not trained with differential privacy: the audit below measures leakage on the images it tries, "
                 "it does not bound it. `train_unconditional.py --dp_epsilon E` trains with a guarantee.")
     g = guarantee
-    prior = (f" Fine-tuned from a public prior ({Path(str(g['init_from'])).name}; layers: {g['finetune_layers']}), "
-             "whose own training data is not covered." if g.get("init_from") else "")
+    if g.get("prior_overlap"):
+        prior = (f" Fine-tuned from {Path(str(g['init_from'])).name} (layers: {g['finetune_layers']}), which is NOT a "
+                 f"public prior: {g['prior_overlap']} (--allow_prior_on_private_data); ε does not cover what it "
+                 "learned of that data.")
+    elif g.get("init_from"):
+        prior = (f" Fine-tuned from a public prior ({Path(str(g['init_from'])).name}; layers: {g['finetune_layers']}), "
+                 "whose own training data is not covered.")
+    else:
+        prior = ""
+    randomness = ("a 128-bit secret from the operating system's random generator, drawn when the run started and "
+                  "kept only in its checkpoint folders (never published); not the published --seed"
+                  if g.get("secure_rng") else "the run's --seed (a run made before the secret was kept: anyone with "
+                  "the data could recompute the noise, so ε is void)")
     rows = "\n".join(f"| {k} | {v} |" for k, v in [
         ("ε (spent, for δ below)", f"**{g['epsilon']:.3f}**" if g.get("epsilon") is not None else "unknown"),
         ("δ", f"{g['delta']:g}"), ("privacy unit", f"one {g['unit']}"),
+        ("units in the training data", g.get("num_units") or "not recorded"),
         ("clipping bound C (per unit)", g["max_grad_norm"]), ("noise multiplier σ", f"{g['noise_multiplier']:.4f}"),
         ("sampling rate q (Poisson)", f"{g['sample_rate']:.5g}"), ("steps", g["steps"]),
         ("noise draws per image (K)", g["noise_multiplicity"]), ("accountant", f"Opacus {g['accountant'].upper()}"),
-        ("noise and sampling randomness", "a 128-bit secret from the operating system's random generator, drawn "
-         "when the run started and kept only in its checkpoint folders (never published); not the published "
-         "--seed")])
+        ("noise and sampling randomness", randomness)])
     not_covered = "\n".join(f"- {item}" for item in g["not_covered"])
+    unit = f"\n\n**The unit is one image.** {g['unit_note']}" if g.get("unit_note") else ""
+    meaning = f" In words: {g['delta_meaning']}." if g.get("delta_meaning") else ""
     return (f"Trained with DP-SGD (Opacus: per-{g['unit']} clipping, Gaussian noise): ({g['epsilon']:.2f}, "
-            f"{g['delta']:g})-differentially private with respect to one {g['unit']}.{prior}\n\n"
-            f"| | |\n|---|---|\n{rows}\n\nCovers: {g['covers']}\n\nNot covered:\n\n{not_covered}")
+            f"{g['delta']:g})-differentially private with respect to one {g['unit']}: whether or not any one "
+            f"{g['unit']}'s images were in the training data changes the probability of any outcome (these weights, "
+            f"any image sampled from them) by at most a factor e^ε, except with probability δ.{meaning}{prior}{unit}"
+            f"\n\n| | |\n|---|---|\n{rows}\n\n**What ε covers:** {g['covers']}\n\n**What ε does not cover** "
+            f"(each of these may reveal something about the private data):\n\n{not_covered}")

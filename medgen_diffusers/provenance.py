@@ -128,7 +128,8 @@ class DataSource:
                 "matches_training_data": matches, "named_explicitly": self.explicit}
 
 
-MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_seed", "patient_column")
+MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_seed", "patient_column",
+                   "patient_regex")
 
 
 def data_source(pipeline=None, dataset: Optional[str] = None, root: Optional[str] = None,

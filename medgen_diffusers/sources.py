@@ -181,14 +181,17 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
         labels, names = _dataset_labels(loaded, label_column, train, name, split)
     data = _image_data(np.stack(arrays), labels, names, name, split)
     if patient_column is not None:
-        data.groups = _patient_ids(loaded, patient_column, name)
+        from .medical import pseudonym
+
+        data.groups = np.array([pseudonym(key) for key in _patient_ids(loaded, patient_column, name)])
+        data.patient_rule = f"column {patient_column!r}"
     return data
 
 
 def _hash(value) -> str:
     from .medical import hash_id
 
-    return hash_id(str(value))
+    return hash_id(str(value))  # the split key, in memory only; ImageData.groups holds pseudonyms
 
 
 def _patient_ids(part, column: str, name: str) -> np.ndarray:

@@ -15,6 +15,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -37,8 +38,10 @@ from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, UNET_PRESETS, attention_kernels, auto_mixed_precision,
                                      build_unet, edm_scheduler, fast_solver, is_edm, keep_freed_memory)
-from medgen_diffusers.privacy import (ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS, PrivateStep, plan_privacy, privacy_units,
-                                      trainable_parameters)
+from medgen_diffusers.medical import patient_named_classes
+from medgen_diffusers.privacy import (ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS, PrivacyWarning, PrivateStep,
+                                      check_private_source, plan_privacy, privacy_units, trainable_parameters,
+                                      unit_note)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
 from medgen_diffusers.runtime import on_cpu
 
@@ -78,6 +81,10 @@ def parse_args(argv=None):
     g.add_argument("--patient_column", default=None,
                    help="datasets sources: the column naming each image's patient (hashed; never stored). Makes the "
                         "patient the unit of --split_by, of the audit's baseline and of its per-patient numbers.")
+    g.add_argument("--patient_regex", default=None,
+                   help="DICOM/NIfTI: a pattern whose first group (or whole match) in each file's path below the "
+                        "folder is its patient, e.g. '(case[0-9]+)'. Default: DICOM PatientID; NIfTI the BIDS sub-XX "
+                        "folder, else the case folder, else the file name (docs/own-data.md).")
     g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTATIONS),
                    help="dihedral: random flips and 90° rotations; none; auto (default): the data's documented "
                         "policy -- dihedral for cells and tissue (BloodMNIST, PathMNIST, ...), none where orientation "
@@ -141,6 +148,9 @@ def parse_args(argv=None):
     g.add_argument("--init_from", default=None,
                    help="Start from this pipeline's UNet and noise schedule (a folder or Hub id), e.g. a model of "
                         "public data to fine-tune on private data (with --dp_epsilon).")
+    g.add_argument("--allow_prior_on_private_data", action="store_true",
+                   help="With --dp_epsilon: fine-tune an --init_from model although it was trained on this same "
+                        "data (refused otherwise); the card says that epsilon does not cover what it learned.")
     g.add_argument("--finetune_layers", default="all", choices=FINETUNE_LAYERS,
                    help="Train only these layers: all; decoder (up blocks, output, time/class embeddings); "
                         "attention (attention and time/class embeddings, as DP-LDM). Others stay frozen.")
@@ -333,7 +343,8 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
     source_options = dict(image_column=args.image_column,
                           label_column=None if args.label_column.lower() == "none" else args.label_column,
                           window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
-                          split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column)
+                          split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
+                          patient_regex=args.patient_regex)
     with accelerator.main_process_first():  # a download happens once, on the main process
         data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
     if data.notice:
@@ -355,6 +366,19 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
     return data, images, labels, source_options
 
 
+def refuse_patient_classes(dataset, data, labels, class_conditional):
+    """Class names go into model_index.json, the card and classes.png, and a model can be sampled per class: a class
+    that is a patient would publish an identifier and a per-patient generator. Refused before anything is trained."""
+    named = patient_named_classes(data.class_names, labels.numpy(), data.groups) if class_conditional else []
+    if named:
+        raise ValueError(f"{dataset}: class folder(s) {named[:3]}{' ...' if len(named) > 3 else ''} look like "
+                         "patients (one patient each, or a sub-XX / ses-XX / DICOM person name): PACS/TCIA exports "
+                         "(root/<patient>/<study>/), BraTS (root/<case>/) and BIDS (root/sub-01/) put the patient "
+                         "in the first sub-folder, which is read as the class. Class names are published with the "
+                         "model. Train without classes (--no-class_conditional), or arrange the folder as "
+                         "root/<class>/<patient>/... with real class names.")
+
+
 def describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
                  augmentation_reason, class_conditional, max_train_steps, privacy):
     """run_config.json: the arguments and what they resolved to -- every later command reads the data from here."""
@@ -363,8 +387,10 @@ def describe_run(args, data, images, source_options, accelerator, unet, noise_sc
     # a name), how it was augmented and why.
     run_config.update(dataset=recorded_source(args.dataset), augmentation=augmentation,
                       augmentation_reason=augmentation_reason)
-    if data.groups is not None:  # DICOM/NIfTI: how intensities were mapped, and patients per split (no ids)
-        run_config.update(intensity=data.intensity, patients=patient_counts(data, args, source_options))
+    if data.intensity is not None:  # DICOM/NIfTI: how intensities were mapped
+        run_config.update(intensity=data.intensity, patient_rule=data.patient_rule)
+    if data.groups is not None:  # patients per split (counts, no ids)
+        run_config.update(patients=patient_counts(data, args, source_options))
     run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
                       resolution=images.shape[-1], channels=images.shape[1], class_conditional=class_conditional,
                       prediction_type="edm" if is_edm(noise_scheduler) else noise_scheduler.config.prediction_type,
@@ -414,6 +440,7 @@ def main(argv=None):
     # batch, on the device.
     data, images, labels, source_options = load_training_data(args, accelerator, output_dir, checkpoint)
     class_conditional = data.labels is not None if args.class_conditional is None else args.class_conditional
+    refuse_patient_classes(args.dataset, data, labels, class_conditional)
     num_classes = len(data.class_names) if class_conditional else None
     augmentation, augmentation_reason = resolve_augmentation(args.augment, args.dataset)
     resolution = images.shape[-1]
@@ -478,7 +505,8 @@ def main(argv=None):
 
     logger.info(f"{len(images)} images, {max_train_steps} steps, {accelerator.num_processes} process(es), "
                 f"{run_config['num_parameters'] / 1e6:.2f}M parameters, device {accelerator.device}"
-                + ("" if privacy is None else f", DP-SGD: epsilon {privacy.target_epsilon} per {privacy.unit}, "
+                + ("" if privacy is None else f", DP-SGD: epsilon {privacy.target_epsilon} per {privacy.unit} "
+                   f"({privacy.num_units} {privacy.unit}s), "
                    f"sigma {privacy.noise_multiplier:.3f}, q {privacy.sample_rate:.4g}"))
     loss_fn = lambda model, batch_images, batch_labels: diffusion_loss(  # noqa: E731
         model, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes)
@@ -562,12 +590,18 @@ def open_run_folder(args, accelerator, output_dir):
 def make_private(args, data, num_images, unet, optimizer, accelerator):
     """DP-SGD (privacy.py): the units, the noise multiplier for --dp_epsilon over the run's steps, Opacus' wrappers,
     and the accountant saved with every checkpoint."""
-    unit, unit_of_image = privacy_units(args.dp_unit, data.groups, num_images, args.dataset)
+    overlap = check_private_source(data, args.dataset, args.dp_unit, args.init_from, args.allow_prior_on_private_data)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PrivacyWarning)
+        unit, unit_of_image = privacy_units(args.dp_unit, data.groups, num_images, args.dataset)
+    for warning in caught:
+        logger.warning(str(warning.message))
     num_units = int(unit_of_image.max()) + 1
     steps = args.max_train_steps or math.ceil(args.num_epochs * num_units / args.dp_batch_size)
     plan = plan_privacy(args.dp_epsilon, num_units, args.dp_batch_size, steps, args.dp_max_grad_norm,
                         args.dp_noise_multiplicity, unit, args.dp_delta, args.dp_accountant,
-                        finetune_layers=args.finetune_layers, init_from=args.init_from)
+                        finetune_layers=args.finetune_layers, init_from=args.init_from, prior_overlap=overlap,
+                        unit_note=unit_note(args.dataset) if caught else None)
     private = PrivateStep(unet, optimizer, plan, unit_of_image, args.train_batch_size)  # its own secret, not --seed
     private.register_checkpoint_hooks(accelerator)
     return private

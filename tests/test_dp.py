@@ -39,8 +39,13 @@ def dp_run(tmp_path_factory, data_root):
 def test_dp_run_reports_the_accountants_epsilon_and_resumes_exactly(dp_run, data_root, tmp_path):
     config = json.loads((dp_run / "run_config.json").read_text())["privacy"]
     summary = json.loads((dp_run / "train_summary.json").read_text())["privacy"]
-    # 48 images, expected 8 per step: q = 1/6; delta = the largest power of ten <= 1/(10 * 48).
-    assert (config["unit"], config["num_units"], config["sample_rate"], config["delta"]) == ("image", 48, 8 / 48, 1e-3)
+    # 48 images, expected 8 per step: q = 1/6; delta = the largest power of ten <= min(1e-5, 1/(10 * 48)) -- 1e-3
+    # before, which let N * delta reach 0.05 here (0.1 at N = 10).
+    assert (config["unit"], config["num_units"], config["sample_rate"], config["delta"]) == ("image", 48, 8 / 48, 1e-5)
+    assert "N x delta = 0.00048" in config["delta_meaning"]
+    # BloodMNIST names no patients: the unit is one image, said in the log and on the card (a smear's cells are one
+    # person's: k cells -> k x epsilon).
+    assert "names no patients, so the privacy unit is one image" in config["unit_note"]
     # The reported epsilon is Opacus' RDP accountant's for the recorded (sigma, q, steps), and within the target.
     accountant = RDPAccountant()
     accountant.history = [(config["noise_multiplier"], config["sample_rate"], summary["steps"])]
@@ -53,6 +58,13 @@ def test_dp_run_reports_the_accountants_epsilon_and_resumes_exactly(dp_run, data
     assert read_metrics(dp_run)[-1]["epsilon"] == pytest.approx(summary["epsilon"])
     card = (dp_run / "README.md").read_text()
     assert "## Differential privacy" in card and f"**{summary['epsilon']:.3f}**" in card and "one image" in card
+    for not_covered in ("class names and the number of images per class", "intensity window", "training loss",
+                        "The unit is one image", "| units in the training data | 48 |"):
+        assert not_covered in card
+    # The loss curve is a statistic of the private images: a DP model's push leaves it out.
+    (dp_run / "loss_curve.png").write_bytes((dp_run / "samples.png").read_bytes())
+    sent = {op.path_in_repo for op in push_operations(dp_run)}
+    assert "samples.png" in sent and "loss_curve.png" not in sent and "metrics.jsonl" not in sent
 
     # A kill after checkpoint-2: the folder as it was then. Resuming gives the uninterrupted run's weights and
     # accountant exactly (the units of step s come from (seed, s); noise and RNG states from the checkpoint).
@@ -87,8 +99,12 @@ def test_dp_run_reports_the_accountants_epsilon_and_resumes_exactly(dp_run, data
 
 def test_public_prior_fine_tune_trains_only_the_chosen_layers(dp_run, data_root, tmp_path):
     tuned = tmp_path / "tuned"
+    # dp_run saw these very images: it is no public prior, and epsilon would not cover what it learned of them.
+    with pytest.raises(PrivacyError, match="is not a public prior: it was trained on data with the same checksum"):
+        train(tuned, data_root, "--init_from", str(dp_run), "--max_train_steps", "2")
+    assert not (tuned / "checkpoint-2").exists()
     train(tuned, data_root, "--init_from", str(dp_run), "--finetune_layers", "decoder", "--max_train_steps", "2",
-          "--no-use_ema", "--learning_rate", "1e-2")
+          "--no-use_ema", "--learning_rate", "1e-2", "--allow_prior_on_private_data", "--overwrite_output_dir")
     prior = BloodMNISTPipeline.from_pretrained(dp_run).unet.state_dict()
     after = BloodMNISTPipeline.from_pretrained(tuned).unet.state_dict()
     changed = {name for name in prior if not torch.equal(prior[name], after[name])}
@@ -99,7 +115,8 @@ def test_public_prior_fine_tune_trains_only_the_chosen_layers(dp_run, data_root,
     config = json.loads((tuned / "run_config.json").read_text())
     assert config["privacy"]["init_from"] == str(dp_run) and config["privacy"]["finetune_layers"] == "decoder"
     assert config["num_trainable_parameters"] < config["num_parameters"]
-    assert "public prior (run" in (tuned / "README.md").read_text()
+    assert "same checksum" in config["privacy"]["prior_overlap"]
+    assert "which is NOT a public prior" in (tuned / "README.md").read_text()
 
 
 def make_step(data_root, groups, sigma, clip, multiplicity, expected_batch=4):
