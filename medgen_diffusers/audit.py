@@ -172,9 +172,12 @@ def closest_pairs_figure(synthetic: np.ndarray, train: np.ndarray, distances: np
 def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_train: Optional[int] = None,
               num_test: Optional[int] = None, num_mia: Optional[int] = None, spaces: Sequence[str] = ("pixel", "inception"),
               num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: int = 0,
-              root=None, extractor=None, figure=None, progress: bool = True, **source_options) -> Dict:
+              root=None, extractor=None, figure=None, progress: bool = True, num_trained: Optional[int] = None,
+              **source_options) -> Dict:
     """The whole privacy audit of ``pipe`` against ``dataset``: synthetic images from the pipeline's own sampler (the
-    one generation path), nearest neighbours in each space, membership inference, and the figure."""
+    one generation path), nearest neighbours in each space, membership inference, and the figure. ``num_trained``:
+    the model saw only the first N training images (its run's --max_train_samples): only those are members and
+    copy candidates -- images it never saw would pull the membership AUC toward chance."""
     from .data import load_images
     from .generation import generate_images, labels_like_split
 
@@ -183,13 +186,14 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
     if train.images.shape[1] != pipe.unet.config.in_channels:
         raise AuditError(f"The model makes {pipe.unet.config.in_channels}-channel images but {dataset} has "
                          f"{train.images.shape[1]} channels: audit it against the data it was trained on.")
-    for name, wanted, available in (("--num-train", num_train, len(train)), ("--num-test", num_test, len(test)),
-                                    ("--num-mia", num_mia, min(len(train), len(test)))):
+    trained = len(train) if num_trained is None else min(int(num_trained), len(train))
+    for name, wanted, available in (("--num-train", num_train, trained), ("--num-test", num_test, len(test)),
+                                    ("--num-mia", num_mia, min(trained, len(test)))):
         if wanted is not None and wanted > available:
             raise AuditError(f"{name} {wanted} but only {available} images are available; use <= {available}.")
     rng = np.random.default_rng(seed)
     pick = lambda n, total: np.sort(rng.choice(total, n, replace=False)) if n and n < total else np.arange(total)  # noqa: E731
-    train_idx, test_idx = pick(num_train, len(train)), pick(num_test, len(test))
+    train_idx, test_idx = pick(num_train, trained), pick(num_test, len(test))
     to_nhwc = lambda data, idx: data.images[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
     train_images, test_images = to_nhwc(train, train_idx), to_nhwc(test, test_idx)
 
@@ -199,7 +203,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
         labels = labels_like_split(np.bincount(train.labels.numpy(), minlength=len(train.class_names)), num_samples)
     synthetic = generate_images(pipe, num_samples, labels, num_inference_steps, guidance_scale, seed,
                                 progress=progress)
-    result = {"dataset": dataset, "num_synthetic": num_samples, "num_train": len(train_idx),
+    result = {"dataset": dataset, "num_synthetic": num_samples, "num_train": len(train_idx), "num_trained": trained,
               "num_test": len(test_idx), "generation": {"steps": num_inference_steps or pipe.config.get(
                   "default_num_inference_steps"), "guidance_scale": guidance_scale, "seed": seed,
                   "scheduler": type(pipe.scheduler).__name__}, "nearest_neighbours": {}}
@@ -214,7 +218,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
             extractor = extractor or InceptionFeatures()
             reals = RealFeatures(extractor, dataset, pipe.unet.config.sample_size, root, **source_options)
             feats = [extractor.standard(synthetic, progress),
-                     reals.get("train", "standard", num_train, seed, progress)[0],
+                     reals.get("train", "standard", progress=progress, indices=train_idx)[0],
                      reals.get("test", "standard", num_test, seed, progress)[0]]
         else:
             raise AuditError(f"Unknown feature space {space!r}: use pixel, inception.")

@@ -126,9 +126,11 @@ def cmd_audit(args):
         from .inception import InceptionFeatures
 
         extractor = InceptionFeatures(device=device)
+    # Members are the images the model trained on: the first --max_train_samples of the split, when its run cut it.
+    num_trained = None if data.explicit else (data.run_config or {}).get("max_train_samples")
     result = run_audit(pipe, args.dataset, args.num_samples, args.num_train, args.num_test, args.num_mia, spaces,
                        resolve_steps(pipe, args.steps), args.guidance_scale, args.seed, args.data_root, extractor,
-                       figure, **source_options(args))
+                       figure, num_trained=num_trained, **source_options(args))
     result["source"] = source_name(args.pipeline)
     result["device"] = device_name(device)
     result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.unet.config.sample_size))

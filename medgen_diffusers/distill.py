@@ -57,6 +57,10 @@ logger = get_logger(__name__)
 TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safetensors + config
 
 
+TEACHER_DP_NOTE = ("the student is distilled on the teacher's real training images without DP-SGD, so the "
+                   "teacher's epsilon does not carry over to it: the student is not differentially private")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default=DEFAULT_MODEL, help="Pipeline folder to distil (default: the shipped model).")
@@ -206,6 +210,8 @@ def main(argv=None):
     source = data_source(args.teacher, args.dataset, args.data_root, run_config=teacher_run)
     augmentation, _ = resolve_augmentation(teacher_run.get("augmentation", teacher_run.get("augment")),
                                            source.dataset)
+    if teacher_run.get("privacy"):
+        logger.warning(f"--teacher {args.teacher} was trained with differential privacy; {TEACHER_DP_NOTE}")
     resolution = teacher.config.sample_size
     with accelerator.main_process_first():
         data = load_images(source.dataset, "train", resolution, source.root, **source.options)
@@ -336,6 +342,8 @@ def main(argv=None):
                        "data_md5": data.md5, "augmentation": augmentation, "distilled_from": teacher_sha256,
                        "distillation": {k: v for k, v in vars(args).items() if k not in ("teacher", "output_dir")},
                        "output_dir": output_dir.name}
+        if student_run.pop("privacy", None):  # the student is not private: it was trained on the real images
+            student_run["teacher_privacy"] = TEACHER_DP_NOTE
         (output_dir / "run_config.json").write_text(json.dumps(student_run, indent=2) + "\n")
         write_card(output_dir)
         logger.info(f"Saved the {args.num_inference_steps}-step pipeline to {output_dir}")

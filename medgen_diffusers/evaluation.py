@@ -18,6 +18,7 @@ Real features are cached on disk per dataset / split / size / protocol / subset,
 network's checksum (``$MEDGEN_CACHE``, default ``~/.cache/medgen-diffusers``).
 """
 
+import hashlib
 import os
 import re
 import time
@@ -157,11 +158,18 @@ class RealFeatures:
             raise EvaluationError(f"Asked for {num} real {split} images but the split has {n}; use --num-samples <= {n}.")
         return np.sort(np.random.default_rng(seed).choice(n, num, replace=False))
 
-    def get(self, split: str, protocol: str, num: Optional[int] = None, seed: int = 0, progress: bool = False):
-        """(features, labels) for ``num`` images of ``split`` (all when None), drawn with ``seed``."""
+    def get(self, split: str, protocol: str, num: Optional[int] = None, seed: int = 0, progress: bool = False,
+            indices: Optional[np.ndarray] = None):
+        """(features, labels) for ``num`` images of ``split`` (all when None), drawn with ``seed`` -- or for exactly
+        the images at ``indices``."""
         data = self.split(split)
-        indices = self.subset_indices(split, num, seed)
-        subset = "all" if len(indices) == len(data) else f"n{len(indices)}-seed{seed}"
+        if indices is None:
+            indices = self.subset_indices(split, num, seed)
+            subset = "all" if len(indices) == len(data) else f"n{len(indices)}-seed{seed}"
+        else:
+            indices = np.asarray(indices)
+            subset = ("all" if np.array_equal(indices, np.arange(len(data))) else
+                      f"n{len(indices)}-idx{hashlib.sha256(indices.astype(np.int64).tobytes()).hexdigest()[:10]}")
         # Keyed by the source's own checksum (file MD5 / decoded content), so another folder or npz never hits it.
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", data.flag)[:40]
         key = (f"{name}_{data.images.shape[-1]}_{split}_{protocol}_{subset}_data-{data.md5[:10]}"
@@ -256,15 +264,35 @@ def evaluate_images(
                 "num_generated": int(mine.sum()), "num_real": int(theirs.sum()),
                 **scores(real_class, {p: fake[p][mine] for p in protocols}, seed),
             }
-            # FID at a class's N is far above the whole set's: its floor is the same class's train images.
-            if train_labels is not None and "standard" in protocols and (train_labels == index).sum() >= 2:
-                result["per_class"][name]["floor_fid"] = fid(real_class["standard"],
-                                                             train["standard"][train_labels == index])
+            # FID at a class's N is far above the whole set's: its floor is the same class's train images, as many
+            # as the model side has (with --balanced a rare class has more generated images than the floor's
+            # random train subset holds of it, and a floor at a smaller N would understate the gap).
+            if train_labels is not None and "standard" in protocols:
+                result["per_class"][name].update(class_floor(
+                    reals, train["standard"], train_labels, index, int(mine.sum()), real_class["standard"], seed))
     result["seed_reference"] = dict(SEED_REFERENCE)
     # The file's name and checksum identify the network; a local path would leak into committed/pushed results.
     result["inception"] = {"file": extractor.path.name, "sha256": extractor.sha256}
     result["elapsed_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def class_floor(reals: "RealFeatures", subset_features: np.ndarray, subset_labels: np.ndarray, index: int, k: int,
+                real_features: np.ndarray, seed: int) -> Dict:
+    """The standard FID of ``k`` train images of class ``index`` against that class's real images: the floor
+    subset's own images of the class when it holds ``k``, else ``k`` seeded picks of the class from the train
+    split (features not cached: a class-sized extra). No floor when the split has fewer than ``k``."""
+    in_subset = np.flatnonzero(subset_labels == index)
+    if len(in_subset) >= k:
+        return {"floor_fid": fid(real_features, subset_features[in_subset[:k]]), "floor_num_train": k}
+    train = reals.split("train")
+    pool = np.flatnonzero(train.labels.numpy() == index)
+    if len(pool) < k:
+        return {"floor_note": f"the train split has {len(pool)} images of this class, fewer than the {k} generated: "
+                              "no floor at the same N"}
+    pick = np.sort(np.random.default_rng(seed + index).choice(pool, k, replace=False))
+    features = reals.extractor.features(train.images.numpy()[pick].transpose(0, 2, 3, 1), "standard")
+    return {"floor_fid": fid(real_features, features), "floor_num_train": k}
 
 
 class TrainingEvaluator:

@@ -97,6 +97,17 @@ def test_dp_run_reports_the_accountants_epsilon_and_resumes_exactly(dp_run, data
     assert sorted(p.name for p in killed.iterdir()) == before
 
 
+def test_a_student_of_a_dp_teacher_does_not_inherit_its_guarantee(dp_run, data_root, tmp_path):
+    """Distillation noises the real training images without DP-SGD: the student's config and card must not carry
+    the teacher's epsilon (the teacher's privacy block used to be copied into it)."""
+    from test_distill import distill
+
+    distill(tmp_path / "student", data_root, 1, "--teacher", str(dp_run), "--mixed_precision", "no")
+    config = json.loads((tmp_path / "student" / "run_config.json").read_text())
+    assert "privacy" not in config and "not differentially private" in config["teacher_privacy"]
+    assert "Not trained with differential privacy" in (tmp_path / "student" / "README.md").read_text()
+
+
 def test_public_prior_fine_tune_trains_only_the_chosen_layers(dp_run, data_root, tmp_path):
     tuned = tmp_path / "tuned"
     # dp_run saw these very images: it is no public prior, and epsilon would not cover what it learned of them.

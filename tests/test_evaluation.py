@@ -135,6 +135,12 @@ def test_evaluate_images_reports_both_protocols_floor_and_classes(inception, rea
                             root=str(data_root))
     assert [path.stat().st_mtime_ns for path in cached] == mtimes  # real features came from the cache
     assert again["standard"] == result["standard"] and again["floor"] == result["floor"]
+    # Balanced labels (3 per class): a rare class has more generated images than the floor's random train subset
+    # holds of it; its floor is still computed at the model side's N (it was at the subset's smaller N).
+    balanced = evaluate_images(train_images, np.arange(N) % 8, split="test", num_real=N, extractor=inception,
+                               root=str(data_root), protocols=("standard",))
+    floors = {name: (c["num_generated"], c.get("floor_num_train")) for name, c in balanced["per_class"].items()}
+    assert floors and all(generated == floor for generated, floor in floors.values()), floors
 
 
 def test_fid_orders_sets_by_how_far_they_are_from_the_real_ones(inception, real_sets):

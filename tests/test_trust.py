@@ -227,3 +227,15 @@ def test_patient_pseudonyms_cannot_be_recomputed(data_root):
     assert len(runs) == 2 and all(len(r) == 16 for r in runs)
     old = hashlib.sha256(b"medgen-diffusers:MRN0012345").hexdigest()[:16]
     assert old not in runs
+
+
+def test_audit_members_are_the_images_the_model_trained_on(trained_run, tmp_path):
+    """trained_run saw the first 2,048 of 11,959 training images (--max_train_samples): members and copy candidates
+    are those 2,048 -- with all 11,959, ~83 % of the "members" were never seen and the AUC read as chance."""
+    from medgen_diffusers.cli import main
+
+    assert main(["audit", str(trained_run), "--spaces", "pixel", "--num-samples", "8", "--num-mia", "16", "--steps",
+                 "2", "--out", str(tmp_path / "audit.json")]) == 0
+    result = json.loads((tmp_path / "audit.json").read_text())
+    assert result["num_trained"] == 2048 and result["num_train"] == 2048
+    assert result["membership_inference"]["num_members"] == 16
