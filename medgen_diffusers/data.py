@@ -260,8 +260,8 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
             raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
                             f"volume per patient) files; {path} holds ordinary images.")
         elif window is not None or slice_range is not None or patient_regex is not None:
-            raise DataError(f"--window / --slice_range / --patient_regex apply to DICOM and NIfTI folders; {path} holds ordinary "
-                            "images (8/16-bit files are scaled by their bit depth): drop them.")
+            raise DataError(f"--window / --slice_range / --patient_regex apply to DICOM and NIfTI folders; {path} "
+                            "holds ordinary images (8/16-bit files are scaled by their bit depth): drop them.")
         else:
             data = sources.load_folder(path, split, size)
     elif "/" in source and not path.exists() and not source.startswith((".", "/", "~")):

@@ -126,7 +126,7 @@ def test_bad_dicom_files_are_one_clear_error_each(tmp_path, data_root):
     Image.fromarray(gray[0]).save(tmp_path / "png" / "c" / "x.png")
     with pytest.raises(DataError, match="--split_by patient needs a patient per image"):
         load_images(str(tmp_path / "png"), "train", split_by="patient")
-    with pytest.raises(DataError, match="--window / --slice_range apply to DICOM and NIfTI folders"):
+    with pytest.raises(DataError, match="--window / --slice_range / --patient_regex apply to DICOM and NIfTI"):
         load_images(str(tmp_path / "png"), "train", window="lung")
 
 
