@@ -26,7 +26,7 @@ ALL_CLASSES = "all classes (balanced)"
 SAVED_SAMPLER = "saved"
 STUDENT = "4-step model"  # the shipped model's distilled student (FAST_MODEL), offered beside its samplers
 KEEP_REQUESTS = 16  # recent requests' files kept for download; older ones are removed
-CLOSEST_PAIRS = "audit_closest_pairs.png"  # `medgen audit PIPELINE --out PIPELINE/audit.json` writes it there
+CLOSEST_PAIRS = "audit_closest_pairs.png"  # `medgen audit PIPELINE` writes it there (public data sets)
 
 
 def require_gradio():
@@ -167,8 +167,8 @@ class Demo:
             return None, ("This model was trained on your own data: the audit's closest-pairs figure shows real "
                           "training images, so the demo never shows it. Read audit.json's numbers above instead.")
         if not figure.is_file():
-            return None, (f"No closest-pairs figure saved with this model: `medgen audit PIPELINE --out "
-                          f"PIPELINE/audit.json` writes {CLOSEST_PAIRS} beside it.")
+            return None, (f"No closest-pairs figure saved with this model: `medgen audit PIPELINE` writes "
+                          f"{CLOSEST_PAIRS} beside its audit.json.")
         return str(figure), (f"The synthetic images closest to a training image (top row) above that training image "
                              f"(bottom row); {self.public_dataset} is a public dataset.")
 

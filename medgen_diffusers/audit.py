@@ -12,7 +12,7 @@
 * **Figure** -- the k synthetic images closest to a training image, each beside that training image.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -50,19 +50,48 @@ def copy_statistics(synthetic: np.ndarray, train: np.ndarray, test: np.ndarray, 
     calibration, held_out = order[: len(test) // 2], order[len(test) // 2:]
     threshold = float(np.percentile(test_d1[calibration], COPY_PERCENTILE))
     ratio = lambda d1, d2: d1 / np.maximum(d2, 1e-12)  # noqa: E731
+    rate = lambda flags: (float(np.mean(flags)), proportion_ci(int(np.sum(flags)), len(flags)))  # noqa: E731
+    (copy_syn, copy_syn_ci), (copy_test, copy_test_ci) = rate(syn_d1 < threshold), rate(test_d1[held_out] < threshold)
     return {
         "median_nn_distance": {"synthetic": float(np.median(syn_d1)), "test": float(np.median(test_d1))},
         "copy_threshold": threshold,
-        "copy_rate": {"synthetic": float(np.mean(syn_d1 < threshold)),
-                      "test": float(np.mean(test_d1[held_out] < threshold))},
+        "copy_rate": {"synthetic": copy_syn, "test": copy_test},
+        "copy_rate_ci95": {"synthetic": copy_syn_ci, "test": copy_test_ci},
         "memorized_gu": {"synthetic": float(np.mean(ratio(syn_d1, syn_d2) < MEMORIZATION_RATIO)),
                          "test": float(np.mean(ratio(test_d1, test_d2) < MEMORIZATION_RATIO))},
         "_nearest": (syn_d1, syn_nearest),
     }
 
 
+def proportion_ci(count: int, total: int) -> List[float]:
+    """Exact (Clopper-Pearson) 95 % interval of a rate: count of total."""
+    from scipy.stats import binomtest
+
+    if total == 0:
+        return [0.0, 1.0]
+    interval = binomtest(int(count), int(total)).proportion_ci(confidence_level=0.95, method="exact")
+    return [float(interval.low), float(interval.high)]
+
+
+def auc_ci(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> List[float]:
+    """DeLong's 95 % interval of the ROC AUC (DeLong et al. 1988, with midranks as in Sun & Xu 2014), clipped to
+    [0, 1]: its variance from each member's and non-member's share of the pairs it wins."""
+    from scipy.stats import norm, rankdata
+
+    m, n = len(member_scores), len(nonmember_scores)
+    if m < 2 or n < 2:
+        return [0.0, 1.0]
+    combined = rankdata(np.concatenate([member_scores, nonmember_scores]))
+    v10 = (combined[:m] - rankdata(member_scores)) / n  # per member: the share of non-members it outscores
+    v01 = 1 - (combined[m:] - rankdata(nonmember_scores)) / m  # per non-member: the share of members above it
+    auc = v10.mean()
+    se = np.sqrt(v10.var(ddof=1) / m + v01.var(ddof=1) / n)
+    z = norm.ppf(0.975)
+    return [float(max(auc - z * se, 0.0)), float(min(auc + z * se, 1.0))]
+
+
 def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Dict[str, float]:
-    """ROC AUC (Mann-Whitney, ties counted half) and TPR at 1 % FPR; higher score = "member"."""
+    """ROC AUC (Mann-Whitney, ties counted half) with its 95 % interval, and TPR at 1 % FPR; higher = "member"."""
     from scipy.stats import rankdata
 
     scores = np.concatenate([member_scores, nonmember_scores])
@@ -70,7 +99,8 @@ def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Dict[str
     m, n = len(member_scores), len(nonmember_scores)
     auc = (ranks[:m].sum() - m * (m + 1) / 2) / (m * n)
     threshold = np.quantile(nonmember_scores, 0.99)
-    return {"auc": float(auc), "tpr_at_1pct_fpr": float(np.mean(member_scores > threshold))}
+    return {"auc": float(auc), "auc_ci95": auc_ci(member_scores, nonmember_scores),
+            "tpr_at_1pct_fpr": float(np.mean(member_scores > threshold))}
 
 
 @torch.no_grad()
@@ -248,7 +278,43 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
         result["membership_inference"]["class_counts"] = {
             "members": np.bincount(labels_of(train, members), minlength=len(train.class_names)).tolist(),
             "nonmembers": np.bincount(labels_of(test, nonmembers), minlength=len(train.class_names)).tolist()}
+    result["verdict"] = verdicts(result)
     return result
+
+
+# "No evidence" needs the 95 % interval to rule out more than this excess over the held-out baseline (copy rate) or
+# over chance (membership AUC); an interval wider than that is "cannot tell at this N".
+NO_EVIDENCE_MARGIN = 0.05
+
+
+def verdicts(result: Dict) -> Dict[str, str]:
+    """What the audit's numbers can and cannot show, from their 95 % intervals: evidence, no evidence, or cannot
+    tell at this N -- one sentence each for copying (per space) and membership."""
+    said = {}
+    for space, stats in result.get("nearest_neighbours", {}).items():
+        rate, (low, high) = stats["copy_rate"]["synthetic"], stats["copy_rate_ci95"]["synthetic"]
+        base, (_, base_high) = stats["copy_rate"]["test"], stats["copy_rate_ci95"]["test"]
+        numbers = (f"copy rate {rate:.3f} (95 % CI {low:.3f}-{high:.3f}) vs held-out real images {base:.3f} "
+                   f"(CI up to {base_high:.3f})")
+        if low > base_high:
+            said[f"copying_{space}"] = f"evidence of copying: {numbers}"
+        elif high <= base + NO_EVIDENCE_MARGIN:
+            said[f"copying_{space}"] = f"no evidence of copying: {numbers}"
+        else:
+            said[f"copying_{space}"] = (f"cannot tell at this N: {numbers}; the interval allows up to "
+                                        f"{high - base:+.3f} over held-out images (more synthetic images narrow it)")
+    mia = result.get("membership_inference")
+    if mia and "auc_ci95" in mia:
+        low, high = mia["auc_ci95"]
+        numbers = f"membership AUC {mia['auc']:.3f} (95 % CI {low:.3f}-{high:.3f}; 0.5 = nothing learned)"
+        if low > 0.5:
+            said["membership"] = f"evidence of membership leakage: {numbers}"
+        elif high <= 0.5 + NO_EVIDENCE_MARGIN:
+            said["membership"] = f"no evidence of membership leakage: {numbers}"
+        else:
+            said["membership"] = (f"cannot tell at this N: {numbers}, {mia['num_members']} members vs "
+                                  f"{mia['num_nonmembers']} held-out images")
+    return said
 
 
 def membership_sets(member_labels: Optional[np.ndarray], nonmember_labels: Optional[np.ndarray], num: int,

@@ -25,8 +25,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runtime import (SCHEDULERS, data_record, device_name, is_shipped, load_pipeline, process_state, resolve_data,
-                      resolve_device, resolve_steps, source_name, source_options, split_counts, writable)
+from .runtime import (SCHEDULERS, data_record, default_result_path, device_name, is_shipped, load_pipeline,
+                      process_state, resolve_data, resolve_device, resolve_steps, source_name, source_options,
+                      split_counts, writable)
 
 
 def cmd_sample(args):
@@ -110,7 +111,7 @@ def cmd_audit(args):
     from .provenance import write_json_atomic as write_json
     from .provenance import check_new_result, is_public_source, provenance
 
-    out = check_new_result(writable(args.out), args.overwrite)
+    out = check_new_result(writable(args.out or default_result_path(args.pipeline, "audit.json")), args.overwrite)
     data = resolve_data(args, args.pipeline)
     # The closest-pairs figure shows real training images: for a public dataset it goes beside --out by default;
     # for the user's own data only where --figure asks for it.
@@ -141,7 +142,11 @@ def cmd_audit(args):
               f"{stats['memorized_gu']['test']:.4f}); median NN distance {stats['median_nn_distance']['synthetic']:.3f}"
               f" (test {stats['median_nn_distance']['test']:.3f})")
     mia = result["membership_inference"]
-    print(f"membership inference: AUC {mia['auc']:.4f} (0.5 = nothing learned), TPR@1%FPR {mia['tpr_at_1pct_fpr']:.4f}")
+    low, high = mia["auc_ci95"]
+    print(f"membership inference: AUC {mia['auc']:.4f} (95 % CI {low:.3f}-{high:.3f}; 0.5 = nothing learned), "
+          f"TPR@1%FPR {mia['tpr_at_1pct_fpr']:.4f}")
+    for verdict in result["verdict"].values():
+        print(f"verdict: {verdict}")
     print(f"wrote {out}" + (f" and {figure} (real training images: keep it private unless the data is public)"
                             if figure else ""))
 
@@ -151,7 +156,7 @@ def cmd_utility(args):
     from .provenance import check_new_result, provenance
     from .utility import run_utility
 
-    out = writable(args.out)
+    out = writable(args.out or default_result_path(args.pipeline, "utility.json"))
     if args.merge:
         from .utility import merge_utility
 
@@ -369,7 +374,9 @@ def build_parser():
     audit.add_argument("--num-mia", type=int, default=None, help="Members and non-members for the loss attack "
                                                                  "(default: 1,000, or all a small dataset holds).")
     audit.add_argument("--spaces", default="pixel,inception", help="Distance spaces: pixel, inception.")
-    audit.add_argument("--out", default="audit.json", help="JSON path.")
+    audit.add_argument("--out", default=None,
+                       help="JSON path (default: PIPELINE/audit.json for a pipeline folder, where the card and the "
+                            "app read it; else ./audit.json).")
     audit.add_argument("--figure", default=None,
                        help="PNG of the closest synthetic/training pairs ('' for none). It shows real training "
                             "images: default beside --out for a public MedMNIST set, none for your own data.")
@@ -394,7 +401,8 @@ def build_parser():
                          help="Real split the classifiers are scored on: test to report, val to choose settings.")
     utility.add_argument("--arms", default="", help="Only these arms, e.g. 'trtr,tstr' for a guidance sweep "
                                                     "(default: all).")
-    utility.add_argument("--out", default="utility.json")
+    utility.add_argument("--out", default=None,
+                         help="JSON path (default: PIPELINE/utility.json for a pipeline folder; else ./utility.json).")
     utility.add_argument("--overwrite", action="store_true", help="Replace an existing --out.")
     add_generation_options(utility)
     utility.set_defaults(func=cmd_utility)
@@ -487,9 +495,27 @@ def _run(command, job):
             return 3
         if not isinstance(error, (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError)):
             raise  # a disk or machine failure, not the user's input: keep the traceback
+        if isinstance(error, ValueError) and not _raised_here(error):
+            # A library's own ValueError (numpy's "kth out of bounds", ...) is a case this code did not handle: a
+            # bug to report, never shown as if the user's input were wrong.
+            print(f"medgen {command}: internal error (a bug in medgen-diffusers, not your input; please report it "
+                  f"with the traceback below): {type(error).__name__}: {error}", file=sys.stderr)
+            raise
         print(f"medgen {command}: error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _raised_here(error: BaseException) -> bool:
+    """Whether ``error`` was raised by this package's own code (the innermost frame of its traceback)."""
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    if frame is None:
+        return True
+    path = Path(frame.tb_frame.f_code.co_filename).resolve()
+    # The pipeline file runs from the model's folder or the Hub's module cache: its checks are ours too.
+    return Path(__file__).resolve().parent in path.parents or path.name == "pipeline_bloodmnist.py"
 
 
 if __name__ == "__main__":

@@ -105,14 +105,18 @@ def fidelity_and_diversity(real_features: np.ndarray, fake_features: np.ndarray,
     """Precision and recall (Kynkaenniemi et al. 2019) and density and coverage (Naeem et al. 2020) on the same
     features, computed by the ``prdc`` package (the authors' code; its progress print is silenced). FID mixes
     fidelity and diversity into one number; these tell them apart: precision/density -- are generated images
-    realistic; recall/coverage -- is all of the real data's variety generated. Empty when a set has <= k images."""
+    realistic; recall/coverage -- is all of the real data's variety generated. prdc's k-NN radii need k + 2 images
+    on each side (it asks for the (k+1)-th smallest distance of each row, itself included): below that, the reason
+    is recorded instead of the numbers."""
     import contextlib
     import io
 
     from prdc import compute_prdc
 
-    if min(len(real_features), len(fake_features)) <= k:
-        return {}
+    if min(len(real_features), len(fake_features)) < k + 2:
+        return {"prdc_skipped": f"precision/recall/density/coverage need at least {k + 2} images on each side (k = "
+                                f"{k} nearest neighbours); here {len(fake_features)} generated vs {len(real_features)} "
+                                "real"}
     with contextlib.redirect_stdout(io.StringIO()):
         values = compute_prdc(np.asarray(real_features, np.float32), np.asarray(fake_features, np.float32), k)
     return {name: float(value) for name, value in values.items()}

@@ -90,20 +90,26 @@ def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
     parts = []
     if audit:
         rows = ["| measure | synthetic | real test images (baseline) |", "|---|---|---|"]
+        ci = lambda interval: f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else ""  # noqa: E731
         for space, stats in audit.get("nearest_neighbours", {}).items():
-            rows.append(f"| copy rate, {space} space | {stats['copy_rate']['synthetic']:.4f} | "
-                        f"{stats['copy_rate']['test']:.4f} |")
+            intervals = stats.get("copy_rate_ci95", {})
+            rows.append(f"| copy rate, {space} space{' (95 % CI)' if intervals else ''} | "
+                        f"{stats['copy_rate']['synthetic']:.4f}"
+                        f"{ci(intervals.get('synthetic'))} | {stats['copy_rate']['test']:.4f}{ci(intervals.get('test'))} |")
             rows.append(f"| nearest/second-nearest < 1/3 (Gu et al.), {space} | "
                         f"{stats['memorized_gu']['synthetic']:.4f} | {stats['memorized_gu']['test']:.4f} |")
             rows.append(f"| median distance to nearest training image, {space} | "
                         f"{stats['median_nn_distance']['synthetic']:.3f} | {stats['median_nn_distance']['test']:.3f} |")
         mia = audit.get("membership_inference")
         if mia:
-            rows.append(f"| membership inference (loss attack) ROC AUC | {mia['auc']:.3f} | 0.5 = nothing learned |")
+            rows.append(f"| membership inference (loss attack) ROC AUC{' (95 % CI)' if 'auc_ci95' in mia else ''} | "
+                        f"{mia['auc']:.3f}"
+                        f"{ci(mia.get('auc_ci95'))} | 0.5 = nothing learned |")
             rows.append(f"| ... TPR at 1 % FPR | {mia['tpr_at_1pct_fpr']:.3f} | 0.01 = chance |")
         parts.append(f"Privacy (`medgen audit`, {audit.get('num_synthetic')} synthetic images vs "
                      f"{audit.get('num_train')} training and {audit.get('num_test')} held-out test images):\n\n"
-                     + "\n".join(rows))
+                     + "\n".join(rows)
+                     + "".join(f"\n- **{v.split(':')[0]}**:{v.split(':', 1)[1]}" for v in audit.get("verdict", {}).values()))
     if utility:
         arms, seeds = utility["arms"], len(utility.get("seeds", []))
         rows = ["| arm | ACC | AUC |", "|---|---|---|"]

@@ -54,6 +54,14 @@ def writable(path, what="--out"):
     return Path(path)
 
 
+def default_result_path(pipeline, name: str) -> Path:
+    """Where a command's result goes without --out: into the pipeline folder the user named (the card and the app
+    read it there), else -- the shipped model, a Hub id, generated images -- ./name in the current directory."""
+    if pipeline is not None and not is_shipped(pipeline) and (Path(pipeline) / "model_index.json").is_file():
+        return Path(pipeline) / name
+    return Path(name)
+
+
 def is_shipped(path) -> bool:
     return path is None or Path(path).resolve() in shipped_models()
 

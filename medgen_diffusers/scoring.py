@@ -25,8 +25,8 @@ def evaluate_command(args):
     from .inception import InceptionFeatures
     from .privacy import privacy_guarantee
     from .provenance import check_new_result, provenance, redact_paths, weights_sha256, write_json_atomic
-    from .runtime import (data_record, is_shipped, load_pipeline, resolve_data, resolve_device, resolve_steps,
-                          source_name, source_options, split_counts, writable)
+    from .runtime import (data_record, default_result_path, is_shipped, load_pipeline, resolve_data, resolve_device,
+                          resolve_steps, source_name, source_options, split_counts, writable)
 
     shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
@@ -34,9 +34,8 @@ def evaluate_command(args):
     images_given = source.is_file() or (source.is_dir() and not (source / "model_index.json").is_file())
     # Default: next to a pipeline folder the user named (the card reads it there); otherwise -- generated images,
     # a Hub id, the shipped model -- ./evaluation.json. Checked before any work is done.
-    own_folder = (source / "model_index.json").is_file() and not shipped
-    out = check_new_result(writable(args.out or (source / "evaluation.json" if own_folder else "evaluation.json")),
-                           args.overwrite)
+    out = check_new_result(writable(args.out or default_result_path(None if shipped else args.source,
+                                                                    "evaluation.json")), args.overwrite)
     # No absolute path of this machine in a result that may be committed or pushed.
     generation = {"source": source_name(args.source)}
     device = resolve_device(args.device)

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from medgen_diffusers import BloodMNISTPipeline, load_medmnist_tensors
-from medgen_diffusers.audit import AuditError, copy_statistics, denoising_losses, roc_auc, run_audit
+from medgen_diffusers.audit import (AuditError, auc_ci, copy_statistics, denoising_losses, proportion_ci, roc_auc,
+                                    run_audit)
 
 BIN = Path(sys.executable).parent
 
@@ -41,7 +42,25 @@ def test_roc_auc_and_tpr():
     assert roc_auc(np.array([1.0, 2.0]), np.array([1.0, 2.0]))["auc"] == 0.5
     scores = np.random.default_rng(0).normal(size=(2, 5000))
     result = roc_auc(scores[0] + 10, scores[1])
-    assert result["auc"] == 1.0 and result["tpr_at_1pct_fpr"] == 1.0
+    assert result["auc"] == 1.0 and result["tpr_at_1pct_fpr"] == 1.0 and result["auc_ci95"] == [1.0, 1.0]
+
+
+def test_intervals_are_delong_and_clopper_pearson():
+    """The AUC's 95 % interval is DeLong's (checked against the pairwise definition written out here); a rate's is
+    the exact binomial one (Clopper-Pearson: 0 of 12 has upper bound 1 - 0.025^(1/12))."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(1)
+    members, nonmembers = rng.normal(0.2, 1, 160), rng.normal(0, 1, 150)
+    psi = (members[:, None] > nonmembers[None]) + 0.5 * (members[:, None] == nonmembers[None])
+    v10, v01 = psi.mean(1), psi.mean(0)
+    se = np.sqrt(v10.var(ddof=1) / 160 + v01.var(ddof=1) / 150)
+    expected = [psi.mean() - norm.ppf(0.975) * se, psi.mean() + norm.ppf(0.975) * se]
+    np.testing.assert_allclose(auc_ci(members, nonmembers), expected, rtol=1e-12)
+    assert 0.025 < se < 0.04  # ~0.03 at 160 vs 150: why 0.508 there cannot be told from chance
+    assert proportion_ci(0, 12)[1] == pytest.approx(1 - 0.025 ** (1 / 12)) and proportion_ci(0, 12)[0] == 0.0
+    low, high = proportion_ci(40, 1000)
+    assert low < 0.04 < high and high - low < 0.03
 
 
 def test_audit_of_the_shipped_model_small(data_root, tmp_path):
@@ -60,6 +79,9 @@ def test_audit_of_the_shipped_model_small(data_root, tmp_path):
     assert pixel["median_nn_distance"]["synthetic"] > 1.0  # the shipped model does not reproduce train images
     mia = result["membership_inference"]
     assert mia["num_members"] == mia["num_nonmembers"] == 60 and abs(mia["auc"] - 0.5) < 0.2
+    # 60 vs 60 cannot rule out a leak of a few AUC points: the verdict says so instead of "nothing learned".
+    assert mia["auc_ci95"][1] - mia["auc_ci95"][0] > 0.15
+    assert result["verdict"]["membership"].startswith("cannot tell at this N")
     # Members and non-members are drawn class-matched, so the attack cannot tell them apart by class alone.
     assert mia["class_counts"]["members"] == mia["class_counts"]["nonmembers"]
     assert Image.open(tmp_path / "pairs.png").size[0] > 500

@@ -24,14 +24,23 @@ def test_audit_flags_a_model_that_copies_its_training_images(memorised_run, tmp_
     # The audit's defaults (copy percentile, Gu ratio, MIA timesteps) as for the shipped model; no --dataset: the
     # run says what it was trained on. From another directory, so a relative path could not be found by luck.
     monkeypatch.chdir(tmp_path)
-    assert medgen("audit", run, "--spaces", "pixel", "--num-samples", "64", "--out", tmp_path / "audit.json") == 0
-    audit = json.loads((tmp_path / "audit.json").read_text())
+    # No --out: the result goes into the run folder, where `medgen card` and the app find it (not ./audit.json).
+    assert medgen("audit", run, "--spaces", "pixel", "--num-samples", "64") == 0
+    assert not (tmp_path / "audit.json").exists()
+    audit = json.loads((run / "audit.json").read_text())
     pixel, mia = audit["nearest_neighbours"]["pixel"], audit["membership_inference"]
     print("memorised model:", pixel, {k: mia[k] for k in ("auc", "tpr_at_1pct_fpr")})
     assert pixel["copy_rate"]["synthetic"] >= 0.5 and pixel["copy_rate"]["test"] <= 0.05  # copies, far above
     assert pixel["memorized_gu"]["synthetic"] >= 0.25 and pixel["memorized_gu"]["test"] == 0.0
     assert mia["auc"] >= 0.9 and mia["num_members"] == 8  # every training image is told from held-out ones
     assert mia["class_counts"]["members"] == mia["class_counts"]["nonmembers"] == [1] * 8
+    # The known positive, with its uncertainty: the intervals exclude the baseline, so the verdict is evidence.
+    assert pixel["copy_rate_ci95"]["synthetic"][0] > pixel["copy_rate_ci95"]["test"][1]
+    assert audit["verdict"]["copying_pixel"].startswith("evidence of copying")
+    assert mia["auc_ci95"][0] > 0.5 and audit["verdict"]["membership"].startswith("evidence of membership leakage")
+    assert medgen("card", run) == 0
+    card = (run / "README.md").read_text()
+    assert "**evidence of copying**" in card and "copy rate, pixel space (95 % CI)" in card
     # What was audited, against what: this model's weights, the run's own data (checksum matching training).
     assert audit["provenance"]["weights_sha256"] == folder_weights_sha256(run)
     assert audit["provenance"]["data"]["matches_training_data"] is True
