@@ -142,7 +142,6 @@ class Demo:
                 images = npz["train_images"]
             grid = square_grid([Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
                                 for image in images])
-            grid = grid.resize((grid.width * 4, grid.height * 4), Image.NEAREST)  # enlarged to be seen, no blur
             grid.save(out.with_name("grid.png"))
         return str(out.with_name("grid.png")), str(out)
 

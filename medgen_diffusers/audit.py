@@ -12,6 +12,7 @@
 * **Figure** -- the k synthetic images closest to a training image, each beside that training image.
 """
 
+import sys
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -22,6 +23,8 @@ from .models import is_edm
 MEMORIZATION_RATIO = 1 / 3  # Gu et al.: nearest / second-nearest distance below this = memorized
 COPY_PERCENTILE = 1.0
 DEFAULT_NUM_MIA = 1000  # members and non-members each, at most (fewer when the data holds fewer)
+DEFAULT_NUM_SAMPLES = 1000  # synthetic images, at most: fewer when the model saw fewer training images
+SMALL_SPLIT = 200  # a held-out split below this many images gets a note on what its numbers can show
 
 
 class AuditError(ValueError):
@@ -199,7 +202,7 @@ def closest_pairs_figure(synthetic: np.ndarray, train: np.ndarray, distances: np
     plt.close(fig)
 
 
-def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_train: Optional[int] = None,
+def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = None, num_train: Optional[int] = None,
               num_test: Optional[int] = None, num_mia: Optional[int] = None, spaces: Sequence[str] = ("pixel", "inception"),
               num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: int = 0,
               root=None, extractor=None, figure=None, progress: bool = True, num_trained: Optional[int] = None,
@@ -221,6 +224,24 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
                                     ("--num-mia", num_mia, min(trained, len(test)))):
         if wanted is not None and wanted > available:
             raise AuditError(f"{name} {wanted} but only {available} images are available; use <= {available}.")
+    notes = []
+    if num_samples is None:  # sized to the data: a 12-image test split needs no 1,000 synthetic images
+        num_samples = min(DEFAULT_NUM_SAMPLES, trained)
+        notes.append(f"{num_samples} synthetic images: as many as the {trained} training images the model saw, at "
+                     f"most {DEFAULT_NUM_SAMPLES:,} (--num-samples to change)")
+    if len(test) < SMALL_SPLIT:
+        notes.append(f"the held-out test split has {len(test)} images: the copy-rate baseline and the membership "
+                     "AUC have wide 95 % intervals at this N, so read the verdicts -- they say what the numbers can "
+                     "and cannot show")
+    mia_n = min(DEFAULT_NUM_MIA if num_mia is None else num_mia, trained, len(test))
+    if progress:
+        from .generation import estimate_seconds, say_estimate
+
+        for note in notes:
+            print(f"medgen audit: {note}", file=sys.stderr)
+        say_estimate(f"medgen audit: {num_samples} synthetic images, membership on {mia_n} + {mia_n} real images",
+                     estimate_seconds(pipe, num_samples, num_inference_steps, guidance_scale)
+                     + estimate_seconds(pipe, 2 * mia_n, 3))
     rng = np.random.default_rng(seed)
     pick = lambda n, total: np.sort(rng.choice(total, n, replace=False)) if n and n < total else np.arange(total)  # noqa: E731
     train_idx, test_idx = pick(num_train, trained), pick(num_test, len(test))
@@ -233,7 +254,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: int = 1000, num_tr
         labels = labels_like_split(np.bincount(train.labels.numpy(), minlength=len(train.class_names)), num_samples)
     synthetic = generate_images(pipe, num_samples, labels, num_inference_steps, guidance_scale, seed,
                                 progress=progress)
-    result = {"dataset": dataset, "num_synthetic": num_samples, "num_train": len(train_idx), "num_trained": trained,
+    result = {"dataset": dataset, "notes": notes, "num_synthetic": num_samples, "num_train": len(train_idx), "num_trained": trained,
               "num_test": len(test_idx), "generation": {"steps": num_inference_steps or pipe.config.get(
                   "default_num_inference_steps"), "guidance_scale": guidance_scale, "seed": seed,
                   "scheduler": type(pipe.scheduler).__name__}, "nearest_neighbours": {}}

@@ -25,7 +25,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .runtime import (SCHEDULERS, data_record, default_result_path, device_name, is_shipped, load_pipeline,
+from .runtime import (SCHEDULERS, ArgumentParser, data_record, default_result_path, device_name, is_shipped, load_pipeline,
                       process_state, resolve_data, resolve_device, resolve_steps, source_name, source_options,
                       split_counts, writable)
 
@@ -300,9 +300,9 @@ def add_data_options(p):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="medgen", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = ArgumentParser(prog="medgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Every sub-command's parser is an ArgumentParser too: a mistyped option gets its usage and a "did you mean".
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     # Listed for --help; main() hands their arguments to the scripts' own parsers before this parser runs.
     commands.add_parser("train", help="Train a pipeline (train_unconditional.py; `medgen train --help`).")
     commands.add_parser("distill", help="Distil a few-step student (distill_lcm.py; `medgen distill --help`).")
@@ -367,7 +367,9 @@ def build_parser():
                                               "inference, closest-pairs figure.")
     audit.add_argument("pipeline", nargs="?", default=None,
                        help="Pipeline folder or Hub repo id (default: the shipped BloodMNIST model).")
-    audit.add_argument("--num-samples", type=int, default=1000, help="Synthetic images to audit.")
+    audit.add_argument("--num-samples", type=int, default=None,
+                       help="Synthetic images to audit (default: as many as the training images the model saw, at "
+                            "most 1,000).")
     audit.add_argument("--num-train", type=int, default=None, help="Random training images to compare with "
                                                                   "(default: all).")
     audit.add_argument("--num-test", type=int, default=None, help="Held-out test images, the baseline (default: all).")
@@ -475,7 +477,7 @@ def main(argv=None):
         import importlib
 
         script = importlib.import_module(SCRIPTS[argv[0]])
-        return _run(argv[0], lambda: script.main(argv[1:]))
+        return _run(argv[0], lambda: script.main(argv[1:], prog=f"medgen {argv[0]}"))
     args = build_parser().parse_args(argv)
     return _run(args.command, lambda: args.func(args))
 

@@ -16,6 +16,7 @@ For MedMNIST itself:
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
@@ -264,9 +265,12 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                             "holds ordinary images (8/16-bit files are scaled by their bit depth): drop them.")
         else:
             data = sources.load_folder(path, split, size)
-    elif "/" in source and not path.exists() and not source.startswith((".", "/", "~")):
+    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):  # a Hub name, owner/name
         data = sources.load_datasets(source, split, image_column, label_column, False, patient_column, split_by,
                               split_seed)
+    elif source.startswith((".", "/", "~")) or "/" in source or os.sep in source or path.suffix:
+        raise DataError(f"--dataset {source}: no such file or folder ({path.resolve()} does not exist). Check the "
+                        "path; a MedMNIST data set is named by its flag, e.g. bloodmnist.")
     else:
         raise ValueError(f"Unknown dataset {source!r}: pass a MedMNIST 2D flag ({', '.join(available_flags())}), "
                          "a folder of images, a MedMNIST-layout .npz, or a datasets dataset (save_to_disk folder or "

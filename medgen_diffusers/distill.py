@@ -51,7 +51,7 @@ from medgen_diffusers.data import augment, load_images, resolve_augmentation, to
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import auto_mixed_precision, is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
-from medgen_diffusers.runtime import on_cpu
+from medgen_diffusers.runtime import ArgumentParser, on_cpu
 
 logger = get_logger(__name__)
 TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safetensors + config
@@ -61,8 +61,8 @@ TEACHER_DP_NOTE = ("the student is distilled on the teacher's real training imag
                    "teacher's epsilon does not carry over to it: the student is not differentially private")
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None, prog=None):
+    p = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default=DEFAULT_MODEL, help="Pipeline folder to distil (default: the shipped model).")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--dataset", default=None, help="Training images (default: the data the teacher was trained on, "
@@ -169,8 +169,8 @@ def with_student_weights(teacher_pipe, student_state, scheduler, default_steps):
     return pipeline
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog=None):
+    args = parse_args(argv, prog)
     args.keep_freed_memory = args.keep_freed_memory and keep_freed_memory()  # recorded: applied or not (glibc)
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(

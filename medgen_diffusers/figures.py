@@ -10,12 +10,19 @@ from diffusers.utils import make_image_grid
 from .pipelines import default_steps
 
 
-def square_grid(images: Sequence[PIL.Image.Image]) -> PIL.Image.Image:
-    """A near-square grid (row-major); the last row is padded with black tiles."""
+DISPLAY_TILE = 112  # a grid's tiles are shown at least this large: 16 images at 28 px made a 112-px figure
+
+
+def square_grid(images: Sequence[PIL.Image.Image], min_tile: int = DISPLAY_TILE) -> PIL.Image.Image:
+    """A near-square grid (row-major) for a person to look at: the last row padded with black tiles, small images
+    enlarged by a whole factor with nearest-neighbour (every pixel stays a sharp block; data files stay exact)."""
     if not images:
         raise ValueError("square_grid needs at least one image.")
     cols = math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / cols)
+    factor = max(1, math.ceil(min_tile / max(images[0].size)))
+    if factor > 1:
+        images = [image.resize((image.width * factor, image.height * factor), PIL.Image.NEAREST) for image in images]
     blank = PIL.Image.new(images[0].mode, images[0].size)
     return make_image_grid(list(images) + [blank] * (rows * cols - len(images)), rows=rows, cols=cols)
 

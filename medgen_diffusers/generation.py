@@ -92,6 +92,42 @@ def iter_chunks(pipe, num_images: int, labels: Optional[np.ndarray] = None, num_
     bar.close()
 
 
+@torch.no_grad()
+def estimate_seconds(pipe, num_images: int, num_inference_steps: Optional[int] = None,
+                     guidance_scale: Optional[float] = None, probe: int = 8) -> float:
+    """Seconds to generate ``num_images``, from one timed network evaluation of ``probe`` images on this device
+    (the second of two: the first pays one-off costs): evaluations per image x images x that time."""
+    import time
+
+    unet = pipe.unet
+    steps = num_inference_steps or pipe.config.get("default_num_inference_steps") or 1000
+    size, channels = unet.config.sample_size, unet.config.in_channels
+    x = torch.zeros(probe, channels, size, size, device=unet.device, dtype=unet.dtype)
+    t = torch.full((probe,), 500, device=unet.device)
+    labels = None if unet.config.num_class_embeds is None else torch.zeros(probe, dtype=torch.long, device=unet.device)
+    for _ in range(2):
+        start = time.perf_counter()
+        unet(x, t, class_labels=labels)
+        if unet.device.type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    per_image = elapsed / probe * steps * (2 if guidance_scale not in (None, 1.0) else 1)
+    return per_image * num_images
+
+
+def say_estimate(what: str, seconds: float) -> None:
+    """One line before a long command starts: what it will do and about how long it takes here."""
+    import sys
+
+    print(f"{what}: about {format_seconds(seconds)} on this machine", file=sys.stderr, flush=True)
+
+
+def format_seconds(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def labels_like_split(counts: Sequence[int], num: int) -> np.ndarray:
     """``num`` class indices in proportion to ``counts`` (largest remainder), sorted by class."""
     counts = np.asarray(counts, dtype=np.float64)

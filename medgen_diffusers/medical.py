@@ -39,6 +39,7 @@ WINDOW_PRESETS = {  # (center, width) in Hounsfield units: the usual CT display 
 }
 PERCENTILES = (0.5, 99.5)
 SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test patients, MedMNIST's 7:1:2
+MIN_SPLIT_PATIENTS, FEW_PATIENTS = 5, 10  # --split_by patient: refused below 5 patients, warned below 10
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in canonical RAS+ voxel order
 # Plugins pydicom decodes compressed transfer syntaxes with (pydicom's own documentation names them).
 DECODER_HINT = ("install a pydicom pixel-data plugin for it -- `pip install pylibjpeg pylibjpeg-libjpeg "
@@ -336,9 +337,20 @@ def patient_named_classes(class_names: Optional[List[str]], labels: Optional[np.
 def split_patients(patients: List[str], seed: int = 0) -> Dict[str, str]:
     """Patient -> split ("train"/"val"/"test"), seeded, 7:1:2 of the patients (at least one each when >= 3)."""
     unique = sorted(set(patients))
+    if len(unique) < MIN_SPLIT_PATIENTS:  # 3 patients gave 1 / 1 / 1: a model of one patient, scored on one other
+        raise _error(f"--split_by patient needs at least {MIN_SPLIT_PATIENTS} patients (at least 3 to train on, 1 "
+                     f"for val, 1 for test); the data has {len(unique)}. Add patients, or lay out your own train/, "
+                     "val/ and test/ sub-folders.")
+    if len(unique) < FEW_PATIENTS:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            f"--split_by patient with only {len(unique)} patients: val and test hold "
+            f"{max(1, round(SPLIT_FRACTIONS[1] * len(unique)))} and {max(1, round(SPLIT_FRACTIONS[2] * len(unique)))} "
+            "patient(s), so held-out numbers (FID, the audit's baseline) speak for those few people only.")
     order = np.random.default_rng(seed).permutation(len(unique))
-    n_val = max(1, round(SPLIT_FRACTIONS[1] * len(unique))) if len(unique) >= 3 else 0
-    n_test = max(1, round(SPLIT_FRACTIONS[2] * len(unique))) if len(unique) >= 3 else 0
+    n_val = max(1, round(SPLIT_FRACTIONS[1] * len(unique)))
+    n_test = max(1, round(SPLIT_FRACTIONS[2] * len(unique)))
     split_of = {}
     for rank, index in enumerate(order):
         split_of[unique[index]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"

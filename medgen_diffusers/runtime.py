@@ -1,6 +1,8 @@
 """What every ``medgen`` command resolves before its work: the pipeline (and a swapped-in scheduler), the device
 and process group, the data source -- the model's own, from its run, unless named -- and where results may go."""
 
+import argparse
+import difflib
 import sys
 from pathlib import Path
 
@@ -12,6 +14,23 @@ SCHEDULERS = {
     "dpmsolver": "DPMSolverMultistepScheduler",
     "unipc": "UniPCMultistepScheduler",
 }
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a "did you mean" for a mistyped option, the usage line above it (Python 3.14's
+    suggest_on_error, for the 3.10+ this package supports)."""
+
+    def error(self, message):
+        if message.startswith("unrecognized arguments:"):
+            known = [option for action in self._actions for option in action.option_strings]
+            hints = []
+            for word in message.split(":", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"{word} (did you mean {close[0]}?)")
+            if hints:
+                message = "unrecognized arguments: " + ", ".join(hints)
+        super().error(message)
 
 
 def load_pipeline(path_or_repo=None, scheduler=None):

@@ -111,8 +111,9 @@ def load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
     if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
         if size is None:
             odd = next(p for p, a in zip(images, arrays) if a.shape[:2] != arrays[0].shape[:2] or a.shape[0] != a.shape[1])
-            raise DataError(f"{path}: images differ in size or are not square (e.g. {images[0].name} is "
-                            f"{arrays[0].shape[1]}x{arrays[0].shape[0]}, {odd.name} is "
+            raise DataError(f"{path}: images differ in size or are not square (e.g. "
+                            f"{images[0].relative_to(path).as_posix()} is {arrays[0].shape[1]}x{arrays[0].shape[0]}, "
+                            f"{odd.relative_to(path).as_posix()} is "
                             f"{arrays[images.index(odd)].shape[1]}x{arrays[images.index(odd)].shape[0]}): pass "
                             "--resolution N to resize every image to N x N.")
         arrays = [resize_images(torch.from_numpy(a.copy()).permute(2, 0, 1)[None].contiguous(), size)[0].permute(1, 2, 0)

@@ -14,6 +14,7 @@ import argparse
 import json
 import math
 import shutil
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -43,7 +44,7 @@ from medgen_diffusers.privacy import (ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS, Pr
                                       check_private_source, plan_privacy, privacy_units, trainable_parameters,
                                       unit_note)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
-from medgen_diffusers.runtime import on_cpu
+from medgen_diffusers.runtime import ArgumentParser, on_cpu
 
 logger = get_logger(__name__, log_level="INFO")
 EMA_FOLDER = "unet_ema"  # EMA weights inside a checkpoint: safetensors + config, via EMAModel.save_pretrained
@@ -53,8 +54,8 @@ EMA_FOLDER = "unet_ema"  # EMA weights inside a checkpoint: safetensors + config
 DEFAULT_SAMPLER_STEPS = 20
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv=None, prog=None):
+    p = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="bloodmnist",
                    help="A MedMNIST 2D flag, a folder of images (one sub-folder per class, or none: unlabeled), a "
@@ -223,6 +224,7 @@ def parse_args(argv=None):
             p.error("--record_data_order is for data-parallel runs; DP runs draw step s's units from a secret.")
         if args.dp_batch_size < 1 or args.dp_noise_multiplicity < 1:
             p.error("--dp_batch_size and --dp_noise_multiplicity must be >= 1.")
+    args.launched_as = prog or Path(sys.argv[0]).name  # what the card says trained it: `medgen train` or the script
     if args.mixed_precision == "auto":  # resolved here, so the run records (and a resume sees) what is used
         args.mixed_precision = auto_mixed_precision(on_cpu(args), private=args.dp_epsilon is not None)
     return args
@@ -427,8 +429,17 @@ def save_run(args, output_dir, pipeline, accelerator, global_step, start_step, s
         push_pipeline(output_dir, args.hub_model_id, token=args.hub_token)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def main(argv=None, prog=None):
+    args = parse_args(argv, prog)
+    fresh = not Path(args.output_dir).exists()
+    try:
+        train(args)
+    except Exception:
+        remove_unstarted_run(Path(args.output_dir), fresh)  # a refused or failed start leaves no empty folder
+        raise
+
+
+def train(args):
     args.keep_freed_memory = args.keep_freed_memory and keep_freed_memory()  # recorded: applied or not (glibc)
     output_dir = Path(args.output_dir)
     accelerator = make_accelerator(args, output_dir)
@@ -516,6 +527,9 @@ def main(argv=None):
     else:
         updates = private_updates(private, lr_scheduler, loss_fn, images, labels, accelerator.device, global_step,
                                   max_train_steps)
+    if accelerator.is_main_process:
+        print(start_summary(args, data, images, run_config, accelerator, max_train_steps, global_step, privacy,
+                            output_dir), flush=True)
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process,
                     desc="train")
     start_time, start_step = time.time(), global_step
@@ -550,7 +564,65 @@ def main(argv=None):
         pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
         save_run(args, output_dir, pipeline, accelerator, global_step, start_step, start_time, checksums, privacy,
                  private)
+        print(end_summary(output_dir, metrics.path), flush=True)
     accelerator.end_training()
+
+
+def start_summary(args, data, images, run_config, accelerator, max_train_steps, start_step, privacy, output_dir):
+    """What the run is about to do, in a few lines: the data per split, the model's size, device and precision."""
+    channels = {1: "grayscale", 3: "RGB"}.get(images.shape[1], f"{images.shape[1]}-channel")
+    counts = ""
+    if data.labels is not None and run_config["class_conditional"]:
+        per_class = torch.bincount(data.labels[: len(images)], minlength=len(data.class_names)).tolist()
+        counts = f" in {len(data.class_names)} classes ({min(per_class)}-{max(per_class)} images each)"
+    lines = [f"medgen train: {len(images)} training images{counts} from {Path(str(args.dataset)).name}, "
+             f"{images.shape[-1]}x{images.shape[-1]} {channels}"]
+    if run_config.get("patients"):
+        lines.append("  patients per split: " + ", ".join(f"{k} {v}" for k, v in run_config["patients"].items())
+                     + f" ({run_config.get('patient_rule')})")
+    lines.append(f"  {run_config['num_parameters'] / 1e6:.2f}M parameters, {max_train_steps} steps"
+                 + (f" (resuming at {start_step})" if start_step else "") + f" of {run_config['total_batch_size']} "
+                 f"images, {accelerator.num_processes} process(es) on {accelerator.device}, precision "
+                 f"{'fp32' if args.mixed_precision == 'no' else args.mixed_precision}")
+    if privacy is not None:
+        lines.append(f"  DP-SGD: epsilon {privacy.target_epsilon} per {privacy.unit} over {privacy.num_units} "
+                     f"{privacy.unit}s (delta {privacy.delta:g}, sigma {privacy.noise_multiplier:.3f})")
+    if privacy is None and args.lr_warmup_steps > max_train_steps / 3:
+        lines.append(f"  warning: --lr_warmup_steps {args.lr_warmup_steps} is more than a third of the "
+                     f"{max_train_steps} steps: the learning rate spends most of the run ramping up (lower it, "
+                     "e.g. to a tenth of the steps).")
+    lines.append(f"  output: {output_dir}")
+    return "\n".join(lines)
+
+
+def end_summary(output_dir, metrics_path) -> str:
+    """Where the pipeline is, and the last evaluation of the run (if --eval_steps made one)."""
+    lines = [f"medgen train: saved the pipeline to {output_dir} (model_index.json, unet/, scheduler/, README.md)"]
+    evaluations = [json.loads(line) for line in Path(metrics_path).read_text().splitlines()
+                   if '"eval/fid_' in line] if Path(metrics_path).is_file() else []
+    if evaluations:
+        last = evaluations[-1]
+        lines.append(f"  last evaluation (step {last['step']}): " + ", ".join(
+            f"{key.split('/')[-1].replace('_', ' ')} {value:.2f}" for key, value in last.items()
+            if key.startswith("eval/fid_")) + " on a few samples; the test FID beside its real-vs-real floor: "
+            f"medgen evaluate {output_dir} --split test")
+    else:
+        lines.append(f"  next: medgen evaluate {output_dir} --split test (FID beside the real-vs-real floor), "
+                     f"medgen audit {output_dir}")
+    return "\n".join(lines)
+
+
+def remove_unstarted_run(output_dir: Path, fresh: bool) -> None:
+    """After a failure: remove the output folder this run created if nothing of a run is in it yet (no checkpoint,
+    pipeline or logged step) -- a refused start must not leave a folder that the next try then refuses."""
+    import os
+
+    if not fresh or os.environ.get("RANK", "0") != "0" or not output_dir.is_dir():
+        return
+    started = any(output_dir.glob("checkpoint-*")) or (output_dir / "model_index.json").exists() or (
+        (output_dir / "metrics.jsonl").is_file() and (output_dir / "metrics.jsonl").stat().st_size > 0)
+    if not started:
+        shutil.rmtree(output_dir, ignore_errors=True)
 
 
 def make_accelerator(args, output_dir):

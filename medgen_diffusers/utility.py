@@ -65,6 +65,25 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     return model.eval()
 
 
+def classifier_step_seconds(in_channels: int, num_classes: int, size: int, device="cpu", batch_size: int = 128) -> float:
+    """One timed Adam step of the protocol's ResNet-18 on a batch of this size (the second of two)."""
+    import time
+
+    model = medmnist_resnet18(in_channels, num_classes).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x = torch.zeros(batch_size, in_channels, size, size, device=device)
+    y = torch.zeros(batch_size, dtype=torch.long, device=device)
+    for _ in range(2):
+        start = time.perf_counter()
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
+        elapsed = time.perf_counter() - start
+    return elapsed
+
+
 @torch.no_grad()
 def score_classifier(model, images: np.ndarray, labels: np.ndarray, device="cpu", evaluator=None) -> Dict[str, float]:
     """ACC and AUC on real images: with ``medmnist.Evaluator`` (its labels from the official file; MedMNIST sets), else
@@ -130,11 +149,20 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
     added = num_added or len(real_x)  # synthetic images added in the augmentation arms (default: a whole train split)
     num_synthetic = max(n, added) if fractions else n
     syn_y = labels_like_split(counts, num_synthetic)
+    steps = epochs * -(-n // 128)  # the same optimizer steps for every arm: `epochs` epochs of N images
+    if progress:
+        from .generation import estimate_seconds, say_estimate
+
+        num_arms = len(arms_wanted) if arms_wanted else 2 + 2 * len(fractions)
+        say_estimate(f"medgen utility: {num_synthetic} synthetic images, then {num_arms} arms x {len(seeds)} seeds x "
+                     f"{steps} classifier steps",
+                     estimate_seconds(pipe, num_synthetic, num_inference_steps, guidance_scale)
+                     + num_arms * len(seeds) * steps * classifier_step_seconds(real_x.shape[-1], len(train.class_names),
+                                                                               real_x.shape[1], device))
     syn_x = generate_images(pipe, num_synthetic, syn_y, num_inference_steps, guidance_scale, generation_seed,
                             progress=progress)
     # TSTR uses n synthetic images spread over the classes like the real ones (every k-th of the sorted labels).
     tstr_idx = np.linspace(0, num_synthetic - 1, n).round().astype(int)
-    steps = epochs * -(-n // 128)  # the same optimizer steps for every arm: `epochs` epochs of N images
     arms = {"trtr": lambda seed: (real_x[_first(n, len(real_x), seed)], real_y[_first(n, len(real_x), seed)]),
             "tstr": lambda seed: (syn_x[tstr_idx], syn_y[tstr_idx])}
     for fraction in fractions:

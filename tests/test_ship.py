@@ -67,7 +67,7 @@ def test_card_shows_metrics_with_floor_and_seed(saved):
     evaluation["provenance"]["weights_sha256"] = folder_weights_sha256(saved)
     (saved / "evaluation.json").write_text(json.dumps(evaluation))
     text = write_card(saved).read_text()
-    assert "| this model | 12.500 | 4.000 | 1.250 | 2.500 |" in text
+    assert "| this model | 12.500 | 0.00400 | 1.250 | 2.500 |" in text  # both KIDs as computed: one convention
     assert "| real-vs-real floor (10 train images) | 3.000 |" in text
     assert "5.039" in text and "20 network evaluations per image" in text and "20 steps, trailing spacing" in text
     # A model that replaced another carries the old numbers beside its own (`package_default_model.sh` adds them).
@@ -75,7 +75,7 @@ def test_card_shows_metrics_with_floor_and_seed(saved):
                               "seed": {"fid64": 0.024, "kid64": 0.01}}
     (saved / "evaluation.json").write_text(json.dumps(evaluation))
     text = write_card(saved).read_text()
-    assert "| previous version (5,500 steps, lr 1e-3) | 13.280 | 7.500 | 0.024 | 0.010 |" in text
+    assert "| previous version (5,500 steps, lr 1e-3) | 13.280 | 0.00750 | 0.024 | 0.010 |" in text
 
 
 def test_push_sends_one_commit_with_exactly_the_pipeline_files(saved, monkeypatch):
