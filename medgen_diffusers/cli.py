@@ -478,7 +478,11 @@ def main(argv=None):
 
         script = importlib.import_module(SCRIPTS[argv[0]])
         return _run(argv[0], lambda: script.main(argv[1:], prog=f"medgen {argv[0]}"))
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the sub-command's own usage and "did you mean", not the top-level parser's
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        commands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     return _run(args.command, lambda: args.func(args))
 
 
