@@ -11,6 +11,7 @@
   push      upload a pipeline folder to the Hugging Face Hub in one commit
   app       the web demo (Gradio; the [app] extra): generate, download an npz, read the model's numbers
   data      locate, verify (MD5) and summarise a MedMNIST dataset
+  prepare   decode a data source once into a memory-mapped store (--dataset STORE for every command)
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
 Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). ``medgen train``
@@ -252,6 +253,21 @@ def cmd_push(args):
     print(f"pushed {args.pipeline_dir} to {url}, {visibility}")
 
 
+def cmd_prepare(args):
+    import time
+
+    from .store import prepare, read_manifest
+
+    started = time.perf_counter()
+    store = prepare(args.source, writable(args.out), args.resolution, args.data_root, args.workers,
+                    **source_options(args))
+    manifest = read_manifest(store)
+    counts = ", ".join(f"{split} {info['count']}" for split, info in manifest["splits"].items())
+    print(f"prepared {store}: {counts} images at {manifest['resolution']} px, {manifest['channels']} channel(s), "
+          f"{len(manifest['class_names'] or [])} classes, in {time.perf_counter() - started:.1f} s; train with "
+          f"--dataset {store}")
+
+
 def cmd_app(args):
     from .app import launch
 
@@ -282,6 +298,11 @@ def add_data_options(p):
                         "run_config.json): a MedMNIST 2D flag, a folder of images (sub-folder per class), a "
                         "MedMNIST-layout .npz, or a datasets dataset (save_to_disk folder or Hub name).")
     p.add_argument("--data-root", default=None, help="Folder holding MedMNIST .npz files.")
+    add_source_options(p)
+
+
+def add_source_options(p):
+    """How a source is read: datasets columns, DICOM/NIfTI windows, slices, splits and patients."""
     p.add_argument("--image-column", default=None, help="Image column of a datasets dataset (default: the run's, "
                                                         "else 'image').")
     p.add_argument("--label-column", default=None, help="Label column of a datasets dataset ('none': unlabeled; "
@@ -444,6 +465,17 @@ def build_parser():
                             help="Create the repository public, even for a model of your own data.")
     push.add_argument("--dry-run", action="store_true", help="List exactly the files that would be sent; send none.")
     push.set_defaults(func=cmd_push)
+
+    prepare = commands.add_parser("prepare", help="Decode a data source once into a memory-mapped store that every "
+                                                  "command reads (--dataset STORE) without decoding again.")
+    prepare.add_argument("source", help="Anything --dataset takes: a folder of images, DICOM or NIfTI, an npz, a "
+                                        "datasets dataset, a MedMNIST flag.")
+    prepare.add_argument("--out", required=True, help="The store folder to create (never overwritten).")
+    prepare.add_argument("--resolution", type=int, default=None, help="Store at N x N (default: the data's own).")
+    prepare.add_argument("--workers", type=int, default=None, help="Decoding processes (default: the CPU count).")
+    prepare.add_argument("--data-root", default=None, help="Folder holding MedMNIST .npz files.")
+    add_source_options(prepare)
+    prepare.set_defaults(func=cmd_prepare)
 
     app = commands.add_parser("app", help="The web demo (Gradio, the [app] extra) for a pipeline folder.")
     app.add_argument("pipeline", nargs="?", default=None,

@@ -222,7 +222,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                 image_column: str = "image", label_column: Optional[str] = "label", window=None,
                 slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
                 split_seed: int = 0, patient_column: Optional[str] = None,
-                patient_regex: Optional[str] = None) -> ImageData:
+                patient_regex: Optional[str] = None, prepare: bool = False) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
@@ -230,7 +230,9 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     sources (``label_column=None``: unlabeled). ``window``, ``slice_axis``, ``slice_range``, ``split_by``,
     ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`); ``patient_column`` (with
     ``split_by``) for ``datasets`` sources that name each image's patient; ``patient_regex`` finds the patient in
-    a DICOM/NIfTI file's path instead of the kind's own rule.
+    a DICOM/NIfTI file's path instead of the kind's own rule. A local folder is read from its prepared store in the
+    cache when one is there and its files have not changed (:mod:`medgen_diffusers.store`); ``prepare=True``
+    (training) makes that store first.
     """
     source = str(source)
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
@@ -242,7 +244,15 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     from . import sources  # folders, npz and datasets (sources.py); DICOM/NIfTI folders (medical.py)
 
     path = Path(source).expanduser()
-    if source in INFO:
+    from .store import cached_store, is_store, load_store
+
+    store = path if path.is_dir() and is_store(path) else cached_store(
+        source, size, root, image_column=image_column, label_column=label_column, window=window,
+        slice_axis=slice_axis, slice_range=slice_range, split_by=split_by, split_seed=split_seed,
+        patient_column=patient_column, patient_regex=patient_regex, create=prepare)
+    if store is not None:  # a prepared store (given, or the cache's for this folder): memory-mapped, not decoded
+        data = load_store(store, split, size)
+    elif source in INFO:
         data = load_medmnist_tensors(source, split, size or 28, root, download)
     elif path.suffix == ".npz":
         data = sources.load_npz(path, split)

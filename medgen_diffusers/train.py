@@ -347,8 +347,10 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
                           window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
                           split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
                           patient_regex=args.patient_regex)
-    with accelerator.main_process_first():  # a download happens once, on the main process
-        data = load_images(args.dataset, "train", args.resolution, args.data_root, **source_options)
+    # Once per node, on its local main process: a download, or a local folder decoded into a memory-mapped store
+    # that every rank then reads batch by batch (store.py).
+    with accelerator.local_main_process_first():
+        data = load_images(args.dataset, "train", args.resolution, args.data_root, prepare=True, **source_options)
     if data.notice:
         logger.warning(data.notice)
     if checkpoint is not None:  # the same data as the run being resumed, or a clear refusal

@@ -1,0 +1,294 @@
+"""A prepared store: a data source decoded once, at the training resolution, into memory-mappable arrays on disk
+(``medgen prepare SOURCE --out STORE``; ``train --dataset FOLDER`` prepares into a cache and reuses it).
+
+Why fixed-shape ``.npy`` files (numpy's ``open_memmap``), one per split, rather than Arrow (``datasets``) or
+webdataset shards: every image of a split has one shape after preparation, so an image is a slice of one array --
+a batch is a fancy index into a memory map (page cache, not process memory), any rank reads any index without a
+shard layout, and there is no per-image decode at training time (Arrow stores encoded PNG bytes or nested lists;
+webdataset is sequential tar streams, made for object stores and shuffling buffers, not random access on a local
+disk). Measured in ``benchmarks/scale/``.
+
+Layout::
+
+    STORE/manifest.json            what every command needs without touching pixels (below)
+    STORE/<split>/images.npy       uint8 (N, H, W, C): one image a row, in the source's order
+    STORE/<split>/labels.npy       int64 (N,), when the source has one class per image
+    STORE/<split>/units.npy        int32 (N,), when it names patients: a patient index, the same in every split
+                                   (no identifier: indices into nothing that is stored)
+
+The manifest holds the source (recorded path and options), a signature of its files (names, sizes, mtimes: a
+changed source is noticed), per-split counts, class names and class counts, patients per split, the intensity
+rule, the content checksum of each split -- the same checksum the in-memory loader gives the same data, so a run
+trained from the store and one trained from the folder record the same ``data_md5``.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .data import SPLITS, DataError, ImageData
+
+FORMAT = "medgen-store/1"
+MANIFEST = "manifest.json"
+CHUNK = 256  # images decoded and written per chunk: what preparation holds in memory at once
+
+
+def is_store(path) -> bool:
+    manifest = Path(path) / MANIFEST
+    return manifest.is_file() and json.loads(manifest.read_text()).get("format") == FORMAT
+
+
+def read_manifest(store) -> Dict:
+    return json.loads((Path(store) / MANIFEST).read_text())
+
+
+def source_signature(source: str) -> Optional[str]:
+    """sha256 of every file's relative path, size and mtime under a local source (None: not a local path). Stat
+    calls only: no file is read."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        return None
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}\0{stat.st_size}\0"
+                      f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Optional[int] = None,
+            **source_options) -> Path:
+    """Decode ``source`` (anything :func:`~medgen_diffusers.data.load_images` reads) into a store at ``out``.
+    Image folders are decoded file by file in ``workers`` threads (default: the CPU count) and written chunk by
+    chunk (memory: a chunk); other sources are read one split at a time. Written to ``out``.tmp and renamed, so a
+    killed preparation never leaves a store that looks whole."""
+    from .provenance import recorded_source
+
+    out = Path(out)
+    if out.exists():
+        raise DataError(f"{out} exists: a store is never overwritten; choose a new --out (or delete it yourself).")
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # one per process: two nodes may prepare one cache entry
+    tmp.mkdir(parents=True)
+    started = time.perf_counter()
+    manifest = {"format": FORMAT, "source": recorded_source(str(source)), "signature": source_signature(str(source)),
+                "options": {k: v for k, v in source_options.items() if v is not None}, "size": size, "splits": {}}
+    try:
+        folder = _image_folder(Path(str(source)).expanduser(), source_options)
+        unit_index: Dict[str, int] = {}
+        for split in SPLITS:
+            try:
+                if folder:
+                    info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers)
+                else:
+                    info = _write_loaded_split(source, split, size, root, tmp / split, unit_index, source_options)
+            except DataError as error:
+                if split == "train" or "no '" not in str(error) and "no train/val/test" not in str(error):
+                    raise
+                continue  # the source has no such split
+            manifest["splits"][split] = info
+        train = manifest["splits"]["train"]
+        manifest.update(resolution=train.pop("resolution"), channels=train.pop("channels"),
+                        class_names=train.pop("class_names"), intensity=train.pop("intensity", None),
+                        patient_rule=train.pop("patient_rule", None))
+        for info in manifest["splits"].values():
+            for key in ("resolution", "channels", "class_names", "intensity", "patient_rule"):
+                info.pop(key, None)
+        manifest["checksum"] = train["md5"]
+        manifest["prepare_seconds"] = round(time.perf_counter() - started, 1)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not is_store(out):
+                raise
+            shutil.rmtree(tmp)  # another process finished the same store first: it is the same data
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _image_folder(path: Path, options) -> bool:
+    """A plain image folder (the streamed path); DICOM/NIfTI, npz and datasets go through load_images."""
+    from .medical import medical_kind
+    from .sources import _folder_files
+
+    if not path.is_dir() or any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        return False
+    return medical_kind(_folder_files(path)[0][:500]) is None
+
+
+def _probe(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as image:  # the header only: mode and size, no pixels decoded
+        return image.mode, image.size
+
+
+def _decode_at(args):
+    """(the image as the in-memory loader checksums it, the image as stored): the loader resizes mixed sizes per
+    image before its checksum and uniform ones after it, so a store and a folder of the same data share one."""
+    from .data import resize_images
+    from .sources import _decode
+
+    path, size, channels, uniform = args
+    array = _decode(path)
+    if channels == 3 and array.shape[-1] == 1:  # some grayscale, some colour: colour wins (as the loader does)
+        array = np.repeat(array, 3, axis=-1)
+    stored = array
+    if size is not None and array.shape[:2] != (size, size):
+        stored = resize_images(torch.from_numpy(array.copy()).permute(2, 0, 1)[None].contiguous(),
+                               size)[0].permute(1, 2, 0).numpy()
+    return (array if uniform else stored), stored
+
+
+def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int]) -> Dict:
+    from .sources import _folder_classes, _folder_files
+
+    split_dirs = [name for name in SPLITS if (path / name).is_dir()]
+    if split_dirs:
+        if split not in split_dirs:
+            raise DataError(f"{path} has no '{split}/'")
+        train_classes = _folder_classes(path / "train") if "train" in split_dirs else None
+        path = path / split
+    elif split != "train":
+        raise DataError(f"{path} has no train/val/test sub-folders")
+    else:
+        train_classes = None
+    images = _folder_files(path)[1]
+    if not images:
+        raise DataError(f"{path} holds no images: put them in one sub-folder per class.")
+    classes = _folder_classes(path, images)
+    labeled = "." not in classes
+    classes = train_classes if train_classes is not None and labeled else classes
+    # Threads, not processes: Pillow's decoders and torch's resize release the GIL, and a thread pool needs no
+    # fork (a fork of a process whose torch already ran OpenMP threads can hang) and no re-import of __main__.
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        probes = list(pool.map(_probe, images))
+        modes, sizes = {m for m, _ in probes}, {s for _, s in probes}
+        channels = 1 if modes <= {"L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"} else 3
+        width, height = next(iter(sizes)) if len(sizes) == 1 else (None, None)
+        if size is None and (width is None or width != height):
+            raise DataError(f"{path}: images differ in size or are not square: pass --resolution N to resize "
+                            "every image to N x N.")
+        resolution = size or width
+        out.mkdir(parents=True)
+        array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
+                                          shape=(len(images), resolution, resolution, channels))
+        digest = hashlib.sha256()
+        for start in range(0, len(images), CHUNK):  # ordered: row i is file i, as the in-memory loader has them
+            uniform = len(sizes) == 1 and width == height
+            decoded = list(pool.map(_decode_at, [(p, resolution, channels, uniform)
+                                                 for p in images[start:start + CHUNK]]))
+            array[start:start + len(decoded)] = np.stack([stored for _, stored in decoded])
+            for checksummed, _ in decoded:
+                digest.update(np.ascontiguousarray(checksummed).tobytes())
+        array.flush()
+        del array
+    info = {"count": len(images), "resolution": resolution, "channels": channels,
+            "class_names": classes if labeled else None}
+    if labeled:
+        labels = np.array([classes.index(p.parent.relative_to(path).as_posix()) for p in images], dtype=np.int64)
+        np.save(out / "labels.npy", labels)
+        digest.update(labels.tobytes())
+        digest.update("\n".join(classes).encode())
+        info["class_counts"] = np.bincount(labels, minlength=len(classes)).tolist()
+    info["md5"] = digest.hexdigest()[:32]  # data.py's _content_digest of the same pixels, labels and names
+    return info
+
+
+def _write_loaded_split(source, split, size, root, out: Path, unit_index: Dict[str, int], options) -> Dict:
+    """One split of any other source through load_images (the whole split in memory once, as the loader holds it)."""
+    from .data import load_images
+
+    data = load_images(str(source), split, size, root, **options)
+    out.mkdir(parents=True)
+    nhwc = data.images.permute(0, 2, 3, 1).numpy()
+    np.save(out / "images.npy", np.ascontiguousarray(nhwc))
+    info = {"count": len(data), "resolution": nhwc.shape[1], "channels": nhwc.shape[-1], "md5": data.md5,
+            "class_names": data.class_names, "intensity": data.intensity, "patient_rule": data.patient_rule}
+    if data.labels is not None:
+        np.save(out / "labels.npy", data.labels.numpy().astype(np.int64))
+        info["class_counts"] = np.bincount(data.labels.numpy(), minlength=len(data.class_names)).tolist()
+    if data.groups is not None:
+        units = np.array([unit_index.setdefault(g, len(unit_index)) for g in data.groups.tolist()], dtype=np.int32)
+        np.save(out / "units.npy", units)
+        info["patients"] = len(set(units.tolist()))
+    if data.notice:
+        info["notice"] = data.notice
+    return info
+
+
+def load_store(store, split: str, size: Optional[int] = None) -> ImageData:
+    """One split of a store as ImageData whose images are a memory map (N, C, H, W) view: indexing a batch reads
+    that batch from disk (page cache), nothing else is held in the process."""
+    store = Path(store)
+    manifest = read_manifest(store)
+    if split not in manifest["splits"]:
+        raise DataError(f"The store {store} has no '{split}' split (it has {sorted(manifest['splits'])}): its "
+                        "source had none.")
+    if size is not None and size != manifest["resolution"]:
+        raise DataError(f"The store {store} holds {manifest['resolution']}-px images, not {size}: prepare a store "
+                        f"at {size} px (medgen prepare SOURCE --resolution {size} --out NEW).")
+    info, folder = manifest["splits"][split], store / split
+    nhwc = np.load(folder / "images.npy", mmap_mode="r")
+    with warnings.catch_warnings():  # read-only memory map: torch warns that it cannot be written to
+        warnings.simplefilter("ignore", UserWarning)
+        images = torch.from_numpy(nhwc).permute(0, 3, 1, 2)
+    labels = torch.from_numpy(np.load(folder / "labels.npy")) if (folder / "labels.npy").is_file() else None
+    data = ImageData(images=images, labels=labels, class_names=manifest["class_names"] if labels is not None else None,
+                     flag=Path(str(manifest["source"])).name, split=split, md5=info["md5"], notice=info.get("notice"))
+    if (folder / "units.npy").is_file():
+        data.groups = np.load(folder / "units.npy").astype(str)
+    data.intensity, data.patient_rule = manifest.get("intensity"), manifest.get("patient_rule")
+    return data
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MEDGEN_CACHE", Path.home() / ".cache" / "medgen-diffusers")) / "stores"
+
+
+def cached_store(source: str, size: Optional[int], root=None, create: bool = False, say=None,
+                 **source_options) -> Optional[Path]:
+    """The store of a local folder source in the cache (``$MEDGEN_CACHE/stores``), keyed by the source and how it is
+    read; prepared when ``create`` (training) and missing, or when the source's files changed since (said, and the
+    stale store replaced). None: not a local folder, or no valid store and not ``create``."""
+    import sys
+
+    from .provenance import recorded_source
+
+    say = say or (lambda message: print(f"medgen: {message}", file=sys.stderr, flush=True))
+    path = Path(str(source)).expanduser()
+    if not path.is_dir() or is_store(path):
+        return None
+    options = {k: v for k, v in source_options.items() if v is not None}
+    key = hashlib.sha256(json.dumps([FORMAT, recorded_source(str(source)), size, options], sort_keys=True,
+                                    default=str).encode()).hexdigest()[:16]
+    store = cache_root() / f"{path.name[:40]}-{key}"
+    if is_store(store):
+        if read_manifest(store).get("signature") == source_signature(str(source)):
+            return store
+        if not create:
+            return None
+        say(f"{source} changed since it was prepared (files added, removed or modified): preparing it again")
+        shutil.rmtree(store)
+    elif not create:
+        return None
+    store.parent.mkdir(parents=True, exist_ok=True)
+    say(f"preparing {source} once into {store} (memory-mapped; later runs and commands reuse it)")
+    try:
+        prepare(source, store, size, root, **options)
+    except DataError:
+        if not is_store(store):  # unless another process (another node's rank 0) was first
+            raise
+    return store
