@@ -21,6 +21,7 @@ import torch
 from .models import is_edm
 
 MEMORIZATION_RATIO = 1 / 3  # Gu et al.: nearest / second-nearest distance below this = memorized
+PIXEL_SIDE = 64  # the pixel space compares images at most this large (area-downsampled; recorded in the result)
 COPY_PERCENTILE = 1.0
 DEFAULT_NUM_MIA = 1000  # members and non-members each, at most (fewer when the data holds fewer)
 DEFAULT_NUM_SAMPLES = 1000  # synthetic images, at most: fewer when the model saw fewer training images
@@ -31,15 +32,38 @@ class AuditError(ValueError):
     """A bad audit request: says what is wrong and how to fix it."""
 
 
-def nearest_two(queries: np.ndarray, references: np.ndarray, batch_size: int = 512):
-    """(d1, d2, index of the nearest) Euclidean distances of each query row to its two nearest reference rows."""
-    refs = torch.from_numpy(np.ascontiguousarray(references, dtype=np.float32))
+def nearest_two(queries: np.ndarray, references: np.ndarray, batch_size: int = 512, ref_batch: int = 8192):
+    """(d1, d2, index of the nearest) Euclidean distances of each query row to its two nearest reference rows:
+    exact, in query x reference blocks (memory: one block of distances, whatever the number of references)."""
     d1, d2, nearest = [], [], []
     for start in range(0, len(queries), batch_size):
         q = torch.from_numpy(np.ascontiguousarray(queries[start:start + batch_size], dtype=np.float32))
-        values, indices = torch.cdist(q, refs).topk(2, dim=1, largest=False)
-        d1.append(values[:, 0]), d2.append(values[:, 1]), nearest.append(indices[:, 0])
+        best_values = torch.full((len(q), 2), float("inf"))
+        best_indices = torch.zeros((len(q), 2), dtype=torch.long)
+        for ref_start in range(0, len(references), ref_batch):
+            refs = torch.from_numpy(np.ascontiguousarray(references[ref_start:ref_start + ref_batch],
+                                                         dtype=np.float32))
+            values, indices = torch.cdist(q, refs).topk(min(2, len(refs)), dim=1, largest=False)
+            merged_values = torch.cat([best_values, values], dim=1)
+            merged_indices = torch.cat([best_indices, indices + ref_start], dim=1)
+            best_values, order = merged_values.topk(2, dim=1, largest=False)
+            best_indices = merged_indices.gather(1, order)
+        d1.append(best_values[:, 0]), d2.append(best_values[:, 1]), nearest.append(best_indices[:, 0])
     return torch.cat(d1).numpy(), torch.cat(d2).numpy(), torch.cat(nearest).numpy()
+
+
+def pixel_vectors(images: torch.Tensor, indices: np.ndarray, chunk: int = 2048) -> np.ndarray:
+    """float32 pixel vectors in [0, 1] of uint8 (N, C, H, W) ``images[indices]``, read chunk by chunk; images larger
+    than PIXEL_SIDE are area-downsampled to it first (the pixel space of a 512-px set would be 1 MB per image)."""
+    size = images.shape[-1]
+    side = min(size, PIXEL_SIDE)
+    out = np.empty((len(indices), images.shape[1] * side * side), dtype=np.float32)
+    for start in range(0, len(indices), chunk):
+        batch = images[torch.as_tensor(indices[start:start + chunk])].float() / 255
+        if side < size:
+            batch = torch.nn.functional.interpolate(batch, size=(side, side), mode="area")
+        out[start:start + len(batch)] = batch.reshape(len(batch), -1).numpy()
+    return out
 
 
 def copy_statistics(synthetic: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int = 0) -> Dict:
@@ -246,7 +270,6 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
     pick = lambda n, total: np.sort(rng.choice(total, n, replace=False)) if n and n < total else np.arange(total)  # noqa: E731
     train_idx, test_idx = pick(num_train, trained), pick(num_test, len(test))
     to_nhwc = lambda data, idx: data.images[idx].permute(0, 2, 3, 1).numpy()  # noqa: E731
-    train_images, test_images = to_nhwc(train, train_idx), to_nhwc(test, test_idx)
 
     conditional = bool(pipe.config.class_names) and train.labels is not None
     labels = None
@@ -259,9 +282,11 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
                   "default_num_inference_steps"), "guidance_scale": guidance_scale, "seed": seed,
                   "scheduler": type(pipe.scheduler).__name__}, "nearest_neighbours": {}}
     for space in spaces:
-        if space == "pixel":
-            as_vectors = lambda x: x.reshape(len(x), -1).astype(np.float32) / 255  # noqa: E731
-            feats = [as_vectors(synthetic), as_vectors(train_images), as_vectors(test_images)]
+        if space == "pixel":  # chunk by chunk from the (memory-mapped) splits; large images at PIXEL_SIDE px
+            synthetic_nchw = torch.from_numpy(synthetic).permute(0, 3, 1, 2)
+            feats = [pixel_vectors(synthetic_nchw, np.arange(len(synthetic))), pixel_vectors(train.images, train_idx),
+                     pixel_vectors(test.images, test_idx)]
+            result["pixel_space_size"] = min(PIXEL_SIDE, synthetic.shape[1])
         elif space == "inception":
             from .evaluation import RealFeatures
             from .inception import InceptionFeatures
@@ -280,7 +305,11 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
             stats["patients_copied"] = len(set(train.groups[train_idx][nearest[copied]].tolist()))
         result["nearest_neighbours"][space] = stats
         if figure is not None and space == "pixel":
-            closest_pairs_figure(synthetic, train_images, d1, nearest, figure, space=space)
+            shown = np.argsort(d1)[:8]  # only the training images the figure shows are read
+            nearest_shown = np.zeros_like(nearest)
+            nearest_shown[shown] = np.arange(len(shown))
+            closest_pairs_figure(synthetic, to_nhwc(train, train_idx[nearest[shown]]), d1, nearest_shown, figure,
+                                 space=space)
 
     labels_of = lambda data, idx: None if data.labels is None else data.labels.numpy()[idx]  # noqa: E731
     members, nonmembers = membership_sets(labels_of(train, train_idx), labels_of(test, test_idx),

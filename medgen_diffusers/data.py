@@ -235,8 +235,12 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     (training) makes that store first.
     """
     source = str(source)
+    from .store import source_signature
+
+    # A local folder's files (names, sizes, mtimes) are part of the key: a folder changed on disk is read again.
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed, patient_column, patient_regex)
+           split_by, split_seed, patient_column, patient_regex,
+           source_signature(source) if Path(source).expanduser().is_dir() else None, prepare)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:

@@ -99,6 +99,7 @@ def _polynomial_mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 NEAREST_K = 5  # Naeem et al. 2020's k for density/coverage; the same k-NN balls give precision/recall
+PRDC_CAP = 10_000  # images per side for precision/recall/density/coverage: 3 N x N float32 matrices, ~1.2 GB here
 
 
 def fidelity_and_diversity(real_features: np.ndarray, fake_features: np.ndarray, k: int = NEAREST_K) -> Dict:
@@ -113,13 +114,22 @@ def fidelity_and_diversity(real_features: np.ndarray, fake_features: np.ndarray,
 
     from prdc import compute_prdc
 
+    notes = {}
+    for name, features in (("real", real_features), ("generated", fake_features)):
+        if len(features) > PRDC_CAP:  # prdc builds N x N distance matrices: a seeded subset, recorded
+            keep = np.sort(np.random.default_rng(0).choice(len(features), PRDC_CAP, replace=False))
+            notes[f"prdc_{name}_subset"] = f"{PRDC_CAP} of {len(features)} (seeded; prdc's N x N matrices)"
+            if name == "real":
+                real_features = real_features[keep]
+            else:
+                fake_features = fake_features[keep]
     if min(len(real_features), len(fake_features)) < k + 2:
         return {"prdc_skipped": f"precision/recall/density/coverage need at least {k + 2} images on each side (k = "
                                 f"{k} nearest neighbours); here {len(fake_features)} generated vs {len(real_features)} "
                                 "real"}
     with contextlib.redirect_stdout(io.StringIO()):
         values = compute_prdc(np.asarray(real_features, np.float32), np.asarray(fake_features, np.float32), k)
-    return {name: float(value) for name, value in values.items()}
+    return {**{name: float(value) for name, value in values.items()}, **notes}
 
 
 def scores(real: Dict[str, np.ndarray], fake: Dict[str, np.ndarray], seed: int = 0) -> Dict[str, Dict[str, float]]:

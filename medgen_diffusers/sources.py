@@ -92,8 +92,9 @@ def load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
     files, images = _folder_files(path)
     ignored = len(files) - len(images)
     if ignored:
+        kept = set(images)  # a set: `p not in images` (a list) made the scan quadratic with one stray file
         logging.getLogger(__name__).warning(f"{path}: ignored {ignored} non-image file(s) (e.g. "
-                                            f"{next(p for p in files if p not in images).name}).")
+                                            f"{next(p for p in files if p not in kept).name}).")
     if not images:
         raise DataError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}): put them in one sub-folder per "
                         "class, or directly in the folder for unlabeled data.")

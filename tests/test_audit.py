@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medgen_diffusers import BloodMNISTPipeline, load_medmnist_tensors
@@ -34,6 +35,30 @@ def test_copies_of_training_images_are_caught_and_held_out_images_are_not(data_r
     held_out = copy_statistics(test_vectors[:200], train_vectors, test_vectors[200:])
     assert held_out["copy_rate"]["synthetic"] < 0.05 and held_out["memorized_gu"]["synthetic"] < 0.05
     assert stats["median_nn_distance"]["synthetic"] < 0.1 < held_out["median_nn_distance"]["synthetic"]
+
+
+def test_nearest_neighbours_in_blocks_are_exact(data_root):
+    """The reference set is scanned in blocks (memory: one block, whatever the train size): the same two nearest
+    distances and the same nearest index as one full distance matrix."""
+    from medgen_diffusers.audit import nearest_two, pixel_vectors
+
+    train = load_medmnist_tensors("bloodmnist", "train", root=data_root)
+    refs = pixel_vectors(train.images, np.arange(300))
+    queries = pixel_vectors(train.images, np.arange(300, 340))
+    whole = torch.cdist(torch.from_numpy(queries), torch.from_numpy(refs)).topk(2, dim=1, largest=False)
+    d1, d2, nearest = nearest_two(queries, refs, batch_size=16, ref_batch=37)
+    np.testing.assert_allclose(d1, whole.values[:, 0].numpy(), rtol=1e-5)
+    np.testing.assert_allclose(d2, whole.values[:, 1].numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(nearest, whole.indices[:, 0].numpy())
+    # Images larger than PIXEL_SIDE are compared area-downsampled: 28 px -> 14 px here, as 256 -> 64 would be.
+    import medgen_diffusers.audit as audit
+
+    small = audit.PIXEL_SIDE
+    try:
+        audit.PIXEL_SIDE = 14
+        assert pixel_vectors(train.images, np.arange(3)).shape == (3, 3 * 14 * 14)
+    finally:
+        audit.PIXEL_SIDE = small
 
 
 def test_roc_auc_and_tpr():

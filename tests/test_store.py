@@ -1,0 +1,85 @@
+"""The prepared store (store.py, `medgen prepare`): the same pixels, labels, classes, patients and checksum as the
+in-memory loader for every source kind; memory-mapped reads; a changed source is noticed; training prepares a
+folder once and every later command reads the same store."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_own_folder
+from medgen_diffusers.cli import main
+from medgen_diffusers.data import DataError, load_images
+from medgen_diffusers.store import is_store, prepare, read_manifest
+from test_medical import gray_images, write_dicom
+
+
+def same_data(source, store, splits=("train", "val", "test"), size=None):
+    for split in splits:
+        a, b = load_images(str(source), split, size), load_images(str(store), split, size)
+        assert torch.equal(a.images, b.images) and a.md5 == b.md5, split
+        assert (a.labels is None and b.labels is None) or torch.equal(a.labels, b.labels)
+        assert a.class_names == b.class_names
+
+
+def test_a_store_holds_what_the_loader_gives_for_every_source_kind(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 3), ("val", 1), ("test", 2)))
+    assert main(["prepare", str(folder), "--out", str(tmp_path / "store"), "--workers", "2"]) == 0
+    assert "prepared" in capsys.readouterr().out and is_store(tmp_path / "store")
+    same_data(folder, tmp_path / "store")
+    # Resized at preparation: the same pixels as the loader's resize, and the folder's checksum.
+    same_data(folder, prepare(str(folder), tmp_path / "store64", size=64), size=64)
+    # Memory-mapped: nothing of the pixels is copied into the process.
+    train = load_images(str(tmp_path / "store"), "train")
+    assert isinstance(train.images.numpy().base, np.memmap) or train.images.numpy().base is not None
+    manifest = read_manifest(tmp_path / "store")
+    assert manifest["splits"]["train"]["count"] == 24 and manifest["splits"]["test"]["class_counts"] == [2] * 8
+    # DICOM with patients: the same images and the same patient grouping (indices, no identifiers).
+    gray, _ = gray_images(data_root, 40)
+    for patient in range(10):
+        for k in range(4):
+            write_dicom(tmp_path / "ct" / "cells" / f"p{patient}_{k}.dcm", gray[patient * 4 + k:][:1],
+                        f"PAT-{patient}")
+    store = prepare(str(tmp_path / "ct"), tmp_path / "ct_store", split_by="patient")
+    for split in ("train", "val", "test"):
+        a = load_images(str(tmp_path / "ct"), split, split_by="patient")
+        b = load_images(str(store), split)
+        assert torch.equal(a.images, b.images) and a.md5 == b.md5
+        assert len(set(a.groups.tolist())) == len(set(b.groups.tolist()))
+        assert all(g.isdigit() for g in b.groups.tolist())  # indices: no identifier is stored
+    assert "PAT" not in (store / "manifest.json").read_text()
+    assert read_manifest(store)["splits"]["train"]["patients"] == 7
+    # A store is never overwritten, and a size it does not hold is refused with the fix.
+    with pytest.raises(DataError, match="exists: a store is never overwritten"):
+        prepare(str(folder), tmp_path / "store")
+    with pytest.raises(DataError, match="holds 28-px images, not 64.*--resolution 64"):
+        load_images(str(tmp_path / "store"), "train", 64)
+
+
+def test_training_prepares_a_folder_once_and_notices_a_change(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 2), ("val", 1), ("test", 1)))
+    train = ["train", "--dataset", str(folder), "--model_preset", "tiny", "--max_train_steps", "1",
+             "--train_batch_size", "8", "--lr_warmup_steps", "1", "--num_sample_images", "0", "--logger", "none",
+             "--mixed_precision", "no"]
+    assert main([*train, "--output_dir", str(tmp_path / "a")]) == 0
+    assert "preparing" in capsys.readouterr().err
+    stores = lambda: [p for p in (tmp_path / "cache" / "stores").iterdir() if is_store(p)]  # noqa: E731
+    (store,) = stores()
+    assert json.loads((tmp_path / "a" / "run_config.json").read_text())["data_md5"] == \
+        read_manifest(store)["checksum"]
+    assert main([*train, "--output_dir", str(tmp_path / "b")]) == 0
+    assert "preparing" not in capsys.readouterr().err  # reused
+    # Every later command reads the same store (no decode), e.g. the audit's train split.
+    assert load_images(str(folder), "train").images.numpy().base is not None
+    # A file added to the source: noticed, said, prepared again; until then commands read the folder itself.
+    extra = next((folder / "train" / "basophil").iterdir())
+    os.link(extra, extra.with_name("copy.png"))
+    assert len(load_images(str(folder), "train")) == 17  # read from the folder itself: the store is stale
+    assert main([*train, "--output_dir", str(tmp_path / "c")]) == 0
+    assert "changed since it was prepared" in capsys.readouterr().err
+    (store,) = stores()
+    assert read_manifest(store)["splits"]["train"]["count"] == 17
