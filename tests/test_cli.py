@@ -19,7 +19,7 @@ def test_sample_writes_a_grid(trained_run, tmp_path):
     out = tmp_path / "grid.png"
     assert main(["sample", str(trained_run), "--num-images", "6", "--steps", "4", "--class", "platelet",
                  "--guidance-scale", "2", "--out", str(out)]) == 0
-    assert PIL.Image.open(out).size == (3 * 28, 2 * 28)
+    assert PIL.Image.open(out).size == (3 * 112, 2 * 112)  # a figure: 28-px tiles enlarged 4x (nearest-neighbour)
 
 
 def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
