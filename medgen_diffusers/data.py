@@ -238,9 +238,9 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     from .store import source_signature
 
     # A local folder's files (names, sizes, mtimes) are part of the key: a folder changed on disk is read again.
+    signature = source_signature(source) if Path(source).expanduser().is_dir() else None
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed, patient_column, patient_regex,
-           source_signature(source) if Path(source).expanduser().is_dir() else None, prepare)
+           split_by, split_seed, patient_column, patient_regex, signature, prepare)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
@@ -253,7 +253,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     store = path if path.is_dir() and is_store(path) else cached_store(
         source, size, root, image_column=image_column, label_column=label_column, window=window,
         slice_axis=slice_axis, slice_range=slice_range, split_by=split_by, split_seed=split_seed,
-        patient_column=patient_column, patient_regex=patient_regex, create=prepare)
+        patient_column=patient_column, patient_regex=patient_regex, create=prepare, signature=signature)
     if store is not None:  # a prepared store (given, or the cache's for this folder): memory-mapped, not decoded
         data = load_store(store, split, size)
     elif source in INFO:

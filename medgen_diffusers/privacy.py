@@ -390,13 +390,16 @@ class PrivateStep:
                 with open(os.open(secret_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
                     json.dump({"secret": str(self.secret), "noise_generator_state": state}, f)
 
-        def load(models, checkpoint_dir):
-            path = os.path.join(checkpoint_dir, ACCOUNTANT_FILE)
+        def read(checkpoint_dir, name, missing):
+            path = os.path.join(checkpoint_dir, name)
             if not os.path.isfile(path):
-                raise PrivacyError(f"{checkpoint_dir} has no {ACCOUNTANT_FILE}: it is not a checkpoint of a DP run, "
-                                   "so its privacy spending is unknown. Resume a DP run's checkpoint, or start a new "
-                                   "run (--overwrite_output_dir).")
-            saved = json.load(open(path))
+                raise PrivacyError(f"{checkpoint_dir} has no {name}: {missing}, start a new run "
+                                   "(--overwrite_output_dir).")
+            return json.loads(Path(path).read_text())
+
+        def load(models, checkpoint_dir):
+            saved = read(checkpoint_dir, ACCOUNTANT_FILE, "it is not a checkpoint of a DP run, so its privacy "
+                         "spending is unknown. Resume a DP run's checkpoint, or")
             if saved["plan"]["noise_multiplier"] != self.plan.noise_multiplier or \
                     saved["plan"]["sample_rate"] != self.plan.sample_rate:
                 raise PrivacyError(f"{checkpoint_dir} was trained with noise multiplier "
@@ -406,12 +409,8 @@ class PrivateStep:
                                    "--max_train_steps.")
             self.accountant.load_state_dict({"mechanism": saved["mechanism"],
                                              "history": [tuple(h) for h in saved["history"]]})
-            secret_path = os.path.join(checkpoint_dir, DP_SECRET_FILE)
-            if not os.path.isfile(secret_path):
-                raise PrivacyError(f"{checkpoint_dir} has no {DP_SECRET_FILE} (the secret its noise and sampling "
-                                   "were drawn from; checkpoints of runs before it was kept cannot be resumed "
-                                   "exactly): start a new run (--overwrite_output_dir).")
-            kept = json.load(open(secret_path))
+            kept = read(checkpoint_dir, DP_SECRET_FILE, "the secret its noise and sampling were drawn from "
+                        "(checkpoints of runs before it was kept cannot be resumed exactly), so")
             self.set_secret(int(kept["secret"]))
             state = np.frombuffer(base64.b64decode(kept["noise_generator_state"]), dtype=np.uint8).copy()
             self.noise_generator.set_state(torch.from_numpy(state))

@@ -259,10 +259,11 @@ def cache_root() -> Path:
 
 
 def cached_store(source: str, size: Optional[int], root=None, create: bool = False, say=None,
-                 **source_options) -> Optional[Path]:
+                 signature: Optional[str] = None, **source_options) -> Optional[Path]:
     """The store of a local folder source in the cache (``$MEDGEN_CACHE/stores``), keyed by the source and how it is
     read; prepared when ``create`` (training) and missing, or when the source's files changed since (said, and the
-    stale store replaced). None: not a local folder, or no valid store and not ``create``."""
+    stale store replaced). None: not a local folder, or no valid store and not ``create``. ``signature``: the
+    source's, when the caller has just computed it (one walk over a large folder, not two)."""
     import sys
 
     from .provenance import recorded_source
@@ -276,7 +277,7 @@ def cached_store(source: str, size: Optional[int], root=None, create: bool = Fal
                                     default=str).encode()).hexdigest()[:16]
     store = cache_root() / f"{path.name[:40]}-{key}"
     if is_store(store):
-        if read_manifest(store).get("signature") == source_signature(str(source)):
+        if read_manifest(store).get("signature") == (signature or source_signature(str(source))):
             return store
         if not create:
             return None
