@@ -285,11 +285,15 @@ def cached_store(source: str, size: Optional[int], root=None, create: bool = Fal
         shutil.rmtree(store)
     elif not create:
         return None
-    store.parent.mkdir(parents=True, exist_ok=True)
     say(f"preparing {source} once into {store} (memory-mapped; later runs and commands reuse it)")
     try:
+        store.parent.mkdir(parents=True, exist_ok=True)
         prepare(source, store, size, root, **options)
     except DataError:
         if not is_store(store):  # unless another process (another node's rank 0) was first
             raise
+    except OSError as error:  # a read-only or full cache disk: the run still works, from memory, and says so
+        say(f"could not prepare a store in {cache_root()} ({error}): reading {source} into memory instead; set "
+            "MEDGEN_CACHE to a writable folder with room for the decoded images")
+        return None
     return store

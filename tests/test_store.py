@@ -83,3 +83,11 @@ def test_training_prepares_a_folder_once_and_notices_a_change(tmp_path, data_roo
     assert "changed since it was prepared" in capsys.readouterr().err
     (store,) = stores()
     assert read_manifest(store)["splits"]["train"]["count"] == 17
+
+
+def test_a_cache_that_cannot_be_written_falls_back_to_memory(tmp_path, data_root, monkeypatch, capsys):
+    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 1), ("val", 1), ("test", 1)))
+    (tmp_path / "ro").write_text("a file where the cache folder would go")
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "ro"))
+    data = load_images(str(folder), "train", prepare=True)
+    assert len(data) == 8 and "could not prepare a store" in capsys.readouterr().err
