@@ -273,9 +273,16 @@ def cached_store(source: str, size: Optional[int], root=None, create: bool = Fal
     if not path.is_dir() or is_store(path):
         return None
     options = {k: v for k, v in source_options.items() if v is not None}
-    key = hashlib.sha256(json.dumps([FORMAT, recorded_source(str(source)), size, options], sort_keys=True,
-                                    default=str).encode()).hexdigest()[:16]
-    store = cache_root() / f"{path.name[:40]}-{key}"
+
+    def entry(resolution):
+        key = hashlib.sha256(json.dumps([FORMAT, recorded_source(str(source)), resolution, options], sort_keys=True,
+                                        default=str).encode()).hexdigest()[:16]
+        return cache_root() / f"{path.name[:40]}-{key}"
+
+    store = entry(size)
+    if size is not None and not is_store(store) and is_store(entry(None)) and \
+            read_manifest(entry(None))["resolution"] == size:
+        store = entry(None)  # trained at the data's own size, asked for by size (a model's sample_size): the same
     if is_store(store):
         if read_manifest(store).get("signature") == (signature or source_signature(str(source))):
             return store
