@@ -508,8 +508,14 @@ def main(argv=None):
     if argv and argv[0] in SCRIPTS:
         import importlib
 
+        from . import arguments
+
+        prog = f"medgen {argv[0]}"
+        # The script's arguments are parsed before torch loads (arguments.py): --help and a mistyped option answer
+        # at once; the script parses them again (a few milliseconds) and runs.
+        getattr(arguments, f"{argv[0]}_args")(argv[1:], prog=prog, resolve=False)
         script = importlib.import_module(SCRIPTS[argv[0]])
-        return _run(argv[0], lambda: script.main(argv[1:], prog=f"medgen {argv[0]}"))
+        return _run(argv[0], lambda: script.main(argv[1:], prog=prog))
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the sub-command's own usage and "did you mean", not the top-level parser's

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from medmnist.info import DEFAULT_ROOT, INFO
 
+from .arguments import AUGMENTATIONS
+
 ROOT_ENV_VAR = "MEDMNIST_ROOT"
 SPLITS = ("train", "val", "test")
 SIZES = (28, 64, 128, 224)
@@ -362,7 +364,6 @@ AUGMENTATION_POLICY = {
     "chestmnist": "none", "pneumoniamnist": "none", "octmnist": "none", "breastmnist": "none",
     "retinamnist": "none", "organamnist": "none", "organcmnist": "none", "organsmnist": "none",
 }
-AUGMENTATIONS = ("dihedral", "none")
 
 
 def resolve_augmentation(requested: Optional[str], dataset: str) -> Tuple[str, str]:

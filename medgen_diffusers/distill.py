@@ -27,7 +27,6 @@ teacher's class-conditional predictions without guidance: use it with guidance_s
 Checkpoints (Accelerate state + the target as safetensors) make it resumable: rerun the same command.
 """
 
-import argparse
 import inspect
 import json
 import math
@@ -44,14 +43,15 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
-from medgen_diffusers import DEFAULT_MODEL, BloodMNISTPipeline
+from medgen_diffusers import BloodMNISTPipeline
+from medgen_diffusers.arguments import distill_args as parse_args
 from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                             register_ema_hooks, save_checkpoint)
 from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
 from medgen_diffusers.model_card import write_card
-from medgen_diffusers.models import auto_mixed_precision, is_edm, keep_freed_memory
+from medgen_diffusers.models import is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
-from medgen_diffusers.runtime import ArgumentParser, on_cpu
+from medgen_diffusers.runtime import on_cpu
 
 logger = get_logger(__name__)
 TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safetensors + config
@@ -59,52 +59,6 @@ TARGET_FOLDER = "unet_target"  # the target network inside a checkpoint: safeten
 
 TEACHER_DP_NOTE = ("the student is distilled on the teacher's real training images without DP-SGD, so the "
                    "teacher's epsilon does not carry over to it: the student is not differentially private")
-
-
-def parse_args(argv=None, prog=None):
-    p = ArgumentParser(prog=prog, description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", default=DEFAULT_MODEL, help="Pipeline folder to distil (default: the shipped model).")
-    p.add_argument("--output_dir", required=True)
-    p.add_argument("--dataset", default=None, help="Training images (default: the data the teacher was trained on, "
-                                                  "from its run_config.json; any source train_unconditional.py reads).")
-    p.add_argument("--data_root", default=None)
-    p.add_argument("--max_train_steps", type=int, default=300)
-    p.add_argument("--train_batch_size", type=int, default=128)
-    p.add_argument("--learning_rate", type=float, default=2e-5)
-    p.add_argument("--lr_warmup_steps", type=int, default=100)
-    p.add_argument("--lr_scheduler", default="constant_with_warmup", choices=("constant_with_warmup", "cosine"),
-                   help="LCM's constant rate after warm-up, or a cosine decay to zero at --max_train_steps.")
-    p.add_argument("--num_ddim_timesteps", type=int, default=50, help="The teacher's solver grid (LCM's N).")
-    p.add_argument("--timestep_scaling", type=float, default=10.0, help="Boundary-condition time scale (LCM's).")
-    p.add_argument("--ema_decay", type=float, default=0.95, help="Target network = EMA of the student.")
-    p.add_argument("--phases", type=int, default=0,
-                   help="0: latent-consistency distillation to t = 0 (LCMScheduler, --num_inference_steps steps). "
-                        "K >= 1: K-phase consistency distillation, sampled in K DDIM steps (K must divide "
-                        "--num_ddim_timesteps; e.g. 2 for a 2-evaluation sampler).")
-    p.add_argument("--num_inference_steps", type=int, default=4,
-                   help="The saved pipeline's default step count (with --phases K it is K).")
-    p.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
-                   help="As train_unconditional.py's: auto is bf16 autocast on CPUs with bf16 instructions "
-                        "(AVX512-BF16/AMX) and on bf16 GPUs, fp32 elsewhere (emulated bf16 is slower than fp32); "
-                        "the run records what was used.")
-    p.add_argument("--keep_freed_memory", action=argparse.BooleanOptionalAction, default=True,
-                   help="As train_unconditional.py's: keep freed memory in the process (glibc), fewer page faults.")
-    p.add_argument("--checkpointing_steps", type=int, default=250)
-    p.add_argument("--checkpoints_total_limit", type=int, default=3)
-    p.add_argument("--resume_from_checkpoint", default="latest", help="A checkpoint folder, 'latest', or ''.")
-    p.add_argument("--overwrite_output_dir", action="store_true", help="Replace the run already in --output_dir.")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cpu", action="store_true")
-    args = p.parse_args(argv)
-    if args.phases < 0 or (args.phases and args.num_ddim_timesteps % args.phases):
-        p.error(f"--phases {args.phases}: the phase boundaries must lie on the teacher's {args.num_ddim_timesteps}-"
-                f"point DDIM grid, so --phases must be 0 or a divisor of --num_ddim_timesteps (e.g. 2 or 5).")
-    if args.phases:
-        args.num_inference_steps = args.phases
-    if args.mixed_precision == "auto":  # resolved here, so distill_config.json records what is used
-        args.mixed_precision = auto_mixed_precision(on_cpu=on_cpu(args))
-    return args
-
 
 
 def boundary_scalings(timesteps, timestep_scaling, sigma_data=0.5):

@@ -11,8 +11,6 @@ import json
 from pathlib import Path
 from typing import Optional
 
-from diffusers import UNet2DModel
-
 UNET_PRESETS = {
     # 1.06M parameters, ~0.84 s/step on 2 CPU cores: tests, CPU training, quick experiments.
     "tiny": dict(
@@ -81,7 +79,7 @@ def build_unet(
     sample_size: int = 28,
     channels: int = 3,
     num_classes: Optional[int] = None,
-) -> UNet2DModel:
+) -> "UNet2DModel":
     """A fresh UNet2DModel from a preset name or a UNet config JSON (``config_path`` wins).
 
     ``num_classes`` makes it class-conditional with ``num_classes + 1`` embeddings; the last one is the null
@@ -96,6 +94,8 @@ def build_unet(
         config = preset_config(preset, sample_size)
     config.update(sample_size=sample_size, in_channels=channels, out_channels=channels)
     config["num_class_embeds"] = None if num_classes is None else num_classes + 1
+    from diffusers import UNet2DModel  # here, not at import: the presets are read by `medgen train --help`
+
     return UNet2DModel(**{k: v for k, v in config.items() if not k.startswith("_")})
 
 

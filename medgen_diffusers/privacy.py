@@ -39,14 +39,13 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-ACCOUNTANTS = ("rdp", "prv")
-DP_UNITS = ("auto", "image", "patient")
+from .arguments import ACCOUNTANTS, DP_UNITS, FINETUNE_LAYERS
+
 ACCOUNTANT_FILE = "privacy_accountant.json"  # inside each checkpoint: the accountant's history
 DP_SECRET_FILE = "dp_secret.json"  # inside each checkpoint only: the secret and the noise generator's state
 # Above this noise multiplier the noise std per coordinate (sigma * C / B) swamps what clipped gradients can carry at
 # the batch sizes a CPU or one GPU affords; DPDM's MNIST runs used sigma ~ 1-2 at batch 4096. Refused, with numbers.
 MAX_NOISE_MULTIPLIER = 10.0
-FINETUNE_LAYERS = ("all", "decoder", "attention")
 COVERS = ("The training images, through everything derived from the weights (samples, the card's sample grid, "
           "a pushed pipeline): the most any one {unit} could have changed the model.")
 NOT_COVERED = ("hyper-parameters or checkpoints chosen by looking at results on the private data",

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import PIL.Image
@@ -33,6 +34,23 @@ def test_bad_inputs_exit_2_with_one_clear_line(trained_run, tmp_path, capsys):
 def test_console_script_is_installed():
     result = subprocess.run([str(Path(sys.executable).parent / "medgen"), "sample", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--scheduler" in result.stdout
+
+
+def test_help_answers_without_loading_torch():
+    # `medgen train --help` took 8 s (torch, diffusers and accelerate imported first); a user's first command. Timed
+    # on the console script, and torch must not be imported at all (a timing alone would pass on a fast machine).
+    medgen = str(Path(sys.executable).parent / "medgen")
+    for command in ("train", "distill", "sample"):
+        started = time.perf_counter()
+        result = subprocess.run([medgen, command, "--help"], capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        assert result.returncode == 0 and f"usage: medgen {command}" in result.stdout, result.stderr
+        assert seconds < 2.0, f"medgen {command} --help took {seconds:.1f} s"
+    probe = ("import sys; from medgen_diffusers.cli import main\n"
+             "try:\n    main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
+             "print(sorted(m for m in ('torch', 'diffusers', 'accelerate') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip().splitlines()
+    assert loaded[-1] == "[]"
 
 
 def test_every_command_has_help(capsys):
