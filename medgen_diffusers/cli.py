@@ -33,7 +33,7 @@ from .runtime import (SCHEDULERS, ArgumentParser, data_record, default_result_pa
 
 def cmd_sample(args):
     from .export import export, infer_format, run_key, sample_provenance
-    from .generation import plan_labels
+    from .generation import default_chunk_size, plan_labels
     from .provenance import read_run_config, weights_sha256
 
     if args.num_images < 1:
@@ -47,6 +47,7 @@ def cmd_sample(args):
     if state is not None and device.type == "cuda":
         device = state.device  # one GPU per process
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
+    args.chunk_size = args.chunk_size or default_chunk_size(pipe)  # in the run key: a resume reuses only equal chunks
     counts = None
     if args.like_split:  # the class mix of the data the model was trained on (or of --dataset)
         resolve_data(args, args.pipeline)
@@ -356,7 +357,9 @@ def build_parser():
     sample.add_argument("--format", default=None, choices=("npz", "folder", "datasets", "grid", "dicom"),
                         help="Default: from --out (.npz -> npz, .png -> grid). dicom: a folder of Secondary Capture "
                              "files marked synthetic, mapped back through the run's intensity window.")
-    sample.add_argument("--chunk-size", type=int, default=256, help="Images generated and written per chunk.")
+    sample.add_argument("--chunk-size", type=int, default=None,
+                        help="Images generated and written per chunk (default: 256 up to 48 px, fewer for larger "
+                             "images: memory is one chunk).")
     sample.set_defaults(func=cmd_sample)
 
     evaluate = commands.add_parser("evaluate", help="FID/KID on both protocols with the real-vs-real floor.")
@@ -372,7 +375,8 @@ def build_parser():
                           help="Random subset of the real split (quick checks only; default: all of it).")
     evaluate.add_argument("--protocols", default="standard,seed", help="Comma-separated: standard, seed.")
     evaluate.add_argument("--no-floor", action="store_true", help="Skip the real-vs-real floor.")
-    evaluate.add_argument("--chunk-size", type=int, default=256, help="Images generated per batch.")
+    evaluate.add_argument("--chunk-size", type=int, default=None,
+                          help="Images generated per batch (default: 256 up to 48 px, fewer for larger images).")
     evaluate.add_argument("--inception-weights", default=None, help="FID Inception TorchScript file (optional).")
     evaluate.add_argument("--images-key", default=None,
                           help="The generated array of an npz (default: images, else train_images as medgen sample "

@@ -15,7 +15,7 @@ from typing import Iterator, Optional, Tuple
 
 import numpy as np
 
-from .generation import DEFAULT_CHUNK_SIZE, chunk_ranges, iter_chunks
+from .generation import DEFAULT_CHUNK_SIZE, chunk_ranges, default_chunk_size, iter_chunks
 
 FORMATS = ("npz", "folder", "datasets", "grid", "dicom")
 PROVENANCE_KEY = "provenance"  # the npz member that says which weights made the images and on which data
@@ -102,12 +102,13 @@ def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, block
 
 
 def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarray], num_inference_steps: int,
-           guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: int = DEFAULT_CHUNK_SIZE,
+           guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: Optional[int] = None,
            state=None, provenance: Optional[dict] = None, intensity: Optional[dict] = None) -> Optional[str]:
     """Generate and write; returns a one-line summary (None on the other ranks of a multi-process run, where only
     the main process assembles the output). ``provenance`` (which weights, which training data) goes into an npz
     as the JSON string array ``provenance`` (read without unpickling), into a folder as ``provenance.json``."""
     out_path = Path(out)
+    chunk_size = chunk_size or default_chunk_size(pipe)
     parts = out_path.with_name(out_path.name + ".parts")
     if out_path.exists() and not parts.exists():  # an unfinished run of ours keeps OUT.parts/ next to it
         raise ExportError(f"{out_path} already exists; choose another --out or delete it first (nothing was written).")

@@ -66,7 +66,7 @@ def evaluate_command(args):
             images, labels = images[keep], None if labels is None else labels[keep]
         weights = made_by.get("weights_sha256")
     else:
-        from .generation import estimate_seconds, generate_images, plan_labels, say_estimate
+        from .generation import default_chunk_size, estimate_seconds, generate_images, plan_labels, say_estimate
 
         from .data import load_images
 
@@ -91,10 +91,11 @@ def evaluate_command(args):
                   "numbers need more images than small classes have (skipped with the reason).", file=sys.stderr)
         say_estimate(f"medgen evaluate: generating {num} images with {steps} steps",
                      estimate_seconds(pipe, num, steps, args.guidance_scale))
-        images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, args.chunk_size)
+        chunk_size = args.chunk_size or default_chunk_size(pipe)  # memory: one chunk
+        images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, chunk_size)
         guided = labels is not None and (args.guidance_scale or 1.0) > 1.0  # the pipeline guides only above 1
         generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
-                          seed=args.seed, nfe_per_image=steps * (2 if guided else 1),
+                          seed=args.seed, nfe_per_image=steps * (2 if guided else 1), chunk_size=chunk_size,
                           timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
         weights = weights_sha256(pipe.unet)
     generation["images_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()

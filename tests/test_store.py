@@ -91,3 +91,22 @@ def test_a_cache_that_cannot_be_written_falls_back_to_memory(tmp_path, data_root
     monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "ro"))
     data = load_images(str(folder), "train", prepare=True)
     assert len(data) == 8 and "could not prepare a store" in capsys.readouterr().err
+
+
+
+def test_generation_memory_follows_the_image_size_not_a_fixed_batch():
+    # A fixed chunk of 256 images made `medgen evaluate` of a 256-px model peak at 7.8 GiB RssAnon (64 images in one
+    # batch; 1.9 GiB now, benchmarks/results/scale/commands.jsonl); 28-px chunks stay as the shipped numbers were made.
+    # Every generating command (sample, evaluate, audit, utility, figures, training's evaluation) takes this default.
+    from diffusers import DDIMScheduler
+
+    from medgen_diffusers import BloodMNISTPipeline, build_unet
+    from medgen_diffusers.generation import CHUNK_PIXELS, default_chunk_size
+
+    def chunk(size):
+        return default_chunk_size(BloodMNISTPipeline(unet=build_unet("tiny", sample_size=size, channels=1),
+                                                     scheduler=DDIMScheduler()))
+
+    assert chunk(28) == 256
+    for size in (256, 512):
+        assert 1 <= chunk(size) < 16 and chunk(size) * size * size <= CHUNK_PIXELS
