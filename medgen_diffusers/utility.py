@@ -24,6 +24,11 @@ import numpy as np
 import torch
 import torchvision
 
+# The protocol's N at most, by default: a larger train split is subsampled (seeded, recorded as num_train of
+# num_train_available), so the synthetic images generated and held for TSTR stay bounded (20k at 256 px: 1.3 GB uint8
+# per channel) and the classifier budget stays the protocol's. BloodMNIST's 11,959 are all used, as before.
+MAX_TRAIN = 20_000
+
 
 class UtilityError(ValueError):
     """A bad utility request: says what is wrong and how to fix it."""
@@ -48,18 +53,20 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, num_classes: int, s
     model = medmnist_resnet18(images.shape[-1], num_classes).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(0.5 * steps), int(0.75 * steps)], gamma=0.1)
-    x, y = _as_input(images).to(device), torch.from_numpy(labels.astype(np.int64)).to(device)
+    # The images stay uint8 where they are (a memory-mapped store, or this process): each batch is converted and
+    # moved to the device on its own, so memory is a batch, not the arm's images as float32 on the device.
+    y = torch.from_numpy(labels.astype(np.int64))
     generator = torch.Generator().manual_seed(seed)
     model.train()
     batches = iter(())
     for _ in range(steps):
         batch = next(batches, None)
         if batch is None:  # a new shuffled pass
-            batches = iter(torch.randperm(len(x), generator=generator).split(batch_size))
+            batches = iter(torch.randperm(len(images), generator=generator).split(batch_size))
             batch = next(batches)
-        batch = batch.to(device)
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+        x = _as_input(np.ascontiguousarray(images[batch.numpy()])).to(device)
+        torch.nn.functional.cross_entropy(model(x), y[batch].to(device)).backward()
         optimizer.step()
         scheduler.step()
     return model.eval()
@@ -88,7 +95,8 @@ def classifier_step_seconds(in_channels: int, num_classes: int, size: int, devic
 def score_classifier(model, images: np.ndarray, labels: np.ndarray, device="cpu", evaluator=None) -> Dict[str, float]:
     """ACC and AUC on real images: with ``medmnist.Evaluator`` (its labels from the official file; MedMNIST sets), else
     with the same metric functions it uses."""
-    scores = torch.cat([model(batch.to(device)).softmax(1).cpu() for batch in _as_input(images).split(512)]).numpy()
+    scores = torch.cat([model(_as_input(np.ascontiguousarray(images[start:start + 512])).to(device)).softmax(1).cpu()
+                        for start in range(0, len(images), 512)]).numpy()
     return metrics_from_scores(scores, labels, evaluator)
 
 
@@ -114,9 +122,10 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
                 num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, root=None,
                 device="cpu", generation_seed: int = 0, progress: bool = True, num_added: Optional[int] = None,
                 num_test: Optional[int] = None, split: str = "test", arms: Optional[Sequence[str]] = None,
-                **source_options) -> Dict:
+                max_train: int = MAX_TRAIN, **source_options) -> Dict:
     """Every arm (or those named in ``arms``) for every seed, scored on ``split`` ("test" to report, "val" to choose
-    settings such as the guidance scale); returns per-arm mean/std, the TSTR ratios and the augmentation gains."""
+    settings such as the guidance scale); returns per-arm mean/std, the TSTR ratios and the augmentation gains.
+    ``num_train`` None: the train split, a seeded subset of ``max_train`` when it is larger."""
     from medmnist.info import INFO
 
     from .data import load_images
@@ -142,11 +151,17 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
     if num_test is not None:  # quick checks only: a seeded subset, scored with the Evaluator's metric functions
         keep = _first(num_test, len(test_x), 0)
         test_x, test_y = test_x[keep], test_y[keep]
-    n = num_train or len(real_x)
+    n = num_train or min(len(real_x), max_train)
     if n > len(real_x):
         raise UtilityError(f"--num-train {n} but the train split has {len(real_x)} images.")
+    if progress and n < len(real_x) and num_train is None:
+        import sys
+
+        print(f"medgen utility: the train split has {len(real_x)} images; the protocol uses a seeded subset of {n} "
+              f"(utility.MAX_TRAIN; --num-train N to choose), recorded in the result.", file=sys.stderr)
     counts = np.bincount(real_y, minlength=len(train.class_names))
-    added = num_added or len(real_x)  # synthetic images added in the augmentation arms (default: a whole train split)
+    # Synthetic images added in the augmentation arms (default: as many as a whole train split, at most MAX_TRAIN).
+    added = num_added or min(len(real_x), max_train)
     num_synthetic = max(n, added) if fractions else n
     syn_y = labels_like_split(counts, num_synthetic)
     steps = epochs * -(-n // 128)  # the same optimizer steps for every arm: `epochs` epochs of N images
@@ -194,7 +209,8 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
             model = train_classifier(x, y, len(train.class_names), steps, seed=seed, device=device)
             runs[name].append({"seed": seed, "num_images": len(x),
                                **score_classifier(model, test_x, test_y, device, evaluator)})
-    return _summarize({"dataset": dataset, "split": split, "num_train": n, "num_synthetic_added": added,
+    return _summarize({"dataset": dataset, "split": split, "num_train": n, "num_train_available": len(real_x),
+                       "num_synthetic_added": added,
                        "epochs": epochs, "classifier_steps": steps, "fractions": [float(f) for f in fractions],
                        "generation": {"steps": num_inference_steps or pipe.config.get("default_num_inference_steps"),
                                       "guidance_scale": guidance_scale, "seed": generation_seed,

@@ -140,9 +140,12 @@ def test_utility_protocol_small(data_root):
     model = medmnist_resnet18(3, 8)
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
     pipe = BloodMNISTPipeline.from_pretrained()
-    result = run_utility(pipe, "bloodmnist", num_train=96, fractions=(0.01,), seeds=(0,), epochs=1,
+    # A train split above the cap is subsampled (seeded), with the numbers recorded: bounded memory at large N.
+    result = run_utility(pipe, "bloodmnist", max_train=96, fractions=(0.01,), seeds=(0,), epochs=1,
                          num_inference_steps=4, root=str(data_root), progress=False, num_added=32, num_test=160)
     assert set(result["arms"]) == {"trtr", "tstr", "real_0.01", "real_0.01+syn"}
+    assert result["num_train"] == 96 and result["num_train_available"] == 11959
+    assert result["arms"]["trtr"]["runs"][0]["num_images"] == 96
     counts = np.bincount(load_medmnist_tensors("bloodmnist", "train", root=data_root).labels.numpy())
     few = int(sum(max(1, round(0.01 * c)) for c in counts))
     assert result["arms"]["real_0.01"]["runs"][0]["num_images"] == few
