@@ -60,6 +60,10 @@ def train_args(argv=None, prog=None, resolve=True):
                    help="DICOM/NIfTI: a pattern whose first group (or whole match) in each file's path below the "
                         "folder is its patient, e.g. '(case[0-9]+)'. Default: DICOM PatientID; NIfTI the BIDS sub-XX "
                         "folder, else the case folder, else the file name (docs/own-data.md).")
+    g.add_argument("--crop", default=None, choices=("center", "pad", "resize"),
+                   help="Non-square images (folders, DICOM, NIfTI): center (default) keeps the central square, pad "
+                        "adds black borders around the whole image -- both keep the aspect ratio -- and resize "
+                        "stretches them to N x N. Recorded, so every later command reads them the same way.")
     g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTATIONS),
                    help="dihedral: random flips and 90° rotations; none; auto (default): the data's documented "
                         "policy -- dihedral for cells and tissue (BloodMNIST, PathMNIST, ...), none where orientation "

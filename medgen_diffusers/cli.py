@@ -319,6 +319,9 @@ def add_source_options(p):
                    help="datasets sources: the column naming each image's patient.")
     g.add_argument("--patient-regex", dest="patient_regex", default=None,
                    help="Pattern whose first group (or whole match) in a DICOM/NIfTI file's path is its patient.")
+    p.add_argument("--crop", default=None, choices=("center", "pad", "resize"),
+                   help="Non-square images: center (default), pad (black borders) or resize (stretch); default: the "
+                        "run's.")
 
 
 def build_parser():

@@ -224,7 +224,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                 image_column: str = "image", label_column: Optional[str] = "label", window=None,
                 slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
                 split_seed: int = 0, patient_column: Optional[str] = None,
-                patient_regex: Optional[str] = None, prepare: bool = False) -> ImageData:
+                patient_regex: Optional[str] = None, crop: Optional[str] = None, prepare: bool = False) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
@@ -232,7 +232,8 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     sources (``label_column=None``: unlabeled). ``window``, ``slice_axis``, ``slice_range``, ``split_by``,
     ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`); ``patient_column`` (with
     ``split_by``) for ``datasets`` sources that name each image's patient; ``patient_regex`` finds the patient in
-    a DICOM/NIfTI file's path instead of the kind's own rule. A local folder is read from its prepared store in the
+    a DICOM/NIfTI file's path instead of the kind's own rule. ``crop``: how non-square images of a folder or
+    DICOM/NIfTI source become square (``center``, the default; ``pad``; ``resize``). A local folder is read from its prepared store in the
     cache when one is there and its files have not changed (:mod:`medgen_diffusers.store`); ``prepare=True``
     (training) makes that store first.
     """
@@ -242,7 +243,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     # A local folder's files (names, sizes, mtimes) are part of the key: a folder changed on disk is read again.
     signature = source_signature(source) if Path(source).expanduser().is_dir() else None
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed, patient_column, patient_regex, signature, prepare)
+           split_by, split_seed, patient_column, patient_regex, crop, signature, prepare)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
@@ -255,7 +256,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     store = path if path.is_dir() and is_store(path) else cached_store(
         source, size, root, image_column=image_column, label_column=label_column, window=window,
         slice_axis=slice_axis, slice_range=slice_range, split_by=split_by, split_seed=split_seed,
-        patient_column=patient_column, patient_regex=patient_regex, create=prepare, signature=signature)
+        patient_column=patient_column, patient_regex=patient_regex, crop=crop, create=prepare, signature=signature)
     if store is not None:  # a prepared store (given, or the cache's for this folder): memory-mapped, not decoded
         data = load_store(store, split, size)
     elif source in INFO:
@@ -272,7 +273,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
         kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
         if kind is not None:
             data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size,
-                                patient_regex)
+                                patient_regex, crop)
         elif split_by is not None:
             raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
                             f"volume per patient) files; {path} holds ordinary images.")
@@ -280,7 +281,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
             raise DataError(f"--window / --slice_range / --patient_regex apply to DICOM and NIfTI folders; {path} "
                             "holds ordinary images (8/16-bit files are scaled by their bit depth): drop them.")
         else:
-            data = sources.load_folder(path, split, size)
+            data = sources.load_folder(path, split, size, crop)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):  # a Hub name, owner/name
         data = sources.load_datasets(source, split, image_column, label_column, False, patient_column, split_by,
                               split_seed)

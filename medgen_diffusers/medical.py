@@ -359,7 +359,7 @@ def split_patients(patients: List[str], seed: int = 0) -> Dict[str, str]:
 
 def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str = "axial",
                  slice_range: Optional[str] = None, split_by: Optional[str] = None, seed: int = 0,
-                 size: Optional[int] = None, patient_regex: Optional[str] = None):
+                 size: Optional[int] = None, patient_regex: Optional[str] = None, crop: Optional[str] = None):
     """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule).
     Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which."""
     from .data import SPLITS, _image_data
@@ -402,7 +402,9 @@ def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str
     if not items:
         raise _error(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
     rule = intensity_rule(window, train, kind)
-    images = [render(item, rule) for item in items]
+    from .sources import square
+
+    images = [square(render(item, rule), crop) for item in items]
     if len({im.shape for im in images}) > 1 or images[0].shape[0] != images[0].shape[1]:
         if size is None:
             raise _error(f"{path}: images differ in size or are not square ({images[0].shape[1]}x{images[0].shape[0]}, "

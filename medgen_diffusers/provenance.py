@@ -129,7 +129,7 @@ class DataSource:
 
 
 MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_seed", "patient_column",
-                   "patient_regex")
+                   "patient_regex", "crop")
 
 
 def data_source(pipeline=None, dataset: Optional[str] = None, root: Optional[str] = None,

@@ -49,6 +49,30 @@ def pil_to_array(image, name: str) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+CROPS = ("center", "pad", "resize")  # --crop: how a non-square image becomes square (default center)
+
+
+def square(array: np.ndarray, crop: Optional[str]) -> np.ndarray:
+    """A non-square (H, W, C) image made square, keeping its aspect ratio: ``center`` keeps the central square (the
+    default), ``pad`` adds zero (black) borders around the whole image; ``resize`` leaves it as it is, to be stretched
+    to N x N by the resize that follows (what every non-square image got before --crop existed)."""
+    crop = crop or "center"
+    if crop not in CROPS:
+        raise DataError(f"--crop {crop!r}: choose {', '.join(CROPS)}.")
+    height, width = array.shape[:2]
+    if height == width or crop == "resize":
+        return array
+    if crop == "center":
+        side = min(height, width)
+        top, left = (height - side) // 2, (width - side) // 2
+        return array[top:top + side, left:left + side]
+    side = max(height, width)
+    out = np.zeros((side, side, array.shape[2]), dtype=array.dtype)
+    top, left = (side - height) // 2, (side - width) // 2
+    out[top:top + height, left:left + width] = array
+    return out
+
+
 def _decode(path: Path) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -75,7 +99,7 @@ def _folder_classes(path: Path, images=None) -> List[str]:
     return classes
 
 
-def load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
+def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str] = None) -> ImageData:
     import logging
 
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
@@ -107,7 +131,7 @@ def load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
                             f"{train_classes}): a model cannot be scored on a class it never saw; add them to "
                             "train/ or remove them here.")
         classes = train_classes
-    arrays = [_decode(p) for p in images]
+    arrays = [square(_decode(p), crop) for p in images]
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
         if size is None:
@@ -116,7 +140,8 @@ def load_folder(path: Path, split: str, size: Optional[int]) -> ImageData:
                             f"{images[0].relative_to(path).as_posix()} is {arrays[0].shape[1]}x{arrays[0].shape[0]}, "
                             f"{odd.relative_to(path).as_posix()} is "
                             f"{arrays[images.index(odd)].shape[1]}x{arrays[images.index(odd)].shape[0]}): pass "
-                            "--resolution N to resize every image to N x N.")
+                            "--resolution N to resize every image to N x N (non-square images are cropped to their "
+                            "central square first; --crop pad or resize to change that).")
         arrays = [resize_images(torch.from_numpy(a.copy()).permute(2, 0, 1)[None].contiguous(), size)[0].permute(1, 2, 0)
                   .numpy() for a in arrays]
     if len({a.shape[-1] for a in arrays}) > 1:  # some grayscale, some colour: colour wins

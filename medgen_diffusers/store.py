@@ -88,7 +88,8 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
         for split in SPLITS:
             try:
                 if folder:
-                    info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers)
+                    info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers,
+                                               source_options.get("crop"))
                 else:
                     info = _write_loaded_split(source, split, size, root, tmp / split, unit_index, source_options)
             except DataError as error:
@@ -139,10 +140,10 @@ def _decode_at(args):
     """(the image as the in-memory loader checksums it, the image as stored): the loader resizes mixed sizes per
     image before its checksum and uniform ones after it, so a store and a folder of the same data share one."""
     from .data import resize_images
-    from .sources import _decode
+    from .sources import _decode, square
 
-    path, size, channels, uniform = args
-    array = _decode(path)
+    path, size, channels, uniform, crop = args
+    array = square(_decode(path), crop)  # non-square: cropped or padded (--crop), as the loader does
     if channels == 3 and array.shape[-1] == 1:  # some grayscale, some colour: colour wins (as the loader does)
         array = np.repeat(array, 3, axis=-1)
     stored = array
@@ -152,8 +153,9 @@ def _decode_at(args):
     return (array if uniform else stored), stored
 
 
-def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int]) -> Dict:
-    from .sources import _folder_classes, _folder_files
+def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int],
+                        crop: Optional[str] = None) -> Dict:
+    from .sources import _folder_classes, _folder_files, square
 
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
     if split_dirs:
@@ -175,12 +177,15 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
     # fork (a fork of a process whose torch already ran OpenMP threads can hang) and no re-import of __main__.
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
         probes = list(pool.map(_probe, images))
-        modes, sizes = {m for m, _ in probes}, {s for _, s in probes}
+        modes = {m for m, _ in probes}
+        # Sizes after --crop (a header's width and height, cropped or padded as the pixels will be).
+        sizes = {square(np.empty((h, w, 0), np.uint8), crop).shape[1::-1] for _, (w, h) in probes}
         channels = 1 if modes <= {"L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"} else 3
         width, height = next(iter(sizes)) if len(sizes) == 1 else (None, None)
         if size is None and (width is None or width != height):
             raise DataError(f"{path}: images differ in size or are not square: pass --resolution N to resize "
-                            "every image to N x N.")
+                            "every image to N x N (non-square images are cropped to their central square first; "
+                            "--crop pad or resize to change that).")
         resolution = size or width
         out.mkdir(parents=True)
         array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
@@ -188,7 +193,7 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
         digest = hashlib.sha256()
         for start in range(0, len(images), CHUNK):  # ordered: row i is file i, as the in-memory loader has them
             uniform = len(sizes) == 1 and width == height
-            decoded = list(pool.map(_decode_at, [(p, resolution, channels, uniform)
+            decoded = list(pool.map(_decode_at, [(p, resolution, channels, uniform, crop)
                                                  for p in images[start:start + CHUNK]]))
             array[start:start + len(decoded)] = np.stack([stored for _, stored in decoded])
             for checksummed, _ in decoded:

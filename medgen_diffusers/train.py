@@ -169,7 +169,7 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
                           label_column=None if args.label_column.lower() == "none" else args.label_column,
                           window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
                           split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
-                          patient_regex=args.patient_regex)
+                          patient_regex=args.patient_regex, crop=args.crop)
     # Once per node, on its local main process: a download, or a local folder decoded into a memory-mapped store
     # that every rank then reads batch by batch (store.py).
     with accelerator.local_main_process_first():

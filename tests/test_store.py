@@ -110,3 +110,36 @@ def test_generation_memory_follows_the_image_size_not_a_fixed_batch():
     assert chunk(28) == 256
     for size in (256, 512):
         assert 1 <= chunk(size) < 16 and chunk(size) * size * size <= CHUNK_PIXELS
+
+
+def test_non_square_images_keep_their_aspect_ratio_unless_asked(tmp_path, data_root, monkeypatch, capsys):
+    # Non-square images were stretched to N x N. Each wide image here is two real cells side by side, [A | B].
+    from PIL import Image
+
+    from medgen_diffusers.data import resize_images
+
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    with np.load(data_root / "bloodmnist.npz") as npz:
+        cells = npz["train_images"][:8]
+    for k in range(4):
+        (tmp_path / "wide" / f"c{k % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate([cells[2 * k], cells[2 * k + 1]], axis=1)).save(
+            tmp_path / "wide" / f"c{k % 2}" / f"{k}.png")
+    wide = np.stack([np.concatenate([cells[2 * k], cells[2 * k + 1]], axis=1) for k in (0, 2, 1, 3)])  # class order
+    center = load_images(str(tmp_path / "wide"), crop="center").images.permute(0, 2, 3, 1).numpy()
+    assert np.array_equal(center, wide[:, :, 14:42])  # the central 28 x 28: half of A, half of B
+    pad = load_images(str(tmp_path / "wide"), crop="pad").images.permute(0, 2, 3, 1).numpy()
+    assert pad.shape[1:3] == (56, 56) and np.array_equal(pad[:, 14:42], wide) and not pad[:, :14].any()
+    stretched = load_images(str(tmp_path / "wide"), "train", 28, crop="resize").images
+    expected = resize_images(torch.from_numpy(wide).permute(0, 3, 1, 2).contiguous(), 28)
+    assert torch.equal(stretched, expected)
+    # The default is center, and the prepared store gives the same pixels and checksum in every mode.
+    assert torch.equal(load_images(str(tmp_path / "wide")).images, load_images(str(tmp_path / "wide"), crop="center").images)
+    for crop in ("pad", "resize"):
+        assert main(["prepare", str(tmp_path / "wide"), "--out", str(tmp_path / crop), "--crop", crop,
+                     "--resolution", "28"]) == 0
+        a = load_images(str(tmp_path / "wide"), "train", 28, crop=crop)
+        b = load_images(str(tmp_path / crop), "train", 28)
+        assert torch.equal(a.images, b.images) and a.md5 == b.md5, crop
+    with pytest.raises(DataError, match="--crop 'fill': choose center, pad, resize"):
+        load_images(str(tmp_path / "wide"), crop="fill")
