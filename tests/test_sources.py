@@ -184,18 +184,36 @@ def test_multilabel_data_trains_unconditionally_and_refuses_conditioning(sources
 TWO = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port")
 
 
-def test_two_ranks_partition_every_epoch_exactly(tmp_path, data_root):
-    # 520 images, 8 per rank: 32 global batches per epoch (the last 8 images dropped with the partial batch).
-    run_training(tmp_path, data_root, "--max_train_samples", "520", "--max_train_steps", "64", "--record_data_order",
-                 *TINY, launcher=(*TWO, "29541"))
-    drawn = {r: [json.loads(line) for line in (tmp_path / "data_order" / f"rank{r}.jsonl").read_text().splitlines()]
+def test_two_machines_prepare_once_each_and_partition_every_epoch_exactly(tmp_path, data_root):
+    # Two "machines" on this one (Accelerate's own launcher: --num_machines 2, a rank each, gloo on localhost), each
+    # with its own cache disk, train on a folder of 520 real images: each node prepares the folder once into its
+    # store, and the two ranks read disjoint halves of every epoch from it. 8 images per rank: 32 global batches per
+    # epoch (the last 8 images dropped with the partial batch).
+    from conftest import write_own_folder
+
+    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 65), ("val", 1), ("test", 1)))
+    out = tmp_path / "run"
+    machines = [subprocess.Popen(
+        [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_machines", "2", "--num_processes", "2",  # CPU: gloo
+         "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1", "--main_process_port", "29541",
+         "--mixed_precision", "no", "--dynamo_backend", "no", str(REPO / "train_unconditional.py"),
+         "--output_dir", str(out), "--dataset", str(folder), "--max_train_steps", "64", "--record_data_order", *TINY],
+        env={**os.environ, "MEDGEN_CACHE": str(tmp_path / f"node{rank}")}, cwd=REPO, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for machine in machines:
+        _, err = machine.communicate(timeout=900)
+        assert machine.returncode == 0, err[-3000:]
+    for rank in (0, 1):  # one store per node, prepared by its local main process
+        assert len(list((tmp_path / f"node{rank}" / "stores").iterdir())) == 1
+    drawn = {r: [json.loads(line) for line in (out / "data_order" / f"rank{r}.jsonl").read_text().splitlines()]
              for r in (0, 1)}
     for epoch in (0, 1):
         per_rank = [[i for row in drawn[r] if row["epoch"] == epoch for i in row["indices"]] for r in (0, 1)]
         assert len(per_rank[0]) == len(per_rank[1]) == 256
         union = set(per_rank[0]) | set(per_rank[1])
         assert not set(per_rank[0]) & set(per_rank[1]) and len(union) == 512 and union <= set(range(520))
-    assert json.loads((tmp_path / "train_summary.json").read_text())["global_step"] == 64
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == 64 and summary["num_processes"] == 2 and summary["ranks_in_sync"]
 
 
 def test_uneven_batches_end_at_max_steps_and_resume_exactly_on_two_ranks(tmp_path, data_root):
