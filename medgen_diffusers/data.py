@@ -146,7 +146,7 @@ class ImageData:
     notice: Optional[str] = None  # something the user should know (e.g. multi-label data trained unconditionally)
     groups: Optional[np.ndarray] = None  # patient pseudonym per image (DICOM/NIfTI: medical.py), else None
     intensity: Optional[dict] = None  # how stored values became 8-bit (window / percentiles), for medical sources
-    patient_rule: Optional[str] = None  # how each image's patient was found (medical.PATIENT_RULES, a column, ...)
+    patient_rule: Optional[str] = None  # how each image's patient was found (medical_folders.PATIENT_RULES, a column, ...)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -248,7 +248,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
         return _LOADED[key]
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}. Valid splits: {', '.join(SPLITS)}.")
-    from . import sources  # folders, npz and datasets (sources.py); DICOM/NIfTI folders (medical.py)
+    from . import sources  # folders, npz and datasets (sources.py); DICOM/NIfTI folders (medical_folders.py)
 
     path = Path(source).expanduser()
     from .store import cached_store, is_store, load_store
@@ -268,7 +268,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
         data = sources.load_datasets(str(path), split, image_column, label_column, True, patient_column, split_by,
                               split_seed)
     elif path.is_dir():
-        from .medical import load_medical, medical_kind
+        from .medical_folders import load_medical, medical_kind
 
         kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
         if kind is not None:

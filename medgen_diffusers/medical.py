@@ -1,4 +1,6 @@
-"""DICOM and NIfTI folders as training data, with patients as the unit of splits (``--dataset FOLDER``).
+"""DICOM and NIfTI files: reading one file (pixels through the modality LUT and window), writing synthetic images
+back as DICOM, and the patient keys. A *folder* of them as a data source -- patients, splits, the intensity rule,
+decoding file by file -- is medical_folders.py.
 
 **DICOM** (pydicom): every ``.dcm`` file (or file with the ``DICM`` preamble) under the folder, one sub-folder per
 class as for images. Stored values go through the modality LUT (RescaleSlope/Intercept, or a Modality LUT
@@ -26,10 +28,8 @@ The decoded image is 8-bit (the model's input), the window recorded in ``ImageDa
 import hashlib
 import hmac
 import os
-import re
-from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -38,8 +38,6 @@ WINDOW_PRESETS = {  # (center, width) in Hounsfield units: the usual CT display 
     "bone": (400.0, 1800.0), "brain": (40.0, 80.0), "liver": (60.0, 160.0),
 }
 PERCENTILES = (0.5, 99.5)
-SPLIT_FRACTIONS = (0.7, 0.1, 0.2)  # train / val / test patients, MedMNIST's 7:1:2
-MIN_SPLIT_PATIENTS, FEW_PATIENTS = 5, 10  # --split_by patient: refused below 5 patients, warned below 10
 SLICE_AXES = {"sagittal": 0, "coronal": 1, "axial": 2}  # in canonical RAS+ voxel order
 # Plugins pydicom decodes compressed transfer syntaxes with (pydicom's own documentation names them).
 DECODER_HINT = ("install a pydicom pixel-data plugin for it -- `pip install pylibjpeg pylibjpeg-libjpeg "
@@ -242,234 +240,6 @@ def parse_slice_range(text: Optional[str], count: int, path) -> Tuple[int, int]:
     if not 0 <= start < stop <= count:
         raise _error(f"--slice_range {text!r} does not fit {path}'s {count} slices along this axis.")
     return start, stop
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# A folder of medical files -> ImageData
-
-def medical_kind(files: List[Path]) -> Optional[str]:
-    """"dicom" / "nifti" when a folder's files are of that kind (None: an image folder)."""
-    if any(is_nifti(p) for p in files):
-        return "nifti"
-    if any(p.suffix.lower() == ".dcm" for p in files) or (files and all(is_dicom(p) for p in files[:20])):
-        return "dicom"
-    return None
-
-
-def _scan(folder: Path, kind: str) -> List[Tuple[Path, str]]:
-    """(file, class folder) of every file of ``kind`` under ``folder`` ('.' for files at its top level)."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-    picked = [p for p in files if (is_nifti(p) if kind == "nifti" else is_dicom(p))]
-    return [(p, p.relative_to(folder).parts[0] if len(p.relative_to(folder).parts) > 1 else ".") for p in picked]
-
-
-BIDS_SUBJECT = re.compile(r"^sub-[A-Za-z0-9]+$")
-PATIENT_RULES = {  # one documented rule per source kind (docs/own-data.md); --patient_regex replaces either
-    "dicom": "DICOM PatientID",
-    "nifti": "the BIDS sub-XX folder, else the case folder (root/<class>/<case>/..., or a folder whose name the "
-             "file name starts with, as BraTS' <case>/<case>_t1.nii.gz), else the file name",
-}
-
-
-def patient_of(relative: Path, kind: str, patient_id: Optional[str], patient_regex: Optional[str]) -> Optional[str]:
-    """The patient identifier of one file (``relative``: its path below the split/root folder), or None when a
-    DICOM file has no PatientID. The same in every split folder, so the cross-split check sees a patient twice."""
-    if patient_regex:
-        match = re.search(patient_regex, relative.as_posix())
-        if match is None:
-            raise _error(f"--patient_regex {patient_regex!r} finds no patient in {relative.as_posix()}: give a "
-                         "pattern that matches every file's path below the data folder (its first group, or the "
-                         "whole match, is the patient), e.g. 'sub-[^/]+' or '(case[0-9]+)'.")
-        return match.group(1) if match.groups() else match.group(0)
-    if kind == "dicom":
-        return patient_id
-    folders, name = relative.parts[:-1], relative.name.split(".")[0]
-    subject = next((part for part in folders if BIDS_SUBJECT.match(part)), None)
-    if subject is not None:  # BIDS: sessions and modalities of one subject are one patient
-        return subject
-    if len(folders) >= 2:  # <class>/<case>/...: every file below the case folder is that case
-        return folders[1]
-    if len(folders) == 1 and name.startswith(folders[0]):  # BraTS: <case>/<case>_t1.nii.gz, _t2, _flair, ...
-        return folders[0]
-    return name
-
-
-@lru_cache(maxsize=8)
-def _decode_folder(folder: str, kind: str, slice_axis: str, slice_range: Optional[str],
-                   patient_regex: Optional[str] = None):
-    """Every image of one folder: [(values or RGB, file-window-or-None, patient key or None, class, invert)],
-    decoded once per process."""
-    items = []
-    for path, label in _scan(Path(folder), kind):
-        relative = path.relative_to(folder)
-        if kind == "dicom":
-            values, views, patient_id = read_dicom(path)
-            patient = patient_of(relative, kind, patient_id, patient_regex)
-            for frame, view in zip(values, views):
-                windowed = None if frame.dtype == np.uint8 else file_window(view, frame)
-                invert = str(view.get("PhotometricInterpretation", "")) == "MONOCHROME1"
-                items.append((frame, windowed, None if patient is None else hash_id(patient), label, invert))
-        else:
-            patient = hash_id(patient_of(relative, kind, None, patient_regex))
-            for frame in read_nifti(path, slice_axis, slice_range):
-                items.append((frame, None, patient, label, False))
-    if not items:
-        raise _error(f"{folder} holds no {kind.upper()} images.")
-    return items
-
-
-def patient_named_classes(class_names: Optional[List[str]], labels: Optional[np.ndarray],
-                          groups: Optional[np.ndarray]) -> List[str]:
-    """Class names that are (or may be) patients: a BIDS sub-/ses- folder, a DICOM person name (^), or a class
-    that holds exactly one patient. PACS/TCIA exports (root/<patient>/<study>/), BraTS (root/<case>/) and BIDS
-    (root/sub-01/) put the patient in the first sub-folder, which a folder source reads as the class."""
-    if not class_names or labels is None:
-        return []
-    labels = np.asarray(labels).reshape(-1)
-    found = []
-    for index, name in enumerate(class_names):
-        one_patient = groups is not None and len(set(np.asarray(groups)[labels == index].tolist())) == 1
-        if one_patient or re.match(r"^(sub|ses)-", name) or "^" in name:
-            found.append(name)
-    return found
-
-
-def split_patients(patients: List[str], seed: int = 0) -> Dict[str, str]:
-    """Patient -> split ("train"/"val"/"test"), seeded, 7:1:2 of the patients (at least one each when >= 3)."""
-    unique = sorted(set(patients))
-    if len(unique) < MIN_SPLIT_PATIENTS:  # 3 patients gave 1 / 1 / 1: a model of one patient, scored on one other
-        raise _error(f"--split_by patient needs at least {MIN_SPLIT_PATIENTS} patients (at least 3 to train on, 1 "
-                     f"for val, 1 for test); the data has {len(unique)}. Add patients, or lay out your own train/, "
-                     "val/ and test/ sub-folders.")
-    if len(unique) < FEW_PATIENTS:
-        import logging
-
-        logging.getLogger(__name__).warning(
-            f"--split_by patient with only {len(unique)} patients: val and test hold "
-            f"{max(1, round(SPLIT_FRACTIONS[1] * len(unique)))} and {max(1, round(SPLIT_FRACTIONS[2] * len(unique)))} "
-            "patient(s), so held-out numbers (FID, the audit's baseline) speak for those few people only.")
-    order = np.random.default_rng(seed).permutation(len(unique))
-    n_val = max(1, round(SPLIT_FRACTIONS[1] * len(unique)))
-    n_test = max(1, round(SPLIT_FRACTIONS[2] * len(unique)))
-    split_of = {}
-    for rank, index in enumerate(order):
-        split_of[unique[index]] = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
-    return split_of
-
-
-def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str = "axial",
-                 slice_range: Optional[str] = None, split_by: Optional[str] = None, seed: int = 0,
-                 size: Optional[int] = None, patient_regex: Optional[str] = None, crop: Optional[str] = None):
-    """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule).
-    Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which."""
-    from .data import SPLITS, _image_data
-
-    if split_by not in (None, "patient"):
-        raise _error(f"--split_by {split_by!r}: the only unit is 'patient'.")
-    split_dirs = [name for name in SPLITS if (path / name).is_dir()]
-    if split_dirs and split_by:
-        raise _error(f"{path} already has split folders {split_dirs}: drop --split_by (or the folders).")
-
-    def items_of(name):
-        if split_dirs:
-            if name not in split_dirs:
-                raise _error(f"{path} has split folders {split_dirs} but no '{name}/': add it or choose another split.")
-            return _decode_folder(str(path / name), kind, slice_axis, slice_range, patient_regex)
-        everything = _decode_folder(str(path), kind, slice_axis, slice_range, patient_regex)
-        if split_by is None:
-            if name != "train":
-                raise _error(f"{path} has no train/val/test sub-folders and no --split_by: all its images are "
-                             f"'train', there is no '{name}' split. Pass --split_by patient for patient-level splits.")
-            return everything
-        missing = sum(item[2] is None for item in everything)
-        if missing:
-            raise _error(f"--split_by patient: {missing} of {len(everything)} images of {path} come from DICOM files "
-                         "without a PatientID, so their patient is unknown. Fill in PatientID, or pass "
-                         "--patient_regex PATTERN that finds the patient in each file's path (e.g. '^([^/]+)/' "
-                         "for one folder per patient).")
-        split_of = split_patients([item[2] for item in everything], seed)
-        return tuple(item for item in everything if split_of[item[2]] == name)
-
-    if split_dirs:  # user-made splits: a patient in two of them leaks train data into the held-out numbers
-        seen = {name: {item[2] for item in items_of(name)} - {None} for name in split_dirs}
-        for a in split_dirs:
-            for b in split_dirs:
-                if a < b and seen[a] & seen[b]:
-                    raise _error(f"{path}: {len(seen[a] & seen[b])} patient(s) have images in both {a}/ and {b}/ "
-                                 "(by DICOM PatientID / NIfTI volume): move each patient's images into one split, "
-                                 "or put all images in one folder and pass --split_by patient.")
-    items, train = items_of(split), items_of("train")
-    if not items:
-        raise _error(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
-    rule = intensity_rule(window, train, kind)
-    from .sources import square
-
-    images = [square(render(item, rule), crop) for item in items]
-    if len({im.shape for im in images}) > 1 or images[0].shape[0] != images[0].shape[1]:
-        if size is None:
-            raise _error(f"{path}: images differ in size or are not square ({images[0].shape[1]}x{images[0].shape[0]}, "
-                         "...): pass --resolution N to resize every image to N x N.")
-        import torch
-
-        from .data import resize_images
-
-        images = [resize_images(torch.from_numpy(im.copy()).permute(2, 0, 1)[None].contiguous(), size)[0]
-                  .permute(1, 2, 0).numpy() for im in images]
-    images = np.stack(images)
-    classes = sorted({item[3] for item in train})
-    labeled = "." not in classes
-    if labeled:
-        unknown = sorted({item[3] for item in items} - set(classes))
-        if unknown:
-            raise _error(f"{path} ({split}) has class folder(s) {unknown} that the train split lacks.")
-    labels = np.array([[classes.index(item[3])] for item in items]) if labeled else None
-    data = _image_data(images, labels, classes if labeled else None, str(path), split)
-    missing = sum(item[2] is None for item in (*items, *(train if split != "train" else ())))
-    data.patient_rule = f"--patient_regex {patient_regex}" if patient_regex else PATIENT_RULES[kind]
-    if missing:  # patients unknown: no pseudonyms at all, and the DP unit cannot be the patient
-        data.patient_rule = f"unknown: {missing} images come from DICOM files without a PatientID"
-        data.notice = (f"{path}: {missing} images come from DICOM files without a PatientID, so patients are "
-                       "unknown (no patient-level splits, cross-split check or per-patient DP): fill in PatientID or "
-                       "pass --patient_regex.")
-    else:
-        pseudonyms = {key: pseudonym(key) for key in {item[2] for item in items}}
-        data.groups = np.array([pseudonyms[item[2]] for item in items])
-    data.intensity = rule
-    return data
-
-
-def intensity_rule(window, train_items, kind: str) -> Dict:
-    """How values become [0, 1]: the given window, else each DICOM file's own VOI, else the train split's
-    percentiles (as a window, so every split and every later command uses the same numbers)."""
-    given = parse_window(window)
-    if given is not None:
-        return {"rule": "window", "center": given[0], "width": given[1], "from": "--window"}
-    grayscale = [item for item in train_items if item[0].dtype != np.uint8]
-    if kind == "dicom" and grayscale and all(item[1] is not None for item in grayscale):
-        return {"rule": "file", "from": "each file's VOI (WindowCenter/Width or VOI LUT)"}
-    if not grayscale:
-        return {"rule": "rgb", "from": "8-bit colour as stored"}
-    values = np.concatenate([item[0].ravel() for item in grayscale])
-    low, high = (float(v) for v in np.percentile(values, PERCENTILES))
-    # LINEAR maps [c - 0.5 - (w - 1) / 2, c - 0.5 + (w - 1) / 2] onto [0, 1]: w - 1 = high - low exactly, however
-    # small (float data with a range below 1 kept only a few grey levels when the width was floored at 2).
-    width = max(high - low, 1e-6 * max(abs(high), abs(low), 1.0)) + 1
-    return {"rule": "window", "center": float(low + high) / 2 + 0.5, "width": width,
-            "from": f"train split percentiles {PERCENTILES[0]}..{PERCENTILES[1]}"}
-
-
-def render(item, rule: Dict) -> np.ndarray:
-    """uint8 (H, W, C) of one decoded item under ``rule`` (MONOCHROME1 inverted after windowing)."""
-    values, windowed, _, _, invert = item
-    if values.dtype == np.uint8:
-        return values
-    unit = windowed if rule["rule"] == "file" else linear_window(values, rule["center"], rule["width"])
-    if unit is None:  # this file has no VOI while the others do
-        raise _error("A DICOM file without a window among files with one: pass --window C,W (or a preset) so every "
-                     "image is mapped the same way.")
-    if invert:
-        unit = 1.0 - unit
-    return to_uint8(unit)[..., None]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -171,7 +171,7 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
         train = loaded["train"] if "train" in loaded else None
         loaded = loaded[split]
     elif split_by:  # one dataset with a patient column: seeded patient-level splits
-        from .medical import split_patients
+        from .medical_folders import split_patients
 
         if patient_column is None:
             raise DataError(f"--split_by patient needs --patient_column: the column of {name} naming each image's "

@@ -84,12 +84,16 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
                 "options": {k: v for k, v in source_options.items() if v is not None}, "size": size, "splits": {}}
     try:
         folder = _image_folder(Path(str(source)).expanduser(), source_options)
+        kind = None if folder else _medical_kind(Path(str(source)).expanduser())
         unit_index: Dict[str, int] = {}
         for split in SPLITS:
             try:
                 if folder:
                     info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers,
                                                source_options.get("crop"))
+                elif kind:
+                    info = _write_medical_split(Path(str(source)).expanduser(), kind, split, size, tmp / split,
+                                                unit_index, source_options)
                 else:
                     info = _write_loaded_split(source, split, size, root, tmp / split, unit_index, source_options)
             except DataError as error:
@@ -121,12 +125,94 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
 
 def _image_folder(path: Path, options) -> bool:
     """A plain image folder (the streamed path); DICOM/NIfTI, npz and datasets go through load_images."""
-    from .medical import medical_kind
+    from .medical_folders import medical_kind
     from .sources import _folder_files
 
     if not path.is_dir() or any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
         return False
     return medical_kind(_folder_files(path)[0][:500]) is None
+
+
+def _medical_kind(path: Path) -> Optional[str]:
+    """"dicom" / "nifti" for a folder of such files (decoded file by file), else None."""
+    from .medical_folders import medical_kind
+
+    if not path.is_dir() or any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
+        return None
+    return medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
+
+
+class _RowWriter:
+    """An .npy array written block by block when its number of rows is known only at the end (a NIfTI volume's
+    empty slices are dropped as it is decoded): a fixed 128-byte header, rewritten with the final shape on close."""
+
+    HEADER_BYTES = 128
+
+    def __init__(self, path: Path, dtype=np.uint8):
+        self.path, self.dtype, self.rows, self.row_shape = path, np.dtype(dtype), 0, None
+        self.file = open(path, "wb")
+        self.file.write(b"\0" * self.HEADER_BYTES)
+
+    def add(self, block: np.ndarray) -> None:
+        if self.row_shape is None:
+            self.row_shape = block.shape[1:]
+        if block.shape[1:] != self.row_shape:
+            raise DataError(f"{self.path.parent}: images of {block.shape[1:]} among images of {self.row_shape}: pass "
+                            "--resolution N so that every image is N x N.")
+        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += len(block)
+
+    def close(self) -> None:
+        header = repr({"descr": self.dtype.str, "fortran_order": False, "shape": (self.rows, *self.row_shape)})
+        header = header.ljust(self.HEADER_BYTES - 11) + "\n"  # magic 6 + version 2 + length 2, then the dict
+        self.file.seek(0)
+        self.file.write(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode("latin1"))
+        self.file.close()
+
+
+def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int], out: Path,
+                         unit_index: Dict[str, int], options) -> Dict:
+    """One split of a DICOM/NIfTI folder, decoded and written one file at a time (medical_folders.iter_images):
+    memory is one file's values, whatever the number of files. The same images, labels, classes, patients and
+    checksum as the in-memory loader."""
+    from .medical_folders import class_names_of, intensity_rule, iter_images, patient_rule, split_files
+
+    split_by, seed, regex = options.get("split_by"), options.get("split_seed") or 0, options.get("patient_regex")
+    axis, slices, window = options.get("slice_axis") or "axial", options.get("slice_range"), options.get("window")
+    files, train = (split_files(path, name, kind, split_by, seed, regex) for name in (split, "train"))
+    rule = dict(intensity_rule(tuple(window) if isinstance(window, list) else window, train, kind, axis, slices))
+    classes = class_names_of(train)
+    if classes is not None and {f.label for f in files} - set(classes):
+        raise DataError(f"{path} ({split}) has class folder(s) {sorted({f.label for f in files} - set(classes))} "
+                        "that the train split lacks.")
+    out.mkdir(parents=True)
+    writer, digest, labels, units = _RowWriter(out / "images.npy"), hashlib.sha256(), [], []
+    for block, file in iter_images(files, kind, rule, size, options.get("crop"), axis, slices):
+        writer.add(block)
+        digest.update(np.ascontiguousarray(block).tobytes())
+        if classes is not None:
+            labels.extend([classes.index(file.label)] * len(block))
+        if file.patient is not None:
+            units.extend([unit_index.setdefault(file.patient, len(unit_index))] * len(block))
+    writer.close()
+    if not writer.rows:
+        raise DataError(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
+    rule_text, notice = patient_rule(regex, kind, (*files, *(train if split != "train" else ())))
+    info = {"count": writer.rows, "resolution": writer.row_shape[0], "channels": writer.row_shape[-1],
+            "class_names": classes, "intensity": rule, "patient_rule": rule_text}
+    if classes is not None:
+        labels = np.array(labels, dtype=np.int64)
+        np.save(out / "labels.npy", labels)
+        digest.update(labels[:, None].tobytes())  # the loader's (N, 1) labels
+        digest.update("\n".join(classes).encode())
+        info["class_counts"] = np.bincount(labels, minlength=len(classes)).tolist()
+    info["md5"] = digest.hexdigest()[:32]  # data.py's _content_digest of the same pixels, labels and names
+    if notice:
+        info["notice"] = f"{path}: {notice}"
+    else:
+        np.save(out / "units.npy", np.array(units, dtype=np.int32))
+        info["patients"] = len(set(units))
+    return info
 
 
 def _probe(path: Path):

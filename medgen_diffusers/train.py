@@ -39,7 +39,7 @@ from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, attention_kernels, build_unet, edm_scheduler, fast_solver,
                                      is_edm, keep_freed_memory)
-from medgen_diffusers.medical import patient_named_classes
+from medgen_diffusers.medical_folders import patient_named_classes
 from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, plan_privacy, privacy_units,
                                       trainable_parameters, unit_note)
 from medgen_diffusers.provenance import recorded_source, weights_sha256

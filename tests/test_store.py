@@ -143,3 +143,35 @@ def test_non_square_images_keep_their_aspect_ratio_unless_asked(tmp_path, data_r
         assert torch.equal(a.images, b.images) and a.md5 == b.md5, crop
     with pytest.raises(DataError, match="--crop 'fill': choose center, pad, resize"):
         load_images(str(tmp_path / "wide"), crop="fill")
+
+
+def test_dicom_and_nifti_are_prepared_file_by_file_and_large_percentile_windows_are_sampled(tmp_path, data_root):
+    # A DICOM/NIfTI folder was decoded whole into float64 before anything was written (3,000 512-px slices: ~12.6
+    # GB); it is now planned from headers and decoded one file at a time, into the store as the files come. NIfTI
+    # volumes drop their empty slices as they are decoded, so the store grows file by file.
+    import nibabel as nib
+
+    from medgen_diffusers.medical_folders import intensity_rule, split_files
+
+    gray, _ = gray_images(data_root, 60)
+    for patient in range(10):
+        volume = gray[patient * 6:(patient + 1) * 6].astype(np.float64) * 8 - 1000  # HU-like
+        volume[0] = -1000  # an empty (constant) slice: dropped
+        (tmp_path / "mr" / "cells").mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(np.stack(list(volume), -1).astype(np.float32), np.eye(4)),
+                 tmp_path / "mr" / "cells" / f"subject_{patient:02d}.nii.gz")
+        for k in range(3):
+            write_dicom(tmp_path / "ct" / "cells" / f"p{patient}_{k}.dcm", gray[patient * 6 + k:][:1],
+                        f"PAT-{patient}", window=False)
+    for kind in ("mr", "ct"):
+        store = prepare(str(tmp_path / kind), tmp_path / f"{kind}_store", size=32, split_by="patient")
+        for split in ("train", "val", "test"):
+            a, b = load_images(str(tmp_path / kind), split, 32, split_by="patient"), load_images(str(store), split)
+            assert torch.equal(a.images, b.images) and a.md5 == b.md5 and torch.equal(a.labels, b.labels), kind
+        assert read_manifest(store)["splits"]["train"]["count"] == 7 * (5 if kind == "mr" else 3)
+    # Without a window, the train split's percentiles: all values up to the cap, a seeded sample of whole files above.
+    train = split_files(tmp_path / "ct", "train", "dicom", "patient")
+    exact = intensity_rule(None, train, "dicom")
+    sampled = intensity_rule(None, train, "dicom", max_values=5 * 28 * 28)
+    assert "sample" not in exact["from"] and "a seeded sample of 5 of 21 train files" in sampled["from"]
+    assert sampled != exact and abs(sampled["center"] - exact["center"]) < exact["width"] / 4
