@@ -1,6 +1,7 @@
 """The web demo, for real: `medgen app` served in a subprocess, driven through gradio_client and looked at in
 headless Chromium; the model-card tab's rule for real training images."""
 
+import json
 import os
 import shutil
 import socket
@@ -35,13 +36,19 @@ def pipeline_copy(run_dir, dest):
     return Path(shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("checkpoint-*", "logs", "samples")))
 
 
-@pytest.fixture
-def served(trained_run, tmp_path):
-    """`medgen app RUN` on a free port; yields (url, process); the server is stopped afterwards."""
+@pytest.fixture(scope="module")
+def served(trained_run, tmp_path_factory):
+    """`medgen app RUN --study STUDY` on a free port (a reader study of 8 images of the run's test split); yields
+    (url, process, study); the server is stopped afterwards."""
+    work = tmp_path_factory.mktemp("served")
+    study = work / "study"
+    assert main(["reader-study", "create", str(trained_run), "--num-images", "8", "--steps", "2", "--out", str(study),
+                 "--device", "cpu"]) == 0
     port = free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
-    process = subprocess.Popen([str(BIN / "medgen"), "app", str(trained_run), "--port", str(port), "--device", "cpu"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path)
+    env = {**os.environ, "GRADIO_TEMP_DIR": str(work / "gradio")}
+    process = subprocess.Popen([str(BIN / "medgen"), "app", str(trained_run), "--port", str(port), "--device", "cpu",
+                                "--study", str(study)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=work)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 180
     while time.time() < deadline and process.poll() is None:
@@ -53,7 +60,7 @@ def served(trained_run, tmp_path):
     if process.poll() is not None or time.time() >= deadline:
         process.kill()
         raise AssertionError(f"medgen app did not start:\n{process.communicate()[0][-3000:]}")
-    yield url, process
+    yield url, process, study
     process.terminate()
     process.wait(timeout=30)
 
@@ -62,7 +69,7 @@ def test_app_generates_the_same_npz_as_medgen_sample_and_shows_errors(served, tr
     from gradio_client import Client
     from gradio_client.exceptions import AppError
 
-    url, process = served
+    url, process, study = served
     client = Client(url, verbose=False)
     grid, npz = client.predict("platelet", "saved", 3, 1.0, 5, 4, api_name="/generate")
     assert PIL.Image.open(grid).size == (2 * 28 * 4, 2 * 28 * 4)  # a 2x2 grid of 28-px images, enlarged 4x
@@ -85,6 +92,7 @@ def test_app_generates_the_same_npz_as_medgen_sample_and_shows_errors(served, tr
     dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
                          capture_output=True, text=True, timeout=120).stdout
     assert "Model card" in dom and "Generate" in dom and "MedMNIST-layout npz" in dom  # rendered by the page's JS
+    assert "Reader study" in dom and not any(item in dom for item in json.loads((study / "key.json").read_text()))
     shot = tmp_path / "page.png"
     subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", url],
                    capture_output=True, timeout=120, check=True)
@@ -120,3 +128,32 @@ def test_the_shipped_model_offers_its_four_step_student(tmp_path):
     assert main(["sample", "--fast", "--class", "platelet", "--seed", "2", "--num-images", "2", "--device", "cpu",
                  "--out", str(tmp_path / "cli.npz")]) == 0
     assert Path(npz).read_bytes() == (tmp_path / "cli.npz").read_bytes()
+
+
+def test_reader_study_tab_sends_pixels_only_and_keeps_every_answer(served, memorised_run, tmp_path):
+    import urllib.request
+
+    from gradio_client import Client
+
+    url, process, study = served
+    key = json.loads((study / "key.json").read_text())
+    forbidden = [*key, "key.json", "truth", str(study), "answers.jsonl"]
+    client = Client(url, verbose=False)
+    image, progress = client.predict("reader A", api_name="/reader_start")
+    assert "Image 1 of 8" in progress and PIL.Image.open(image).size[0] >= 280  # enlarged for reading
+    image, progress = client.predict("reader A", "synthetic", 4, "", api_name="/reader_answer")
+    assert "Image 2 of 8" in progress
+    # What the browser gets: the page's config, the API description, every response -- never an id, the key or a path.
+    seen = [urllib.request.urlopen(url + "config").read().decode(), json.dumps(client.view_api(print_info=False,
+                                                                                            return_format="dict")),
+            str(image), progress]
+    assert not [word for word in forbidden for text in seen if word in text]
+    answers = [json.loads(line) for line in (study / "answers.jsonl").read_text().splitlines()]
+    assert [(a["reader"], a["answer"], a["confidence"]) for a in answers] == [("reader A", "synthetic", 4)]
+    assert answers[0]["item"] in key
+    # A study of private data shows patients' images: never shared beyond this machine.
+    private = tmp_path / "private_study"
+    assert main(["reader-study", "create", str(memorised_run[0]), "--num-images", "4", "--steps", "1", "--out",
+                 str(private), "--device", "cpu"]) == 0
+    assert main(["app", str(memorised_run[0]), "--study", str(private), "--share"]) == 2
+    assert json.loads((private / "study.json").read_text())["private"] is True
