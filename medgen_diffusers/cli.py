@@ -12,6 +12,7 @@
   app       the web demo (Gradio; the [app] extra): generate, download an npz, read the model's numbers
   data      locate, verify (MD5) and summarise a MedMNIST dataset
   prepare   decode a data source once into a memory-mapped store (--dataset STORE for every command)
+  reader-study  create a blinded real-vs-synthetic study (readers answer in `medgen app --study`), score it
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
 Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). ``medgen train``
@@ -73,13 +74,28 @@ def fast_note():
 
     from . import DEFAULT_MODEL, FAST_MODEL
 
-    fid, nfe = {}, {}
+    fid, nfe, utility = {}, {}, {}
     for name, folder in (("fast", FAST_MODEL), ("default", DEFAULT_MODEL)):
         evaluation = json.loads(Path(folder, "evaluation.json").read_text())
         fid[name], nfe[name] = evaluation["standard"]["fid"], evaluation["generation"]["nfe_per_image"]
-    return (f"the shipped 4-step model: test FID {fid['fast']:.2f} at {nfe['fast']} network evaluations per image, "
+        path = Path(folder, "utility.json")
+        utility[name] = json.loads(path.read_text()) if path.is_file() else None
+    note = (f"the shipped 4-step model: test FID {fid['fast']:.2f} at {nfe['fast']} network evaluations per image, "
             f"the default model {fid['default']:.2f} at {nfe['default']} ({fid['fast'] / fid['default']:.2f}x the "
             f"FID, {nfe['default'] / nfe['fast']:.0f}x fewer evaluations)")
+    if not all(utility.values()):
+        return note
+    tstr = {name: result["arms"]["tstr"] for name, result in utility.items()}
+    ratio = {name: result["tstr_ratio"]["acc"] for name, result in utility.items()}
+    note += (f"; utility (a ResNet-18 trained on its images, tested on real ones): TSTR/TRTR ACC {ratio['fast']:.3f} "
+             f"(TSTR {tstr['fast']['acc_mean']:.3f} +- {tstr['fast']['acc_std']:.3f}, {len(tstr['fast']['runs'])} seeds) "
+             f"vs the default model's {ratio['default']:.3f} (TSTR {tstr['default']['acc_mean']:.3f} +- "
+             f"{tstr['default']['acc_std']:.3f})")
+    # Outside both seeds' spread: say which model serves a classifier's training set better.
+    if tstr["fast"]["acc_mean"] + tstr["fast"]["acc_std"] < tstr["default"]["acc_mean"] - tstr["default"]["acc_std"]:
+        note += (". For a training set (augmentation, TSTR) the default model's images are clearly better: sample "
+                 "without --fast (5x the time)")
+    return note
 
 
 def fast_model(pipeline):
@@ -272,7 +288,39 @@ def cmd_prepare(args):
 def cmd_app(args):
     from .app import launch
 
-    launch(args.pipeline, args.host, args.port, args.device, args.share)
+    launch(args.pipeline, args.host, args.port, args.device, args.share, args.study)
+
+
+def cmd_reader_study(args):
+    from .reader_study import create_study, publish_summary, score_study, study_summary
+
+    if args.action == "score":
+        result = score_study(args.study)
+        print(study_summary(result))
+        published = publish_summary(args.study, result)
+        print(f"wrote {Path(args.study) / 'results.json'} and results.png"
+              + (f"; the pooled numbers (no reader names) to {published} for the model card" if published else ""))
+        return
+    from .data import load_images
+    from .provenance import is_public_source, provenance
+
+    if args.split == "train" and not args.include_training_images:
+        raise ValueError("--split train shows readers images the model was trained on (a model that copies would "
+                         "look perfect): use the held-out test or val split, or pass --include-training-images.")
+    writable(args.out)
+    data = resolve_data(args, args.pipeline)
+    device = resolve_device(args.device)
+    pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
+    size = pipe.unet.config.sample_size
+    real = load_images(args.dataset, args.split, size, args.data_root, **source_options(args))
+    record = provenance(pipe.unet, data_record(data, args, size), pipeline=source_name(args.pipeline))
+    local = args.pipeline is not None and Path(args.pipeline).is_dir() and not is_shipped(args.pipeline)
+    study = create_study(pipe, real, args.num_images, args.out, args.seed, args.balanced, resolve_steps(pipe, args.steps),
+                         args.guidance_scale, record, private=not is_public_source(args.dataset), split=args.split,
+                         pipeline_folder=str(Path(args.pipeline).resolve()) if local else None)
+    print(f"wrote a study of {study['num_images']} images ({study['num_images'] // 2} real from the {args.split} split, "
+          f"{study['num_images'] // 2} synthetic) to {args.out}; readers answer in `medgen app "
+          f"{args.pipeline or ''} --study {args.out}`".replace("  ", " ") + f", then `medgen reader-study score {args.out}`")
 
 
 def cmd_data(args):
@@ -492,7 +540,27 @@ def build_parser():
     app.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     app.add_argument("--share", action="store_true",
                      help="Also a public gradio.live link (anyone with it can generate; off by default).")
+    app.add_argument("--study", default=None,
+                     help="A reader study folder (medgen reader-study create): adds the 'Reader study' tab.")
     app.set_defaults(func=cmd_app)
+
+    study = commands.add_parser("reader-study", help="A blinded real-vs-synthetic reader study: create, then score.")
+    actions = study.add_subparsers(dest="action", required=True, parser_class=ArgumentParser)
+    create = actions.add_parser("create", help="Half held-out real images, half class-matched synthetic, shuffled "
+                                               "under opaque ids.")
+    create.add_argument("pipeline", nargs="?", default=None,
+                        help="Pipeline folder or Hub repo id (default: the shipped BloodMNIST model).")
+    create.add_argument("--num-images", type=int, required=True, help="Images in the study (even: half real).")
+    create.add_argument("--out", required=True, help="The study folder to create (never overwritten).")
+    create.add_argument("--split", default="test", choices=("test", "val", "train"),
+                        help="Real images from this split of the model's data (default: test, never trained on).")
+    create.add_argument("--include-training-images", action="store_true", help="Allow --split train.")
+    create.add_argument("--balanced", action="store_true", help="As many real images of every class (default: the "
+                                                                 "split's class mix).")
+    add_generation_options(create)
+    score = actions.add_parser("score", help="Score the answers: results.json and results.png in the study folder.")
+    score.add_argument("study", help="The study folder.")
+    study.set_defaults(func=cmd_reader_study)
 
     data = commands.add_parser("data", help="Locate, verify (MD5) and summarise a MedMNIST dataset.")
     data.add_argument("--dataset", default="bloodmnist")

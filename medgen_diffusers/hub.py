@@ -56,6 +56,11 @@ def push_operations(pipeline_dir) -> List[CommitOperationAdd]:
         raise FileNotFoundError(f"{folder} holds no model_index.json: pass a folder written by save_pretrained.")
     if not (folder / "README.md").is_file():
         raise FileNotFoundError(f"{folder} has no model card: run `medgen card {folder}` first.")
+    studies = sorted(p.parent for p in folder.rglob("key.json") if (p.parent / "study.json").is_file())
+    if studies:  # real images (of patients, for private data) and the answer key: never published
+        raise ValueError(f"{folder} holds a reader study ({studies[0].relative_to(folder)}): its real images and key "
+                         "are never pushed; move the study folder out of the pipeline folder (its scores are in "
+                         "reader_study.json).")
     if any(folder.rglob("*.bin")) and not any(folder.rglob("*.safetensors")):
         raise ValueError(f"{folder} holds .bin weights only; re-save it with save_pretrained (safetensors).")
     config = folder / "run_config.json"

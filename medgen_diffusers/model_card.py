@@ -84,9 +84,9 @@ reproduce, and can amplify, the biases of the training data ({bias_note}); they 
 {citation_section}"""
 
 
-def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
-    """Markdown from `medgen audit` (audit.json) and `medgen utility` (utility.json), each number beside its real
-    baseline."""
+def trust_section(audit: Optional[Dict], utility: Optional[Dict], reader_study: Optional[Dict] = None) -> str:
+    """Markdown from `medgen audit` (audit.json), `medgen utility` (utility.json) and `medgen reader-study score`
+    (reader_study.json), each number beside its real baseline."""
     parts = []
     if audit:
         rows = ["| measure | synthetic | real test images (baseline) |", "|---|---|---|"]
@@ -128,6 +128,11 @@ def trust_section(audit: Optional[Dict], utility: Optional[Dict]) -> str:
                         if any(name.startswith("real_") for name in arms) else "")
                      + f"run on {utility.get('device', 'an unrecorded device')}):\n\n"
                      + "\n".join(rows) + added)
+    if reader_study:
+        from .reader_study import study_summary
+
+        parts.append(study_summary(reader_study) + " (`medgen reader-study`: half held-out real, half synthetic "
+                     "images, blinded; exact Clopper-Pearson interval and binomial test.)")
     return "\n\n".join(parts) or "Not audited yet: run `medgen audit` (and `medgen utility`) on this pipeline."
 
 
@@ -245,6 +250,7 @@ def build_model_card(
     sampler_note: str = "DDPMScheduler, 1000 steps (the training scheduler)",
     audit: Optional[Dict] = None,
     utility: Optional[Dict] = None,
+    reader_study: Optional[Dict] = None,
     description: Optional[str] = None,
     citation: Optional[str] = None,
     privacy: Optional[Dict] = None,
@@ -306,7 +312,7 @@ def build_model_card(
         launched_as=training_config.get("launched_as", "train_unconditional.py"),
         training_config=json.dumps(training_config, indent=2, sort_keys=True),
         metrics_section=metrics_section,
-        trust_section=trust_section(audit, utility),
+        trust_section=trust_section(audit, utility, reader_study),
         privacy_section=privacy_section(privacy),
         samples_section=f"![Generated samples]({samples_image})" if samples_image else "No sample grid saved.",
         sampler_note=sampler_note,
@@ -341,7 +347,8 @@ def write_card(pipeline_dir, repo_id: Optional[str] = None, description: Optiona
     where = repo_id or (folder.name if folder.is_absolute() else folder.as_posix())
     card = build_model_card(training_config, class_names, results["evaluation"], repo_or_path=where,
                             samples_image=samples, sampler_note=sampler_note, audit=results["audit"],
-                            utility=results["utility"], description=description, citation=citation,
+                            utility=results["utility"], reader_study=results["reader_study"],
+                            description=description, citation=citation,
                             privacy=privacy_guarantee(folder))
     card.save(folder / "README.md")
     return folder / "README.md"
@@ -356,7 +363,7 @@ def read_results(pipeline_dir) -> Dict[str, Optional[Dict]]:
     folder = Path(pipeline_dir)
     weights = folder_weights_sha256(folder)
     results = {}
-    for name in ("evaluation", "audit", "utility"):
+    for name in ("evaluation", "audit", "utility", "reader_study"):
         path = folder / f"{name}.json"
         result = json.loads(path.read_text()) if path.is_file() else {}
         results[name] = result if (result.get("provenance") or {}).get("weights_sha256") == weights else None

@@ -16,10 +16,14 @@ from medgen_diffusers.reader_study import KEY, ReaderSession, StudyError, score_
 
 @pytest.fixture(scope="module")
 def study(trained_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("reader") / "study"
-    assert main(["reader-study", "create", str(trained_run), "--num-images", "32", "--steps", "2", "--seed", "3",
-                 "--out", str(out), "--device", "cpu"]) == 0
-    return out
+    """A study of 32 images of a copy of the trained run (scoring writes reader_study.json into the pipeline)."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("reader")
+    pipeline = Path(shutil.copytree(trained_run, work / "pipeline", ignore=shutil.ignore_patterns("checkpoint-*", "logs")))
+    assert main(["reader-study", "create", str(pipeline), "--num-images", "32", "--steps", "2", "--seed", "3",
+                 "--out", str(work / "study"), "--device", "cpu"]) == 0
+    return work / "study"
 
 
 def test_a_study_gives_nothing_away_but_pixels(study, trained_run):
@@ -29,7 +33,7 @@ def test_a_study_gives_nothing_away_but_pixels(study, trained_run):
     # Class-matched: every class as often among the synthetic images as among the real ones.
     assert Counter(v["class"] for v in key.values() if v["truth"] == "real") == \
         Counter(v["class"] for v in key.values() if v["truth"] == "synthetic")
-    # Same format, size, mode and encoder; names are opaque ids; no metadata; file sizes do not sort by truth.
+    # Same format, size, mode and encoder; names are opaque ids; no metadata.
     for path in files:
         with PIL.Image.open(path) as image:
             assert (image.format, image.size, image.mode, image.info) == ("PNG", (28, 28), "RGB", {})
@@ -67,3 +71,14 @@ def test_perfect_and_coin_flipping_readers_and_a_restart(study):
     assert coin["n"] == 32 and coin["ci95"][0] < 0.5 < coin["ci95"][1] and coin["p_value"] > 0.05
     assert -1 <= result["fleiss_kappa"] < 0.5 and (study / "results.png").is_file()
     assert main(["reader-study", "score", str(study)]) == 0
+    # The pipeline's card shows the pooled numbers; no reader's name leaves the study folder.
+    published = (study.parent / "pipeline" / "reader_study.json").read_text()
+    assert "perfect" not in published and "coin" not in published
+    assert main(["card", str(study.parent / "pipeline")]) == 0
+    card = (study.parent / "pipeline" / "README.md").read_text()
+    assert "Reader study (2 reader(s), 64 answers on 32 images, test split): pooled accuracy" in card
+    # A study folder inside a pipeline folder is never pushed (real images, the key).
+    import shutil
+
+    shutil.copytree(study, study.parent / "pipeline" / "my_study")
+    assert main(["push", str(study.parent / "pipeline"), "someone/model", "--dry-run"]) == 2
