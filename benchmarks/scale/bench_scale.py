@@ -106,17 +106,21 @@ def main():
         train = ["--dataset", str(folder), "--model_preset", "tiny", "--train_batch_size", "8", "--max_train_steps",
                  str(args.steps), "--lr_warmup_steps", "1", "--num_sample_images", "0", "--logger", "none",
                  "--checkpointing_steps", "1000", "--mixed_precision", "no"]
-        for arm, code in (("store", REPO), ("baseline", args.baseline_code)):
+        for arm, code in (("store", REPO), ("store2", REPO), ("baseline", args.baseline_code)):
             if arm not in arms or code is None:
                 continue
-            if arm == "store":  # the cache is prepared by a first run; the measured run reuses it
+            if arm.startswith("store") and not (work / "warm").exists():  # a first run prepares the cache
                 run_measured([python, str(REPO / "train_unconditional.py"), "--output_dir", str(work / "warm"),
                               *train], env, cwd=REPO)
             run_dir = work / f"run-{arm}"
-            seconds, peak, first = run_measured([python, str(Path(code) / "train_unconditional.py"), "--output_dir",
+            # store2: two processes (torchrun, gloo), each reading its shard of the same memory-mapped store.
+            launcher = [python, "-m", "torch.distributed.run", "--nproc_per_node", "2"] if arm == "store2" else [python]
+            seconds, peak, first = run_measured([*launcher, str(Path(code) / "train_unconditional.py"), "--output_dir",
                                                  str(run_dir), *train], {**env, "PYTHONPATH": str(code)},
                                                 run_dir / "metrics.jsonl", cwd=code)
-            rows.append({"arm": f"train {args.steps} steps, {'prepared store' if arm == 'store' else 'in-memory loader (before)'}",
+            what = {"store": "prepared store", "store2": "prepared store, 2 processes",
+                    "baseline": "in-memory loader (before)"}[arm]
+            rows.append({"arm": f"train {args.steps} steps, {what}",
                          "train_images": count, "seconds": round(seconds, 1),
                          "launch_to_first_step_s": None if first is None else round(first, 1),
                          "peak_rss_anon_gib": round(peak, 3),
