@@ -217,17 +217,18 @@ def test_two_machines_prepare_once_each_and_partition_every_epoch_exactly(tmp_pa
 
 
 def test_uneven_batches_end_at_max_steps_and_resume_exactly_on_two_ranks(tmp_path, data_root):
-    # 120 images, 8 per rank: 15 global batches -> 7 per rank per epoch (counting before prepare() assumed 8).
-    # The first leg stops at 8 by asking for 8 steps, so the learning rate must not depend on --max_train_steps:
-    # a constant schedule (the default cosine decay is laid out over the run's length).
+    # 120 images, 8 per rank: 15 global batches -> 7 per rank per epoch (counting before prepare() assumed 8), so
+    # step 8 is the first of epoch 1. The first leg stops at 4 by asking for 4 steps, so the learning rate must not
+    # depend on --max_train_steps: a constant schedule (the default cosine decay is laid out over the run's length).
     args = ["--max_train_samples", "120", "--checkpointing_steps", "4", "--lr_scheduler", "constant_with_warmup", *TINY]
     reference, resumed = tmp_path / "reference", tmp_path / "resumed"
-    run_training(reference, data_root, *args, "--max_train_steps", "16", launcher=(*TWO, "29542"))
-    assert [m["step"] for m in read_metrics(reference)] == list(range(1, 17))
+    run_training(reference, data_root, *args, "--max_train_steps", "8", launcher=(*TWO, "29542"))
+    assert [m["step"] for m in read_metrics(reference)] == list(range(1, 9))
+    assert [m["epoch"] for m in read_metrics(reference)] == [0] * 7 + [1]
     summary = json.loads((reference / "train_summary.json").read_text())
-    assert summary["global_step"] == 16 and summary["ranks_in_sync"]
-    run_training(resumed, data_root, *args, "--max_train_steps", "8", launcher=(*TWO, "29543"))
-    run_training(resumed, data_root, *args, "--max_train_steps", "16", "--resume_from_checkpoint", "latest",
+    assert summary["global_step"] == 8 and summary["ranks_in_sync"]
+    run_training(resumed, data_root, *args, "--max_train_steps", "4", launcher=(*TWO, "29543"))
+    run_training(resumed, data_root, *args, "--max_train_steps", "8", "--resume_from_checkpoint", "latest",
                  launcher=(*TWO, "29544"))
     assert [m["loss"] for m in read_metrics(resumed)] == [m["loss"] for m in read_metrics(reference)]
     assert [m["epoch"] for m in read_metrics(resumed)] == [m["epoch"] for m in read_metrics(reference)]
