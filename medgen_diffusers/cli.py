@@ -301,7 +301,6 @@ def cmd_reader_study(args):
         print(f"wrote {Path(args.study) / 'results.json'} and results.png"
               + (f"; the pooled numbers (no reader names) to {published} for the model card" if published else ""))
         return
-    from .data import load_images
     from .provenance import is_public_source, provenance
 
     if args.split == "train" and not args.include_training_images:
@@ -312,7 +311,7 @@ def cmd_reader_study(args):
     device = resolve_device(args.device)
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
     size = pipe.unet.config.sample_size
-    real = load_images(args.dataset, args.split, size, args.data_root, **source_options(args))
+    real = data.load(args.split, size)
     record = provenance(pipe.unet, data_record(data, args, size), pipeline=source_name(args.pipeline))
     local = args.pipeline is not None and Path(args.pipeline).is_dir() and not is_shipped(args.pipeline)
     study = create_study(pipe, real, args.num_images, args.out, args.seed, args.balanced, resolve_steps(pipe, args.steps),

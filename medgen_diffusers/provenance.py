@@ -117,6 +117,19 @@ class DataSource:
     explicit: bool = False
     run_config: Optional[Dict] = None
 
+    def load(self, split: str = "train", size: Optional[int] = None):
+        """One split of this source as ImageData, read as the run read it (its columns, window, slices, patients,
+        crop): the prepared store when there is one."""
+        from .data import load_images
+
+        return load_images(self.dataset, split, size, self.root, **self.options)
+
+    def class_counts(self, split: str, size: Optional[int] = None):
+        """Images per class of ``split`` (from a store's manifest without reading pixels)."""
+        from .data import class_counts
+
+        return class_counts(self.dataset, split, size, self.root, **self.options)
+
     def record(self, train_md5: Optional[str]) -> Dict:
         """The result's data block; warns once when the checksum differs from the one the model was trained on."""
         matches = None if self.recorded_md5 is None or train_md5 is None else train_md5 == self.recorded_md5

@@ -131,17 +131,19 @@ def resolve_data(args, pipeline, run_config=None):
 
 def data_record(source, args, size=None):
     """The result's data block: the source and its train split's checksum against the recorded one."""
-    from .data import load_images
-
-    train = load_images(args.dataset, "train", size, args.data_root, **source_options(args))
-    return source.record(train.md5)
+    return source.record(source.load("train", size).md5)
 
 
 def split_counts(split, args, size=None):
-    """Per-class counts of the real ``split`` (None when not asked for)."""
-    from .data import class_counts
+    """Per-class counts of the real ``split`` (None when not asked for), of the source resolve_data pointed at."""
+    return None if split is None else data_source_of(args).class_counts(split, size)
 
-    return None if split is None else class_counts(args.dataset, split, size, args.data_root, **source_options(args))
+
+def data_source_of(args):
+    """The DataSource ``args`` name (after :func:`resolve_data`): the object every command reads its data with."""
+    from .provenance import DataSource
+
+    return DataSource(dataset=args.dataset, root=args.data_root, options=source_options(args))
 
 
 def device_name(device) -> str:

@@ -40,8 +40,6 @@ def evaluate_command(args):
     generation = {"source": source_name(args.source)}
     device = resolve_device(args.device)
     if images_given:
-        from .data import load_images
-
         images, labels = read_images(source, None, args.images_key)  # a bad file is refused first
         made_by = read_provenance(source) or {}
         pipeline = made_by.get("pipeline")
@@ -54,7 +52,7 @@ def evaluate_command(args):
             recorded = made_by.get("data") or {}
             data = resolve_data(args, None, run_config={"dataset": recorded.get("source"),
                                                          "data_md5": recorded.get("checksum")})
-        real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
+        real = data.load(args.split, args.size)
         if source.is_dir():  # class sub-folders named like the real classes give labels
             images, labels = read_images(source, real.class_names, args.images_key)
         if args.num_samples is not None:
@@ -68,15 +66,13 @@ def evaluate_command(args):
     else:
         from .generation import default_chunk_size, estimate_seconds, generate_images, plan_labels, say_estimate
 
-        from .data import load_images
-
         pipe = load_pipeline(args.source, args.scheduler).to(device)
         data = resolve_data(args, args.source)
         args.size = args.size or pipe.unet.config.sample_size  # real images at the model's size
-        real = load_images(args.dataset, args.split, args.size, args.data_root, **source_options(args))
+        real = data.load(args.split, args.size)
         counts = split_counts(args.split, args, args.size) if real.labels is not None else None
         num = args.num_samples or len(real)
-        train_size = len(load_images(args.dataset, "train", args.size, args.data_root, **source_options(args)))
+        train_size = len(data.load("train", args.size))
         if not args.no_floor and num > train_size:  # before any image is generated
             raise ValueError(f"The real-vs-real floor needs {num} train images (as many as generated); the train "
                              f"split has {train_size}: pass --num-samples <= {train_size} or --no-floor.")
