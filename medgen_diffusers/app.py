@@ -207,7 +207,7 @@ def reader_tab(gr, session):
         reader = gr.Textbox(label="Your name or reader code")
         start = gr.Button("Start / resume")
         progress = gr.Markdown()
-        image = gr.Image(label="Image", type="numpy", interactive=False, format="png")
+        image = gr.Image(label="Image", type="numpy", interactive=False, format="png", buttons=["fullscreen"])  # zoom
         choice = gr.Radio(["real", "synthetic"], label="This image is")
         confidence = gr.Slider(1, 5, value=3, step=1, label="Confidence (1 = a guess, 5 = certain)")
         class_name = gr.Dropdown([""] + session.class_names, value="", label="Class (optional)",
