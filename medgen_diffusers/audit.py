@@ -132,11 +132,16 @@ def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Dict[str
 
 @torch.no_grad()
 def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], timesteps: Sequence[int] = (50, 200, 500),
-                     seed: int = 0, batch_size: int = 128) -> np.ndarray:
+                     seed: int = 0, batch_size: Optional[int] = None) -> np.ndarray:
     """Per-image denoising loss of the pipeline's UNet (its own prediction type), averaged over ``timesteps``, with
     noise drawn per image from a fixed seed: the same image always gets the same noise. An EDM pipeline is scored
     at the noise levels sigma = sqrt((1 - a_t) / a_t) these timesteps have on the cosine schedule (the default
-    model's), with EDM's own loss (||F - F_target||^2, its lambda(sigma)-weighted denoising error)."""
+    model's), with EDM's own loss (||F - F_target||^2, its lambda(sigma)-weighted denoising error). ``batch_size``
+    None: 128 up to 64 px (the noise is drawn per batch, so the shipped models' numbers stay as they were), fewer
+    for larger images -- generation's pixel budget (128 at 256 px held ~12 GB of activations)."""
+    from .generation import default_chunk_size
+
+    batch_size = batch_size or min(128, default_chunk_size(pipe))
     unet, scheduler = pipe.unet, pipe.scheduler
     device = unet.device
     config = scheduler.config
