@@ -138,7 +138,8 @@ def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], tim
     at the noise levels sigma = sqrt((1 - a_t) / a_t) these timesteps have on the cosine schedule (the default
     model's), with EDM's own loss (||F - F_target||^2, its lambda(sigma)-weighted denoising error). ``batch_size``
     None: 128 up to 64 px (the noise is drawn per batch, so the shipped models' numbers stay as they were), fewer
-    for larger images -- generation's pixel budget (128 at 256 px held ~12 GB of activations)."""
+    for larger images -- generation's pixel budget (with 128 at 256 px, an audit against 100k images had
+    reached 6.5 GiB RssAnon when stopped; 3.38 GiB with this, benchmarks/results/scale/commands.jsonl)."""
     from .generation import default_chunk_size
 
     batch_size = batch_size or min(128, default_chunk_size(pipe))

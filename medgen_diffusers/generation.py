@@ -21,8 +21,9 @@ import torch
 from .pipelines import class_index, default_steps
 
 DEFAULT_CHUNK_SIZE = 256  # images per chunk up to 48 px (the shipped 28-px models' numbers were made with it)
-# ... and above, at most this many pixels per chunk: a chunk of 64 images at 256 px held 6 GiB of a tiny UNet's
-# activations (`medgen evaluate` peaked at 7.8 GiB RssAnon; 1.8 GiB with 8). 256 px: 9 images, 512 px: 2.
+# ... and above, at most this many pixels per chunk: with 64 images of a tiny 256-px UNet in one chunk
+# `medgen evaluate` peaked at 7.77 GiB RssAnon, 1.93 GiB with this budget (benchmarks/results/scale/commands.jsonl).
+# 256 px: 9 images, 512 px: 2.
 CHUNK_PIXELS = DEFAULT_CHUNK_SIZE * 48 * 48
 
 
