@@ -27,9 +27,9 @@ TRAIN_USAGE = """Train a (class-conditional) DDPM on a MedMNIST dataset or your 
 DISTILL_USAGE = "Latent-consistency distillation of a BloodMNIST pipeline into a few-step sampler (pixel space, LCMScheduler)."
 
 
-def train_args(argv=None, prog=None, resolve=True):
-    """train.py's arguments (``medgen train --help``); ``resolve``: settle ``--mixed_precision auto`` (asks torch)."""
-    p = ArgumentParser(prog=prog, description=TRAIN_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+def data_arguments(p):
+    """The data options every training script shares (train, train-vae): where the images come from and how they
+    are read. Returns the argument group, for a script's own data options."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="bloodmnist",
                    help="A MedMNIST 2D flag, a folder of images (one sub-folder per class, or none: unlabeled), a "
@@ -64,6 +64,22 @@ def train_args(argv=None, prog=None, resolve=True):
                    help="Non-square images (folders, DICOM, NIfTI): center (default) keeps the central square, pad "
                         "adds black borders around the whole image -- both keep the aspect ratio -- and resize "
                         "stretches them to N x N. Recorded, so every later command reads them the same way.")
+    return g
+
+
+def source_options(args) -> dict:
+    """The source options of parsed arguments, as ``load_images`` (and every later command) takes them."""
+    return dict(image_column=args.image_column,
+                label_column=None if args.label_column.lower() == "none" else args.label_column,
+                window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
+                split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
+                patient_regex=args.patient_regex, crop=args.crop)
+
+
+def train_args(argv=None, prog=None, resolve=True):
+    """train.py's arguments (``medgen train --help``); ``resolve``: settle ``--mixed_precision auto`` (asks torch)."""
+    p = ArgumentParser(prog=prog, description=TRAIN_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = data_arguments(p)
     g.add_argument("--augment", default="auto", choices=("auto", *AUGMENTATIONS),
                    help="dihedral: random flips and 90° rotations; none; auto (default): the data's documented "
                         "policy -- dihedral for cells and tissue (BloodMNIST, PathMNIST, ...), none where orientation "
@@ -74,6 +90,14 @@ def train_args(argv=None, prog=None, resolve=True):
     g = p.add_argument_group("model")
     g.add_argument("--model_preset", default="tiny", choices=sorted(UNET_PRESETS))
     g.add_argument("--model_config", default=None, help="UNet2DModel config JSON; overrides --model_preset.")
+    g.add_argument("--vae", default=None,
+                   help="Latent diffusion: an AutoencoderKL (a `medgen train-vae` folder, a pipeline or VAE folder, "
+                        "or a Hub id) whose latents the UNet learns. The train split is encoded once (cached beside "
+                        "the prepared data) and scaled to unit variance (the factor is measured and recorded). "
+                        "Default: pixel space.")
+    g.add_argument("--allow_vae_on_private_data", action="store_true",
+                   help="With --dp_epsilon: use a --vae trained on this same private data without DP (refused "
+                        "otherwise); the card then says that epsilon does not cover what the VAE learned.")
     g.add_argument("--class_conditional", action=argparse.BooleanOptionalAction, default=None,
                    help="Default: on when the data has one class label per image, off otherwise (with a notice).")
     g.add_argument("--label_dropout", type=float, default=0.1,
@@ -178,6 +202,11 @@ def train_args(argv=None, prog=None, resolve=True):
         p.error("--max_train_steps must be >= 1.")
     if not 0.0 <= args.label_dropout < 1.0:
         p.error("--label_dropout must be in [0, 1).")
+    if args.vae is not None and args.formulation == "edm":
+        p.error("--formulation edm assumes pixel data of standard deviation 0.5 (EDM's sigma_data); latents are "
+                "scaled to unit variance. Use --formulation ddpm with --vae.")
+    if args.allow_vae_on_private_data and (args.vae is None or args.dp_epsilon is None):
+        p.error("--allow_vae_on_private_data goes with --vae and --dp_epsilon.")
     if args.formulation == "edm" and args.snr_gamma is not None:
         p.error("--snr_gamma weights the DDPM losses; EDM's loss has its own weighting (lambda(sigma) = 1 / c_out^2). "
                 "Leave --snr_gamma out with --formulation edm.")
@@ -255,4 +284,65 @@ def distill_args(argv=None, prog=None, resolve=True):
         from .models import auto_mixed_precision
 
         args.mixed_precision = auto_mixed_precision(on_cpu=on_cpu(args))
+    return args
+
+
+TRAIN_VAE_USAGE = """Train a diffusers AutoencoderKL on your images: the first stage of latent diffusion.
+
+    medgen train-vae --dataset FOLDER --resolution 128 --output_dir runs/vae       # then:
+    medgen train --dataset FOLDER --resolution 128 --vae runs/vae --output_dir runs/ldm"""
+
+
+def train_vae_args(argv=None, prog=None, resolve=True):
+    """vae.py's arguments (``medgen train-vae --help``); ``resolve`` as for ``train_args``."""
+    p = ArgumentParser(prog=prog, description=TRAIN_VAE_USAGE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    data_arguments(p)
+    g = p.add_argument_group("autoencoder")
+    g.add_argument("--downsample", type=int, default=4, choices=(4, 8),
+                   help="Pixels per latent across: 4 (128 px -> 32x32 latents) or 8 (Stable Diffusion's).")
+    g.add_argument("--latent_channels", type=int, default=4, help="Channels of the latent (Stable Diffusion: 4).")
+    g.add_argument("--base_channels", type=int, default=64,
+                   help="Channels of the first encoder level (doubled once after it, as in Stable Diffusion's VAE).")
+    g.add_argument("--layers_per_block", type=int, default=1)
+    g.add_argument("--init_from", default=None,
+                   help="Fine-tune this AutoencoderKL (a folder, or a Hub id: downloaded when online) instead of "
+                        "training a new one; its channels must match the data's.")
+    g.add_argument("--kl_weight", type=float, default=1e-6,
+                   help="Weight of the KL term (small: the latent stays close to a Gaussian without blurring).")
+    g.add_argument("--disc_weight", type=float, default=0.0,
+                   help="Weight of a patch discriminator's (hinge) adversarial loss on the decoder, from "
+                        "--disc_start on. 0 (default): L1 + KL only.")
+    g.add_argument("--disc_start", type=int, default=500, help="Step from which the discriminator trains and counts.")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--train_batch_size", type=int, default=32, help="Per process.")
+    g.add_argument("--max_train_steps", type=int, default=2000)
+    g.add_argument("--learning_rate", type=float, default=3e-4)
+    g.add_argument("--lr_warmup_steps", type=int, default=100)
+    g.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    g.add_argument("--ema_max_decay", type=float, default=0.999)
+    g.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                   help="As train_unconditional.py's.")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cpu", action="store_true", help="Train on the CPU even when a GPU is present.")
+    g = p.add_argument_group("outputs")
+    g.add_argument("--output_dir", required=True,
+                   help="The AutoencoderKL is saved here (config.json + safetensors: a valid --vae), with "
+                        "run_config.json, vae_summary.json (val PSNR/SSIM) and checkpoints.")
+    g.add_argument("--overwrite_output_dir", action="store_true", help="Replace the run already in --output_dir.")
+    g.add_argument("--checkpointing_steps", type=int, default=500)
+    g.add_argument("--checkpoints_total_limit", type=int, default=2)
+    g.add_argument("--resume_from_checkpoint", default=None, help="A checkpoint folder, or 'latest'.")
+    g.add_argument("--num_val", type=int, default=512, help="Val images for the reconstruction PSNR/SSIM.")
+    args = p.parse_args(argv)
+    for name in ("train_batch_size", "max_train_steps", "checkpointing_steps", "latent_channels", "base_channels",
+                 "layers_per_block"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1.")
+    if args.base_channels % 8:
+        p.error("--base_channels must be a multiple of 8 (the VAE's group normalisation uses 8 groups).")
+    args.launched_as = prog or Path(sys.argv[0]).name
+    if resolve and args.mixed_precision == "auto":
+        from .models import auto_mixed_precision
+
+        args.mixed_precision = auto_mixed_precision(on_cpu(args))
     return args

@@ -152,6 +152,8 @@ def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], tim
     losses = []
     for start in range(0, len(images), batch_size):
         x0 = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+        if getattr(pipe, "vae", None) is not None:  # a latent model denoises the image's scaled latent
+            x0 = pipe.vae.encode(x0.to(pipe.vae.dtype)).latent_dist.mean.float() * pipe.vae.config.scaling_factor
         generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
         cond = None
         if labels is not None and unet.config.num_class_embeds is not None:
@@ -244,10 +246,10 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
     from .data import load_images
     from .generation import generate_images, labels_like_split
 
-    train = load_images(dataset, "train", pipe.unet.config.sample_size, root, **source_options)
-    test = load_images(dataset, "test", pipe.unet.config.sample_size, root, **source_options)
-    if train.images.shape[1] != pipe.unet.config.in_channels:
-        raise AuditError(f"The model makes {pipe.unet.config.in_channels}-channel images but {dataset} has "
+    train = load_images(dataset, "train", pipe.image_size, root, **source_options)
+    test = load_images(dataset, "test", pipe.image_size, root, **source_options)
+    if train.images.shape[1] != pipe.image_channels:
+        raise AuditError(f"The model makes {pipe.image_channels}-channel images but {dataset} has "
                          f"{train.images.shape[1]} channels: audit it against the data it was trained on.")
     trained = len(train) if num_trained is None else min(int(num_trained), len(train))
     for name, wanted, available in (("--num-train", num_train, trained), ("--num-test", num_test, len(test)),
@@ -298,7 +300,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
             from .inception import InceptionFeatures
 
             extractor = extractor or InceptionFeatures()
-            reals = RealFeatures(extractor, dataset, pipe.unet.config.sample_size, root, **source_options)
+            reals = RealFeatures(extractor, dataset, pipe.image_size, root, **source_options)
             feats = [extractor.standard(synthetic, progress),
                      reals.get("train", "standard", progress=progress, indices=train_idx)[0],
                      reals.get("test", "standard", num_test, seed, progress)[0]]

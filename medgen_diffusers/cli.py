@@ -2,6 +2,7 @@
 
   train     train a pipeline (train_unconditional.py), e.g. with --dp_epsilon for differential privacy
   distill   distil a few-step student (distill_lcm.py)
+  train-vae train an AutoencoderKL (vae.py), the first stage of latent diffusion (`medgen train --vae`)
   sample    generate images: a PNG grid, a MedMNIST-layout npz, a folder per class, or a saved datasets.Dataset
   evaluate  FID/KID (standard + the seed's 64-d protocol) with the real-vs-real floor, as JSON
   audit     copies and membership inference against the training images, beside held-out real baselines
@@ -15,8 +16,9 @@
   reader-study  create a blinded real-vs-synthetic study (readers answer in `medgen app --study`), score it
 
 Exit codes: 0 success, 2 bad arguments or inputs (one line on stderr saying what and how to fix it), 3 network or
-Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). ``medgen train``
-and ``medgen distill`` are the training scripts (``train.py``, ``distill.py``) with their own arguments.
+Hub failures, 1 (with a traceback) anything else: a bug, or the machine (e.g. CUDA out of memory). ``medgen train``,
+``medgen distill`` and ``medgen train-vae`` are the training scripts (``train.py``, ``distill.py``, ``vae.py``) with
+their own arguments.
 
 Each ``cmd_*`` wires a command's arguments to the module that does the work (``scoring`` for evaluate, ``audit``,
 ``utility``, ``export``, ...; ``runtime`` resolves the pipeline, device, data source and output paths they share).
@@ -152,7 +154,7 @@ def cmd_audit(args):
                        figure, num_trained=num_trained, **source_options(args))
     result["source"] = source_name(args.pipeline)
     result["device"] = device_name(device)
-    result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.unet.config.sample_size))
+    result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.image_size))
     write_json(_public(result), out)
     for space, stats in result["nearest_neighbours"].items():
         print(f"{space:9s} copy rate {stats['copy_rate']['synthetic']:.4f} (test baseline "
@@ -200,7 +202,7 @@ def cmd_utility(args):
                          arms=[a.strip() for a in args.arms.split(",") if a.strip()] or None, **source_options(args))
     result["source"] = source_name(args.pipeline)
     result["device"] = device_name(device)
-    result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.unet.config.sample_size))
+    result["provenance"] = provenance(pipe.unet, data_record(data, args, pipe.image_size))
     write_json(_public(result), out)
     print_utility(result, out)
 
@@ -310,7 +312,7 @@ def cmd_reader_study(args):
     data = resolve_data(args, args.pipeline)
     device = resolve_device(args.device)
     pipe = load_pipeline(args.pipeline, args.scheduler).to(device)
-    size = pipe.unet.config.sample_size
+    size = pipe.image_size
     real = data.load(args.split, size)
     record = provenance(pipe.unet, data_record(data, args, size), pipeline=source_name(args.pipeline))
     local = args.pipeline is not None and Path(args.pipeline).is_dir() and not is_shipped(args.pipeline)
@@ -378,6 +380,7 @@ def build_parser():
     # Listed for --help; main() hands their arguments to the scripts' own parsers before this parser runs.
     commands.add_parser("train", help="Train a pipeline (train_unconditional.py; `medgen train --help`).")
     commands.add_parser("distill", help="Distil a few-step student (distill_lcm.py; `medgen distill --help`).")
+    commands.add_parser("train-vae", help="Train an AutoencoderKL for latent diffusion (`medgen train-vae --help`).")
 
     def add_generation_options(p):
         p.add_argument("--scheduler", default=None, choices=sorted(SCHEDULERS),
@@ -572,7 +575,7 @@ def build_parser():
 
 # The training scripts, as commands of an installed package: `medgen train ARGS` is `train_unconditional.py ARGS`
 # (their own argument parsers and --help; `accelerate launch -m medgen_diffusers.train` for several processes).
-SCRIPTS = {"train": "medgen_diffusers.train", "distill": "medgen_diffusers.distill"}
+SCRIPTS = {"train": "medgen_diffusers.train", "distill": "medgen_diffusers.distill", "train-vae": "medgen_diffusers.vae"}
 
 
 def main(argv=None):
@@ -587,7 +590,7 @@ def main(argv=None):
         prog = f"medgen {argv[0]}"
         # The script's arguments are parsed before torch loads (arguments.py): --help and a mistyped option answer
         # at once; the script parses them again (a few milliseconds) and runs.
-        getattr(arguments, f"{argv[0]}_args")(argv[1:], prog=prog, resolve=False)
+        getattr(arguments, f"{argv[0].replace('-', '_')}_args")(argv[1:], prog=prog, resolve=False)
         script = importlib.import_module(SCRIPTS[argv[0]])
         return _run(argv[0], lambda: script.main(argv[1:], prog=prog))
     parser = build_parser()

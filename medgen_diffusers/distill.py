@@ -150,6 +150,10 @@ def main(argv=None, prog=None):
         keys = ["teacher_sha256", "phases", "lr_scheduler"] + (["max_train_steps"] * (args.lr_scheduler == "cosine"))
         check_resumed_config(output_dir, "distill_config.json", {**vars(args), "teacher_sha256": teacher_sha256},
                              keys)
+    if getattr(teacher_pipe, "vae", None) is not None:
+        raise ValueError(f"--teacher {args.teacher} is a latent pipeline (it has a vae): distillation works in pixel "
+                         "space only so far. Sample the latent model with fewer DDIM/DPM-Solver++ steps instead "
+                         "(`medgen sample --steps 10`).")
     teacher = teacher_pipe.unet.requires_grad_(False).eval().to(accelerator.device)
     schedule = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
     prediction_type = schedule.config.prediction_type

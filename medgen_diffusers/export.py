@@ -118,8 +118,8 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
         return None
     chunks = lambda: read_chunks(parts, labels, num_images, chunk_size)  # noqa: E731
     class_names = list(pipe.config.class_names or [])
-    size = pipe.unet.config.sample_size
-    channels = pipe.unet.config.out_channels
+    size = pipe.image_size
+    channels = pipe.image_channels
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     if fmt == "npz":

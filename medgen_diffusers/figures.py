@@ -55,7 +55,10 @@ def progressive_frames(
 
     final = pipe(batch_size=batch_size, latents=x_T, generator=generator, callback_on_step_end=keep,
                  output_type="pt", **call_kwargs).images
-    to_pil = lambda x: pipe.numpy_to_pil((x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy())  # noqa: E731
+    def to_pil(x):  # a latent pipeline's x_t is shown as its VAE decodes it
+        x = pipe.decode_latents(x) if getattr(pipe, "vae", None) is not None else x
+        return pipe.numpy_to_pil((x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy())
+
     frames = {"x_T": to_pil(x_T)}
     for t in sorted(captured, reverse=True):
         frames[f"t={t}"] = to_pil(captured[t])
@@ -229,7 +232,7 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
 
         source = data_source(run_dir, dataset, data_root, run_config=run_config)
         if is_public_source(source.dataset) or show_real:
-            real = load_images(source.dataset, "train", pipe.unet.config.sample_size, source.root, **source.options)
+            real = load_images(source.dataset, "train", pipe.image_size, source.root, **source.options)
             pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:16]
             real_images = [PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
                            for image in real.images[pick].permute(0, 2, 3, 1).numpy()]

@@ -29,7 +29,7 @@ CHUNK_PIXELS = DEFAULT_CHUNK_SIZE * 48 * 48
 
 def default_chunk_size(pipe) -> int:
     """Images per chunk for ``pipe``'s image size: 256 up to 48 px, then a fixed pixel budget (CHUNK_PIXELS)."""
-    size = pipe.unet.config.sample_size
+    size = pipe.image_size
     size = size if isinstance(size, int) else size[0] * size[1] // max(size)
     return max(1, min(DEFAULT_CHUNK_SIZE, CHUNK_PIXELS // (size * size)))
 

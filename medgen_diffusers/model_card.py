@@ -32,7 +32,7 @@ TEMPLATE = """---
 
 A denoising diffusion model that generates synthetic **{dataset}** images ({resolution}x{resolution}
 {color}), trained with [medgen-diffusers](https://github.com/medgen-diffusers/medgen-diffusers).
-{description}{classes_section}
+{latent_section}{description}{classes_section}
 ## How to use
 
 ```python
@@ -241,6 +241,22 @@ SCHEDULER_SWAP = {
 }
 
 
+def latent_section(latent: Optional[Dict]) -> str:
+    """What a latent model is made of: the autoencoder, its latents and how well it reconstructs held-out images."""
+    if not latent:
+        return ""
+    side = latent["latent_resolution"]
+    text = (f"\nIt is a **latent** diffusion model: the UNet denoises {latent['latent_channels']}x{side}x{side} "
+            f"latents of an `AutoencoderKL` ({latent['downsample']}x downsampling; latents scaled by "
+            f"{latent['scaling_factor']:.4g}, {latent['scaling_rule']}), whose decoder (`pipe.vae`) makes the "
+            f"images. Autoencoder: `{latent['vae']}` (weights sha256 {latent['vae_sha256'][:12]}).")
+    quality = latent.get("reconstruction")
+    if quality:
+        text += (f" Its reconstruction of {quality['num_images']} held-out {quality['split']} images: PSNR "
+                 f"{quality['psnr']:.2f} dB, SSIM {quality['ssim']:.3f} -- detail it loses, the model cannot make.")
+    return text + "\n"
+
+
 def build_model_card(
     training_config: Dict,
     class_names: Optional[List[str]] = None,
@@ -307,6 +323,7 @@ def build_model_card(
         bias_note=source["bias"],
         citation_section=citation_section,
         classes_section=classes_section,
+        latent_section=latent_section(training_config.get("latent")),
         repo_or_path=repo_or_path,
         num_train_images=training_config.get("num_train_images", "all"),
         launched_as=training_config.get("launched_as", "train_unconditional.py"),

@@ -46,22 +46,27 @@ NORM_GROUPS = {"tiny": 8, "small": 16, "base": 32}
 PRESET_SIZES = (28, 64, 128, 224)  # documented and measured (benchmarks/results/presets.json)
 
 
-def num_levels(size: int) -> int:
-    """Resolution levels for ``size``: halve while the size stays even and the lowest level keeps >= 7 pixels."""
+def num_levels(size: int, min_side: int = 7) -> int:
+    """Resolution levels for ``size``: halve while the size stays even and the lowest level keeps >= ``min_side``
+    pixels (7 for images; 4 for latents, which are already 4-8x smaller than the image)."""
     levels = 1
-    while levels < 6 and size % (2 ** levels) == 0 and size // (2 ** levels) >= 7:
+    while levels < 6 and size % (2 ** levels) == 0 and size // (2 ** levels) >= min_side:
         levels += 1
     return levels
 
 
-def preset_config(preset: str, size: int) -> dict:
-    """The preset's UNet2DModel config for ``size`` x ``size`` images (28 px: the original three presets)."""
+def preset_config(preset: str, size: int, latent: bool = False) -> dict:
+    """The preset's UNet2DModel config for ``size`` x ``size`` images (28 px: the original three presets), or for
+    ``size`` x ``size`` latents (``latent``: levels down to 4 px, at least two)."""
     if preset not in UNET_PRESETS:
         raise ValueError(f"Unknown model preset {preset!r}. Valid presets: {', '.join(UNET_PRESETS)}.")
-    if size == 28:
+    if size == 28 and not latent:
         return dict(UNET_PRESETS[preset])
-    levels = num_levels(size)
-    if levels < 3:
+    levels = num_levels(size, min_side=4 if latent else 7)
+    if latent and levels < 2:
+        raise ValueError(f"{size}x{size} latents do not halve to >= 4 pixels: train at a --resolution whose "
+                         "latents are 8, 16, 32 or 64 pixels across (e.g. 32, 64, 128, 256 px with --downsample 4).")
+    if levels < (2 if latent else 3):
         raise ValueError(f"Size {size} halves fewer than twice down to >= 7 pixels: use a --resolution such as "
                          f"{', '.join(map(str, PRESET_SIZES))} (or 32, 48, 96, ...).")
     attention = [size // 2 ** i <= ATTENTION_AT_MOST[preset] for i in range(levels)]
@@ -79,6 +84,7 @@ def build_unet(
     sample_size: int = 28,
     channels: int = 3,
     num_classes: Optional[int] = None,
+    latent: bool = False,
 ) -> "UNet2DModel":
     """A fresh UNet2DModel from a preset name or a UNet config JSON (``config_path`` wins).
 
@@ -91,7 +97,7 @@ def build_unet(
             raise FileNotFoundError(f"UNet config {path} does not exist; pass a UNet2DModel config.json.")
         config = json.loads(path.read_text())
     else:
-        config = preset_config(preset, sample_size)
+        config = preset_config(preset, sample_size, latent)
     config.update(sample_size=sample_size, in_channels=channels, out_channels=channels)
     config["num_class_embeds"] = None if num_classes is None else num_classes + 1
     from diffusers import UNet2DModel  # here, not at import: the presets are read by `medgen train --help`

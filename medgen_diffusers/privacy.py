@@ -93,12 +93,18 @@ class PrivacyPlan:
     init_from: Optional[str] = None
     prior_overlap: Optional[str] = None  # how --init_from's training data overlaps the private data (override given)
     unit_note: Optional[str] = None  # when the unit is one image although a person may have several
+    vae: Optional[str] = None  # latent diffusion: the autoencoder whose latents the UNet learned (--vae)
+    vae_overlap: Optional[str] = None  # how the VAE's training data overlaps the private data (override given)
     secure_rng: bool = True  # Opacus' secure_mode noise sampling, from a generator seeded by a secret
 
     def record(self) -> dict:
         not_covered = list(NOT_COVERED)
         if self.prior_overlap:
             not_covered.append(f"what the prior (--init_from) learned of this private data: {self.prior_overlap}")
+        if self.vae:  # the VAE is published with the model (its decoder makes every image) and was not trained here
+            not_covered.append("the autoencoder (--vae), trained without DP, and what it learned of its training data"
+                               + (f" -- which overlaps this private data: {self.vae_overlap}" if self.vae_overlap
+                                  else ""))
         return {**asdict(self), "covers": COVERS.format(unit=self.unit), "not_covered": not_covered,
                 "delta_meaning": delta_meaning(self.delta, self.num_units, self.unit)}
 
@@ -231,6 +237,20 @@ def check_private_source(data, dataset: str, dp_unit: str, init_from: Optional[s
                            "it learned of these images. Start from a model trained on other (public) data, or pass "
                            "--allow_prior_on_private_data to fine-tune anyway (the card then says that epsilon does "
                            "not cover the prior's view of this data).")
+    return overlap
+
+
+def check_private_vae(vae: str, dataset: str, data_md5: str, allow: bool) -> Optional[str]:
+    """Latent DP training: epsilon covers the UNet's steps only. A VAE trained on this private data (without DP)
+    has already seen every image, and its decoder is published with the model: refused unless ``allow`` (then
+    returned, for the card). A VAE of other, public data is what latent DP needs (None)."""
+    overlap = prior_overlap(vae, dataset, data_md5)
+    if overlap and not allow:
+        raise PrivacyError(f"--vae {vae} is not known to be trained on public data: {overlap}. Its encoder and "
+                           "decoder learned from those images without DP, and the decoder is published with the "
+                           "model, so epsilon would not cover what it holds. Train the VAE on public data (e.g. "
+                           "`medgen train-vae --dataset bloodmnist`), or pass --allow_vae_on_private_data to go on "
+                           "(the card then says that epsilon does not cover the VAE).")
     return overlap
 
 

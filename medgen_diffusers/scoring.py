@@ -68,7 +68,7 @@ def evaluate_command(args):
 
         pipe = load_pipeline(args.source, args.scheduler).to(device)
         data = resolve_data(args, args.source)
-        args.size = args.size or pipe.unet.config.sample_size  # real images at the model's size
+        args.size = args.size or pipe.image_size  # real images at the model's size
         real = data.load(args.split, args.size)
         counts = split_counts(args.split, args, args.size) if real.labels is not None else None
         num = args.num_samples or len(real)

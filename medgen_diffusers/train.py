@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
+from medgen_diffusers.arguments import source_options as read_source_options
 from medgen_diffusers.arguments import train_args as parse_args  # the arguments: arguments.py (torch-free)
 from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                             register_ema_hooks, save_checkpoint)
@@ -40,8 +41,8 @@ from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, attention_kernels, build_unet, edm_scheduler, fast_solver,
                                      is_edm, keep_freed_memory)
 from medgen_diffusers.medical_folders import patient_named_classes
-from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, plan_privacy, privacy_units,
-                                      trainable_parameters, unit_note)
+from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, check_private_vae,
+                                      plan_privacy, privacy_units, trainable_parameters, unit_note)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
 from medgen_diffusers.runtime import on_cpu
 
@@ -57,15 +58,24 @@ def sample_grid(pipeline, num_images, steps, seed):
     """A fixed-seed grid from the EMA weights, sampled with DDIM (fast enough to run on CPU)."""
     scheduler = (fast_solver(pipeline.scheduler) if is_edm(pipeline.scheduler)  # EDM timesteps are c_noise(sigma)
                  else DDIMScheduler.from_config(pipeline.scheduler.config))
-    fast = BloodMNISTPipeline(pipeline.unet, scheduler, pipeline.config.class_names)
+    fast = BloodMNISTPipeline(pipeline.unet, scheduler, pipeline.config.class_names, vae=pipeline.vae)
     fast.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return square_grid(fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images)
 
 
-def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes):
+def clean_batch(batch, augmentation, latent_scale=None):
+    """What the UNet learns to make: images (uint8 -> [-1, 1], augmented), or with --vae the cached latents scaled
+    to unit variance."""
+    if latent_scale is not None:
+        return batch.float() * latent_scale
+    return augment(to_model_range(batch), augmentation)
+
+
+def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes,
+                   latent_scale=None):
     """One loss per image: augment, noise at a random timestep, predict the target, weight (Min-SNR)."""
-    clean = augment(to_model_range(batch_images), augmentation)
+    clean = clean_batch(batch_images, augmentation, latent_scale)
     noise = torch.randn_like(clean)
     if is_edm(noise_scheduler):
         return edm_loss(unet, noise_scheduler, clean, noise, drop_labels(batch_labels, num_classes, args), args)
@@ -165,11 +175,7 @@ def private_updates(private, lr_scheduler, loss_fn, images, labels, device, star
 
 def load_training_data(args, accelerator, output_dir, checkpoint):
     """The train split (images, labels; zeros when unlabeled) and the options every later command reads it with."""
-    source_options = dict(image_column=args.image_column,
-                          label_column=None if args.label_column.lower() == "none" else args.label_column,
-                          window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
-                          split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
-                          patient_regex=args.patient_regex, crop=args.crop)
+    source_options = read_source_options(args)
     # Once per node, on its local main process: a download, or a local folder decoded into a memory-mapped store
     # that every rank then reads batch by batch (store.py).
     with accelerator.local_main_process_first():
@@ -191,6 +197,39 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
         raise ValueError(f"{len(images)} training images are fewer than one global batch "
                          f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
     return data, images, labels, source_options
+
+
+def latent_training_data(args, accelerator, data, images, output_dir, checkpoint):
+    """--vae: the AutoencoderKL (frozen, on the device), the train split's latents (encoded once per node into the
+    cache, memory-mapped) and the scaling factor measured on them (set in the VAE's config: the saved pipeline
+    decodes with it)."""
+    from medgen_diffusers.vae import VAEError, load_vae, train_latents, vae_downsampling
+
+    if args.dp_epsilon is not None:  # refused before anything is encoded (make_private records it)
+        check_private_vae(args.vae, args.dataset, data.md5, args.allow_vae_on_private_data)
+    vae = load_vae(args.vae)
+    if vae.config.in_channels != images.shape[1]:
+        raise VAEError(f"--vae {args.vae} encodes {vae.config.in_channels}-channel images; {args.dataset} has "
+                       f"{images.shape[1]}: train a VAE on this data (`medgen train-vae`).")
+    factor = vae_downsampling(vae)
+    if images.shape[-1] % factor:
+        raise VAEError(f"--vae {args.vae} downsamples {factor}x: {images.shape[-1]}-px images make no whole latent; "
+                       f"pass --resolution a multiple of {factor}.")
+    vae = vae.to(accelerator.device).eval().requires_grad_(False)
+    vae_sha256 = weights_sha256(vae)
+    if checkpoint is not None:
+        check_resumed_config(output_dir, "run_config.json", {"vae_sha256": vae_sha256}, ["vae_sha256"])
+    with accelerator.local_main_process_first():  # the local main process encodes; the others read its cache
+        latents, scale, cache = train_latents(vae, images, data.md5, vae_sha256)
+    vae.register_to_config(scaling_factor=scale)
+    record = {"vae": recorded_source(args.vae), "vae_sha256": vae_sha256, "downsample": factor,
+              "latent_channels": vae.config.latent_channels, "latent_resolution": latents.shape[-1],
+              "scaling_factor": scale, "scaling_rule": "1 / std of the train split's latents",
+              "latents": "posterior means, encoded once", "cache": cache.name}
+    summary = Path(str(args.vae)) / "vae_summary.json"  # a `medgen train-vae` folder: its held-out reconstruction
+    if summary.is_file():
+        record["reconstruction"] = json.loads(summary.read_text()).get("reconstruction")
+    return vae, latents, scale, record
 
 
 def refuse_patient_classes(dataset, data, labels, class_conditional):
@@ -279,13 +318,22 @@ def train(args):
     refuse_patient_classes(args.dataset, data, labels, class_conditional)
     num_classes = len(data.class_names) if class_conditional else None
     augmentation, augmentation_reason = resolve_augmentation(args.augment, args.dataset)
-    resolution = images.shape[-1]
-    indices = torch.arange(len(images))  # which images a batch holds (--record_data_order)
-    train_dataloader = DataLoader(TensorDataset(images, labels, indices), batch_size=args.train_batch_size, shuffle=True,
-                                  drop_last=True, generator=torch.Generator().manual_seed(args.seed))
+    # Latent diffusion (--vae): the UNet learns the train split's latents, encoded once into a cached file.
+    vae = latent_scale = latent = None
+    train_set = images
+    if args.vae is not None:
+        vae, train_set, latent_scale, latent = latent_training_data(args, accelerator, data, images, output_dir,
+                                                                   checkpoint)
+        if args.augment not in ("auto", "none"):
+            raise ValueError(f"--augment {args.augment} transforms pixels, but with --vae the UNet learns latents "
+                             "encoded once: drop --augment (or train in pixel space).")
+        augmentation, augmentation_reason = "none", "latent diffusion (--vae): the latents are encoded once"
+    indices = torch.arange(len(train_set))  # which images a batch holds (--record_data_order)
+    train_dataloader = DataLoader(TensorDataset(train_set, labels, indices), batch_size=args.train_batch_size,
+                                  shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
 
     # Model and noise schedule (or both from --init_from's pipeline).
-    unet, noise_scheduler = build_model(args, resolution, images.shape[1], num_classes)
+    unet, noise_scheduler = build_model(args, train_set.shape[-1], train_set.shape[1], num_classes)
     trainable_parameters(unet, args.finetune_layers)  # freezes the rest (all by default: nothing frozen)
     ema_unet = None
     if args.use_ema:
@@ -317,6 +365,8 @@ def train(args):
 
     run_config = describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
                               augmentation_reason, class_conditional, max_train_steps, privacy)
+    if latent is not None:
+        run_config.update(latent=latent, vae_sha256=latent["vae_sha256"])
     if accelerator.is_main_process:
         (output_dir / "run_config.json").write_text(json.dumps(run_config, indent=2) + "\n")
     evaluator = None
@@ -324,7 +374,7 @@ def train(args):
         if privacy is not None:
             logger.warning("--eval_steps with --dp_epsilon: the FID is computed on private images and is not "
                            "covered by epsilon (run_config.json's privacy.not_covered says so).")
-        evaluator = TrainingEvaluator(args.dataset, resolution, args.data_root, args.eval_num_samples,
+        evaluator = TrainingEvaluator(args.dataset, images.shape[-1], args.data_root, args.eval_num_samples,
                                       args.eval_num_val, args.eval_inference_steps, args.seed,
                                       device=accelerator.device, conditional=class_conditional, **source_options)
     if accelerator.is_main_process and args.logger != "none":
@@ -345,12 +395,12 @@ def train(args):
                    f"({privacy.num_units} {privacy.unit}s), "
                    f"sigma {privacy.noise_multiplier:.3f}, q {privacy.sample_rate:.4g}"))
     loss_fn = lambda model, batch_images, batch_labels: diffusion_loss(  # noqa: E731
-        model, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes)
+        model, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes, latent_scale)
     if privacy is None:
         updates = data_parallel_updates(accelerator, unet, optimizer, lr_scheduler, train_dataloader, loss_fn, args,
                                         global_step, max_train_steps, updates_per_epoch, output_dir)
     else:
-        updates = private_updates(private, lr_scheduler, loss_fn, images, labels, accelerator.device, global_step,
+        updates = private_updates(private, lr_scheduler, loss_fn, train_set, labels, accelerator.device, global_step,
                                   max_train_steps)
     if accelerator.is_main_process:
         print(start_summary(args, data, images, run_config, accelerator, max_train_steps, global_step, privacy,
@@ -377,7 +427,8 @@ def train(args):
             # Forked: building the copy (its init) and sampling must not draw from the training RNG, whose state
             # the checkpoint just saved -- a resume from this step would otherwise see another stream.
             with torch.random.fork_rng(devices=[] if accelerator.device.type != "cuda" else [accelerator.device]):
-                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+                pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes,
+                                          vae)
                 snapshot(args, pipeline, evaluator, accelerator, metrics, output_dir, global_step)
     progress.close()
 
@@ -386,7 +437,7 @@ def train(args):
     checksums = accelerator.gather(checksum.reshape(1).to(accelerator.device)).tolist()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes)
+        pipeline = final_pipeline(accelerator, unet, ema_unet, noise_scheduler, data.class_names, num_classes, vae)
         save_run(args, output_dir, pipeline, accelerator, global_step, start_step, start_time, checksums, privacy,
                  private)
         print(end_summary(output_dir, metrics.path), flush=True)
@@ -488,6 +539,8 @@ def make_private(args, data, num_images, unet, optimizer, accelerator):
     """DP-SGD (privacy.py): the units, the noise multiplier for --dp_epsilon over the run's steps, Opacus' wrappers,
     and the accountant saved with every checkpoint."""
     overlap = check_private_source(data, args.dataset, args.dp_unit, args.init_from, args.allow_prior_on_private_data)
+    vae_overlap = None if args.vae is None else check_private_vae(args.vae, args.dataset, data.md5,
+                                                                   args.allow_vae_on_private_data)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", PrivacyWarning)
         unit, unit_of_image = privacy_units(args.dp_unit, data.groups, num_images, args.dataset)
@@ -498,6 +551,7 @@ def make_private(args, data, num_images, unet, optimizer, accelerator):
     plan = plan_privacy(args.dp_epsilon, num_units, args.dp_batch_size, steps, args.dp_max_grad_norm,
                         args.dp_noise_multiplicity, unit, args.dp_delta, args.dp_accountant,
                         finetune_layers=args.finetune_layers, init_from=args.init_from, prior_overlap=overlap,
+                        vae=None if args.vae is None else recorded_source(args.vae), vae_overlap=vae_overlap,
                         unit_note=unit_note(args.dataset) if caught else None)
     private = PrivateStep(unet, optimizer, plan, unit_of_image, args.train_batch_size)  # its own secret, not --seed
     private.register_checkpoint_hooks(accelerator)
@@ -530,7 +584,8 @@ def snapshot(args, pipeline, evaluator, accelerator, metrics, output_dir, step):
 def build_model(args, resolution, channels, num_classes):
     """A fresh UNet of --model_preset/--model_config, or --init_from's UNet; the training noise schedule."""
     if args.init_from is None:
-        unet = build_unet(args.model_preset, args.model_config, resolution, channels, num_classes)
+        unet = build_unet(args.model_preset, args.model_config, resolution, channels, num_classes,
+                          latent=args.vae is not None)
         if args.formulation == "edm":
             return unet, edm_scheduler()
         schedule = dict(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
@@ -562,7 +617,10 @@ def build_model(args, resolution, channels, num_classes):
     # DDPM's default "leading" t=950, where the cosine schedule still keeps 8% signal. Measured on the shipped model
     # (benchmarks/results/samplers.json): DDIM 20 val FID 68.9 -> 44.9. Stated explicitly, so that the scheduler in
     # memory and the one saved to disk give every fast solver the same timesteps.
-    noise_scheduler = DDPMScheduler(**schedule, thresholding=True, sample_max_value=1.0, timestep_spacing="trailing")
+    # Latents are not bounded to [-1, 1] (unit variance): no clamping there, as in Stable Diffusion's schedulers.
+    clamp = args.vae is None
+    noise_scheduler = DDPMScheduler(**schedule, thresholding=clamp, clip_sample=clamp, sample_max_value=1.0,
+                                    timestep_spacing="trailing")
     return unet, noise_scheduler
 
 
@@ -578,8 +636,9 @@ def patient_counts(train, args, source_options):
     return counts
 
 
-def final_pipeline(accelerator, unet, ema_unet, noise_scheduler, class_names, num_classes):
-    """A BloodMNISTPipeline holding a copy of the (EMA) weights; training weights stay untouched."""
+def final_pipeline(accelerator, unet, ema_unet, noise_scheduler, class_names, num_classes, vae=None):
+    """A BloodMNISTPipeline holding a copy of the (EMA) weights (and the --vae that decodes its latents); training
+    weights stay untouched."""
     model = accelerator.unwrap_model(unet)
     model = type(model).from_config(model.config).to(accelerator.device)
     model.load_state_dict(accelerator.unwrap_model(unet).state_dict())
@@ -589,7 +648,7 @@ def final_pipeline(accelerator, unet, ema_unet, noise_scheduler, class_names, nu
     # DDIM: same betas, prediction type and spacing; an EDM run keeps its EDM solver (its timesteps are c_noise).
     scheduler = (type(noise_scheduler) if is_edm(noise_scheduler) else DDIMScheduler).from_config(noise_scheduler.config)
     return BloodMNISTPipeline(model, scheduler, class_names if num_classes is not None else None,
-                              default_num_inference_steps=DEFAULT_SAMPLER_STEPS)
+                              default_num_inference_steps=DEFAULT_SAMPLER_STEPS, vae=vae)
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
     from .data import load_images
     from .generation import generate_images, labels_like_split
 
-    train = load_images(dataset, "train", pipe.unet.config.sample_size, root, **source_options)
+    train = load_images(dataset, "train", pipe.image_size, root, **source_options)
     arms_wanted = arms  # `arms` becomes the table of arm name -> training data below
     if split not in ("val", "test"):
         raise UtilityError(f"split={split!r}: score on 'test' (to report) or 'val' (to choose settings).")
@@ -139,7 +139,7 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
     if arms_wanted and (set(arms_wanted) - set(names) or not {"trtr", "tstr"} <= set(arms_wanted)):
         raise UtilityError(f"arms={list(arms_wanted)}: choose among {names}, always with trtr and tstr (the ratio "
                            "needs both); the real_* arms follow --fractions.")
-    test = load_images(dataset, split, pipe.unet.config.sample_size, root, **source_options)
+    test = load_images(dataset, split, pipe.image_size, root, **source_options)
     if train.labels is None or not pipe.config.class_names:
         raise UtilityError("The utility protocol trains a classifier: it needs class labels in the data and a "
                            "class-conditional pipeline.")
@@ -196,8 +196,8 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
 
         from .data import medmnist_path
 
-        evaluator = Evaluator(dataset, split, size=pipe.unet.config.sample_size,
-                              root=str(medmnist_path(dataset, pipe.unet.config.sample_size, root).parent))
+        evaluator = Evaluator(dataset, split, size=pipe.image_size,
+                              root=str(medmnist_path(dataset, pipe.image_size, root).parent))
     runs = {}
     for name, make in arms.items():
         if name == "real_1" and n == len(real_x) and "trtr" in runs:

@@ -1,0 +1,153 @@
+"""Latent diffusion (issue 39): `medgen train-vae` -> `medgen train --vae` -> a pipeline with a vae component that
+plain diffusers loads, and every command on it. Real BloodMNIST pixels (upsampled 28 -> 32 px), tiny models."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import write_own_folder
+from diffusers import AutoencoderKL, DiffusionPipeline
+
+from medgen_diffusers.cli import main
+from medgen_diffusers.models import preset_config
+from medgen_diffusers.provenance import weights_sha256
+from medgen_diffusers.vae import latent_cache_path, load_vae, reconstruction_quality
+
+COMMON = ["--resolution", "32", "--mixed_precision", "no"]
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory, data_root):
+    """128 real training images (16 per class), 32 val, 64 test, as a user's own class folders."""
+    return write_own_folder(tmp_path_factory.mktemp("latent") / "cells", data_root,
+                            per_split=(("train", 16), ("val", 4), ("test", 8)))
+
+
+@pytest.fixture(scope="module")
+def vae_run(cells, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae") / "vae"
+    assert main(["train-vae", "--dataset", str(cells), *COMMON, "--base_channels", "16", "--max_train_steps", "8",
+                 "--train_batch_size", "16", "--checkpointing_steps", "4", "--num_val", "16",
+                 "--output_dir", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def latent_run(cells, vae_run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ldm") / "run"
+    assert main(["train", "--dataset", str(cells), *COMMON, "--vae", str(vae_run), "--max_train_steps", "6",
+                 "--train_batch_size", "16", "--checkpointing_steps", "6", "--lr_warmup_steps", "1",
+                 "--num_sample_images", "4", "--sample_inference_steps", "3", "--logger", "none",
+                 "--output_dir", str(out)]) == 0
+    return out
+
+
+def test_train_vae_saves_an_autoencoderkl_with_its_measured_reconstruction(vae_run, cells):
+    vae = AutoencoderKL.from_pretrained(vae_run)
+    assert (vae.config.in_channels, vae.config.latent_channels, len(vae.config.block_out_channels)) == (3, 4, 3)
+    summary = json.loads((vae_run / "vae_summary.json").read_text())
+    assert summary["weights_sha256"] == weights_sha256(vae)
+    # The recorded PSNR/SSIM are this VAE's on the first 16 val images: measured again here, they agree.
+    from medgen_diffusers.data import load_images
+
+    val = load_images(str(cells), "val", 32).images[:16]
+    again = reconstruction_quality(vae.eval(), val)
+    assert summary["reconstruction"]["split"] == "val"
+    assert summary["reconstruction"]["psnr"] == pytest.approx(again["psnr"], abs=1e-4)
+    assert summary["reconstruction"]["ssim"] == pytest.approx(again["ssim"], abs=1e-4)
+    assert json.loads((vae_run / "run_config.json").read_text())["kind"] == "AutoencoderKL"
+
+
+def test_train_vae_resumes_where_it_stopped(vae_run, cells, tmp_path):
+    import shutil
+
+    run = tmp_path / "vae"
+    shutil.copytree(vae_run, run)
+    shutil.rmtree(run / "checkpoint-8")
+    assert main(["train-vae", "--dataset", str(cells), *COMMON, "--base_channels", "16", "--max_train_steps", "8",
+                 "--train_batch_size", "16", "--checkpointing_steps", "4", "--num_val", "16",
+                 "--resume_from_checkpoint", "latest", "--output_dir", str(run)]) == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 9))  # steps 5-8 again, once each; 1-4 kept from the first run
+    # the same batches, noise and weights from the checkpoint on: the resumed VAE is the uninterrupted one
+    assert weights_sha256(AutoencoderKL.from_pretrained(run)) == weights_sha256(AutoencoderKL.from_pretrained(vae_run))
+
+
+def test_latent_pipeline_loads_with_plain_diffusers_and_decodes_its_latents(latent_run):
+    index = json.loads((latent_run / "model_index.json").read_text())
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    pipe = DiffusionPipeline.from_pretrained(latent_run, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    assert (pipe.image_size, pipe.image_channels, pipe.unet.config.sample_size) == (32, 3, 8)
+    seeded = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    latents = pipe(batch_size=2, num_inference_steps=3, generator=seeded(), output_type="latent").images
+    assert latents.shape == (2, 4, 8, 8)
+    images = pipe(batch_size=2, num_inference_steps=3, generator=seeded(), output_type="np").images
+    assert images.shape == (2, 32, 32, 3)
+    with torch.no_grad():  # the images are the VAE's decoding of those latents, unscaled by the recorded factor
+        decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    np.testing.assert_allclose(images, (decoded / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy(), atol=1e-5)
+    # the scaling factor is 1/std of the train split's cached latents, measured, recorded and saved
+    config = json.loads((latent_run / "run_config.json").read_text())
+    cache = latent_cache_path(config["data_md5"], config["latent"]["vae_sha256"], 32, 128)
+    assert cache.name == config["latent"]["cache"]
+    assert pipe.vae.config.scaling_factor == pytest.approx(1 / np.load(cache).std(), rel=1e-4)
+    assert config["latent"]["scaling_factor"] == pytest.approx(pipe.vae.config.scaling_factor)
+
+
+def test_every_command_runs_on_a_latent_model(latent_run, tmp_path):
+    assert main(["sample", str(latent_run), "--num-images", "16", "--steps", "3", "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as npz:
+        assert npz["train_images"].shape == (16, 32, 32, 3)
+    assert main(["evaluate", str(latent_run), "--num-samples", "32", "--num-real", "32", "--protocols", "standard",
+                 "--steps", "3", "--out", str(tmp_path / "eval.json")]) == 0
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert evaluation["provenance"]["weights_sha256"] == weights_sha256(
+        DiffusionPipeline.from_pretrained(latent_run, trust_remote_code=True).unet)
+    assert main(["audit", str(latent_run), "--num-samples", "16", "--num-mia", "16", "--spaces", "pixel", "--steps",
+                 "3", "--out", str(tmp_path / "audit.json"), "--figure", ""]) == 0
+    audit = json.loads((tmp_path / "audit.json").read_text())
+    # the loss attack ran on the images' latents (a 3-channel 32-px image would not even fit the 4-channel UNet)
+    assert audit["membership_inference"]["num_members"] == 16 and audit["pixel_space_size"] == 32
+    card = (latent_run / "README.md").read_text()
+    assert "**latent** diffusion model" in card and "PSNR" in card and "AutoencoderKL" in card
+
+
+def test_dp_refuses_a_vae_trained_on_the_private_data(cells, vae_run, tmp_path, capsys):
+    args = ["train", "--dataset", str(cells), *COMMON, "--vae", str(vae_run), "--dp_epsilon", "10",
+            "--dp_batch_size", "16", "--train_batch_size", "16", "--max_train_steps", "2", "--logger", "none",
+            "--num_sample_images", "0", "--no-class_conditional"]
+    assert main([*args, "--output_dir", str(tmp_path / "refused")]) == 2
+    error = capsys.readouterr().err
+    assert "--allow_vae_on_private_data" in error and "same checksum" in error
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, "--allow_vae_on_private_data", "--output_dir", str(tmp_path / "allowed")]) == 0
+    privacy = json.loads((tmp_path / "allowed" / "run_config.json").read_text())["privacy"]
+    assert any("autoencoder (--vae)" in item and "same checksum" in item for item in privacy["not_covered"])
+    assert "autoencoder (--vae)" in (tmp_path / "allowed" / "README.md").read_text()
+
+
+def test_vae_from_a_folder_a_pipeline_or_a_hub_id_and_not_a_unet(vae_run, latent_run, tmp_path, monkeypatch):
+    from test_pipeline import write_hub_cache
+
+    want = weights_sha256(AutoencoderKL.from_pretrained(vae_run))
+    assert weights_sha256(load_vae(str(vae_run))) == want
+    # the latent pipeline's vae/ holds the same weights with the measured scaling factor
+    assert weights_sha256(load_vae(str(latent_run))) == want
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    write_hub_cache(latent_run, tmp_path / "hub", "medgen/ldm-test")  # a pipeline repo: its vae/
+    write_hub_cache(vae_run, tmp_path / "hub", "medgen/vae-test")  # a VAE repo: at its root
+    assert weights_sha256(load_vae("medgen/ldm-test", cache_dir=tmp_path / "hub")) == want
+    assert weights_sha256(load_vae("medgen/vae-test", cache_dir=tmp_path / "hub")) == want
+    with pytest.raises(ValueError, match="UNet2DModel, not an AutoencoderKL"):
+        load_vae(str(latent_run / "unet"))
+
+
+def test_latent_presets_reach_down_to_4_pixels():
+    config = preset_config("tiny", 8, latent=True)
+    assert len(config["block_out_channels"]) == 2 and config["down_block_types"][-1] == "AttnDownBlock2D"
+    assert len(preset_config("tiny", 32, latent=True)["block_out_channels"]) == 4
+    with pytest.raises(ValueError, match="do not halve"):
+        preset_config("tiny", 7, latent=True)
