@@ -25,7 +25,9 @@ MANIFEST = "manifest.json"  # size + sha256 of every file of a checkpoint, writt
 RUN_FILES = ("run_config.json", "distill_config.json", "metrics.jsonl", "model_index.json", "train_summary.json")
 # Everything a run and the commands run on it write (--overwrite_output_dir removes these, and only these).
 RUN_ARTEFACTS = RUN_FILES + ("unet", "unet_ema", "scheduler", "samples", "logs", "data_order", "README.md",
-                             "pipeline_bloodmnist.py", "evaluation.json", "audit.json", "utility.json")
+                             "pipeline_bloodmnist.py", "evaluation.json", "audit.json", "utility.json",
+                             # medgen train-vae's AutoencoderKL and its summary
+                             "config.json", "diffusion_pytorch_model.safetensors", "vae_summary.json", "vae")
 
 
 class RunFolderError(ValueError):

@@ -331,7 +331,8 @@ class TrainingEvaluator:
     def __call__(self, pipe) -> Dict[str, float]:
         from .models import fast_solver
 
-        fast = type(pipe)(pipe.unet, fast_solver(pipe.scheduler), pipe.config.class_names)
+        fast = type(pipe)(pipe.unet, fast_solver(pipe.scheduler), pipe.config.class_names,
+                          vae=getattr(pipe, "vae", None))
         labels = self.labels if pipe.config.class_names and self.labels is not None else None
         images = generate_images(fast, self.num_samples, labels, self.num_inference_steps, seed=self.seed,
                                  progress=False)  # the same images `medgen sample` would write

@@ -335,6 +335,8 @@ def train(args):
     # Model and noise schedule (or both from --init_from's pipeline).
     unet, noise_scheduler = build_model(args, train_set.shape[-1], train_set.shape[1], num_classes)
     trainable_parameters(unet, args.finetune_layers)  # freezes the rest (all by default: nothing frozen)
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
     ema_unet = None
     if args.use_ema:
         ema_unet = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,

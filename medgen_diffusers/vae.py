@@ -188,6 +188,8 @@ def main(argv=None, prog=None):
         if vae.config.in_channels != channels:
             raise VAEError(f"--init_from {args.init_from} encodes {vae.config.in_channels}-channel images; "
                            f"{args.dataset} has {channels}.")
+    if args.gradient_checkpointing:
+        vae.enable_gradient_checkpointing()
     ema = EMAModel(vae.parameters(), decay=args.ema_max_decay, model_cls=AutoencoderKL,
                    model_config=vae.config) if args.use_ema else None
     discriminator = PatchDiscriminator(channels) if args.disc_weight > 0 else None

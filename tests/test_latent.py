@@ -40,6 +40,7 @@ def latent_run(cells, vae_run, tmp_path_factory):
     assert main(["train", "--dataset", str(cells), *COMMON, "--vae", str(vae_run), "--max_train_steps", "6",
                  "--train_batch_size", "16", "--checkpointing_steps", "6", "--lr_warmup_steps", "1",
                  "--num_sample_images", "4", "--sample_inference_steps", "3", "--logger", "none",
+                 "--eval_steps", "6", "--eval_num_samples", "8", "--eval_num_val", "16", "--eval_inference_steps", "2",
                  "--output_dir", str(out)]) == 0
     return out
 
@@ -98,6 +99,10 @@ def test_latent_pipeline_loads_with_plain_diffusers_and_decodes_its_latents(late
 
 
 def test_every_command_runs_on_a_latent_model(latent_run, tmp_path):
+    # during training: the FID of decoded samples (--eval_steps), against 32-px real images
+    evaluations = [json.loads(line) for line in (latent_run / "metrics.jsonl").read_text().splitlines()
+                   if "eval/fid_val" in line]
+    assert len(evaluations) == 1 and evaluations[0]["step"] == 6
     assert main(["sample", str(latent_run), "--num-images", "16", "--steps", "3", "--out", str(tmp_path / "s.npz")]) == 0
     with np.load(tmp_path / "s.npz") as npz:
         assert npz["train_images"].shape == (16, 32, 32, 3)
