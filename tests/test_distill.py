@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,3 +146,26 @@ def test_distilling_on_other_data_than_the_teachers_is_one_clear_error(tmp_path,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0 and "1-channel images but the teacher takes 3" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_fast_note_states_both_models_utility_and_says_when_the_default_is_clearly_better(tmp_path, monkeypatch):
+    import medgen_diffusers
+    from medgen_diffusers.cli import fast_note
+
+    def model(name, acc_mean, acc_std, ratio):
+        folder = tmp_path / name
+        folder.mkdir()
+        source = medgen_diffusers.FAST_MODEL if name == "fast" else medgen_diffusers.DEFAULT_MODEL
+        (folder / "evaluation.json").write_text((Path(source) / "evaluation.json").read_text())
+        tstr = {"runs": [{}, {}, {}], "acc_mean": acc_mean, "acc_std": acc_std}
+        (folder / "utility.json").write_text(json.dumps({"arms": {"tstr": tstr}, "tstr_ratio": {"acc": ratio}}))
+        return str(folder)
+
+    monkeypatch.setattr(medgen_diffusers, "FAST_MODEL", model("fast", 0.890, 0.004, 0.925))
+    monkeypatch.setattr(medgen_diffusers, "DEFAULT_MODEL", model("default", 0.922, 0.004, 0.959))
+    note = fast_note()
+    assert "TSTR/TRTR ACC 0.925 (TSTR 0.890 +- 0.004, 3 seeds) vs the default model's 0.959" in note
+    assert "clearly better" in note  # the spreads do not overlap
+    (Path(medgen_diffusers.FAST_MODEL) / "utility.json").write_text(json.dumps(
+        {"arms": {"tstr": {"runs": [{}, {}, {}], "acc_mean": 0.915, "acc_std": 0.006}}, "tstr_ratio": {"acc": 0.95}}))
+    assert "clearly better" not in fast_note()  # within the seeds' spread: no verdict
