@@ -24,7 +24,8 @@ TRAIN_USAGE = """Train a (class-conditional) DDPM on a MedMNIST dataset or your 
     accelerate launch train_unconditional.py --output_dir runs/blood --max_train_steps 2000   # from a checkout
     medgen train --output_dir runs/blood --max_train_steps 2000                               # installed
     accelerate launch -m medgen_diffusers.train --output_dir runs/blood                       # installed, launched"""
-DISTILL_USAGE = "Latent-consistency distillation of a BloodMNIST pipeline into a few-step sampler (pixel space, LCMScheduler)."
+DISTILL_USAGE = ("Latent-consistency distillation of a BloodMNIST pipeline into a few-step sampler (LCMScheduler), in "
+                 "pixel space or, for a latent teacher (--vae), on its latents.")
 
 
 def data_arguments(p):

@@ -367,6 +367,14 @@ AUGMENTATION_POLICY = {
 }
 
 
+def clean_batch(batch: torch.Tensor, augmentation: str, latent_scale: Optional[float] = None) -> torch.Tensor:
+    """What a UNet learns to make from a training batch: images (uint8 -> [-1, 1], augmented), or -- latent
+    diffusion -- the cached latents scaled to unit variance by ``latent_scale``."""
+    if latent_scale is not None:
+        return batch.float() * latent_scale
+    return augment(to_model_range(batch), augmentation)
+
+
 def resolve_augmentation(requested: Optional[str], dataset: str) -> Tuple[str, str]:
     """(augmentation, why) for ``--augment`` (auto/None: the data's documented policy, none for own data)."""
     if requested in (None, "auto"):

@@ -47,7 +47,7 @@ from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.arguments import distill_args as parse_args
 from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                             register_ema_hooks, save_checkpoint)
-from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
+from medgen_diffusers.data import clean_batch, load_images, resolve_augmentation
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
@@ -118,7 +118,8 @@ def teacher_scheduler_config(teacher_pipe, scheduler_cls):
 def with_student_weights(teacher_pipe, student_state, scheduler, default_steps):
     unet = UNet2DModel.from_config(teacher_pipe.unet.config)
     unet.load_state_dict(student_state)
-    pipeline = BloodMNISTPipeline(unet=unet.eval(), scheduler=scheduler, class_names=teacher_pipe.config.class_names)
+    pipeline = BloodMNISTPipeline(unet=unet.eval(), scheduler=scheduler, class_names=teacher_pipe.config.class_names,
+                                  vae=getattr(teacher_pipe, "vae", None))
     pipeline.register_to_config(default_num_inference_steps=default_steps)
     return pipeline
 
@@ -150,10 +151,7 @@ def main(argv=None, prog=None):
         keys = ["teacher_sha256", "phases", "lr_scheduler"] + (["max_train_steps"] * (args.lr_scheduler == "cosine"))
         check_resumed_config(output_dir, "distill_config.json", {**vars(args), "teacher_sha256": teacher_sha256},
                              keys)
-    if getattr(teacher_pipe, "vae", None) is not None:
-        raise ValueError(f"--teacher {args.teacher} is a latent pipeline (it has a vae): distillation works in pixel "
-                         "space only so far. Sample the latent model with fewer DDIM/DPM-Solver++ steps instead "
-                         "(`medgen sample --steps 10`).")
+    vae = getattr(teacher_pipe, "vae", None)  # a latent teacher: the student learns the same latents
     teacher = teacher_pipe.unet.requires_grad_(False).eval().to(accelerator.device)
     schedule = DDPMScheduler.from_config(teacher_pipe.scheduler.config)
     prediction_type = schedule.config.prediction_type
@@ -170,18 +168,26 @@ def main(argv=None, prog=None):
                                            source.dataset)
     if teacher_run.get("privacy"):
         logger.warning(f"--teacher {args.teacher} was trained with differential privacy; {TEACHER_DP_NOTE}")
-    resolution = teacher.config.sample_size
+    resolution = teacher_pipe.image_size
     with accelerator.main_process_first():
         data = load_images(source.dataset, "train", resolution, source.root, **source.options)
     data_block = source.record(data.md5)
-    if data.images.shape[1] != teacher.config.in_channels:
+    if data.images.shape[1] != teacher_pipe.image_channels:
         raise ValueError(f"{source.dataset} has {data.images.shape[1]}-channel images but the teacher takes "
-                         f"{teacher.config.in_channels}: distil on the data the teacher was trained on.")
+                         f"{teacher_pipe.image_channels}: distil on the data the teacher was trained on.")
     if class_conditional and (data.labels is None or int(data.labels.max()) >= teacher.config.num_class_embeds - 1):
         raise ValueError(f"The teacher knows {teacher.config.num_class_embeds - 1} classes, which {source.dataset}'s "
                          "labels do not match: distil on the data the teacher was trained on.")
     labels = data.labels if data.labels is not None else torch.zeros(len(data.images), dtype=torch.long)
-    loader = DataLoader(TensorDataset(data.images, labels), batch_size=args.train_batch_size, shuffle=True,
+    train_set, latent_scale = data.images, None
+    if vae is not None:  # the teacher's latents (the training run's cache; encoded here when it is gone), its scale
+        from .vae import train_latents
+
+        vae.to(accelerator.device)
+        with accelerator.main_process_first():
+            train_set, _, _ = train_latents(vae, data.images, data.md5, weights_sha256(vae))
+        latent_scale, augmentation = vae.config.scaling_factor, "none"
+    loader = DataLoader(TensorDataset(train_set, labels), batch_size=args.train_batch_size, shuffle=True,
                         drop_last=True, generator=torch.Generator().manual_seed(args.seed))
 
     # Student starts as the teacher; the target is an EMA of the student (fixed decay, as in LCM).
@@ -212,7 +218,7 @@ def main(argv=None, prog=None):
             {**vars(args), "teacher": Path(args.teacher).name if Path(args.teacher).exists() else args.teacher,
              "teacher_sha256": teacher_sha256, "output_dir": output_dir.name, "data": data_block,
              "data_md5": data.md5, "augmentation": augmentation}, indent=2) + "\n")
-    huber_c = 0.00054 * math.sqrt(data.images[0].numel())
+    huber_c = 0.00054 * math.sqrt(train_set[0].numel())
     metrics = MetricsLog(output_dir / "metrics.jsonl", global_step, accelerator.is_main_process)
 
     progress = tqdm(total=args.max_train_steps, initial=global_step, desc="distill",
@@ -224,7 +230,7 @@ def main(argv=None, prog=None):
         for images, batch_labels in batches:
             if global_step >= args.max_train_steps:
                 break
-            clean = augment(to_model_range(images), augmentation)  # as the teacher was trained
+            clean = clean_batch(images, augmentation, latent_scale)  # as the teacher was trained
             class_labels = batch_labels if class_conditional else None
             # 1. A grid point t_n (n >= 1) and the previous one t_{n-1} (t = 0 stands for "clean" at n = 0).
             index = torch.randint(0, args.num_ddim_timesteps, (clean.shape[0],), device=clean.device)
@@ -252,7 +258,8 @@ def main(argv=None, prog=None):
                 with accelerator.autocast():
                     out = teacher(x_start, t_start, class_labels=class_labels).sample.float()
                 x0_teacher, eps_teacher = x0_and_eps(out, x_start, alpha, sigma, prediction_type)
-                x0_teacher = x0_teacher.clamp(-1, 1)  # the teacher's sampler thresholds its x0 the same way
+                if vae is None:  # the teacher's sampler thresholds its x0 the same way (latents are unbounded)
+                    x0_teacher = x0_teacher.clamp(-1, 1)
                 # (Phases: a step from t_0 goes to clean as the DDIM sampler's last step does, alpha = 1.)
                 alpha_prev = torch.where(t_start - step_ratio >= 0, alphas_cumprod[t_prev],
                                          final_alpha_cumprod if args.phases else alphas_cumprod[0])[:, None, None, None]

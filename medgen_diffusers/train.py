@@ -34,7 +34,7 @@ from medgen_diffusers.arguments import source_options as read_source_options
 from medgen_diffusers.arguments import train_args as parse_args  # the arguments: arguments.py (torch-free)
 from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                             register_ema_hooks, save_checkpoint)
-from medgen_diffusers.data import augment, load_images, resolve_augmentation, to_model_range
+from medgen_diffusers.data import clean_batch, load_images, resolve_augmentation
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
@@ -62,14 +62,6 @@ def sample_grid(pipeline, num_images, steps, seed):
     fast.set_progress_bar_config(disable=True)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     return square_grid(fast(batch_size=num_images, num_inference_steps=steps, generator=generator).images)
-
-
-def clean_batch(batch, augmentation, latent_scale=None):
-    """What the UNet learns to make: images (uint8 -> [-1, 1], augmented), or with --vae the cached latents scaled
-    to unit variance."""
-    if latent_scale is not None:
-        return batch.float() * latent_scale
-    return augment(to_model_range(batch), augmentation)
 
 
 def diffusion_loss(unet, noise_scheduler, batch_images, batch_labels, args, augmentation, num_classes,

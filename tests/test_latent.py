@@ -156,3 +156,19 @@ def test_latent_presets_reach_down_to_4_pixels():
     assert len(preset_config("tiny", 32, latent=True)["block_out_channels"]) == 4
     with pytest.raises(ValueError, match="do not halve"):
         preset_config("tiny", 7, latent=True)
+
+
+def test_a_latent_teacher_distils_into_a_four_step_latent_student(latent_run, tmp_path):
+    out = tmp_path / "student"
+    assert main(["distill", "--teacher", str(latent_run), "--output_dir", str(out), "--max_train_steps", "3",
+                 "--train_batch_size", "16", "--lr_warmup_steps", "1", "--checkpointing_steps", "3",
+                 "--mixed_precision", "no"]) == 0
+    student = DiffusionPipeline.from_pretrained(out, trust_remote_code=True)
+    student.set_progress_bar_config(disable=True)
+    teacher = DiffusionPipeline.from_pretrained(latent_run, trust_remote_code=True)
+    # the student decodes with the teacher's VAE and scaling factor, in its 4 default steps
+    assert weights_sha256(student.vae) == weights_sha256(teacher.vae)
+    assert student.vae.config.scaling_factor == teacher.vae.config.scaling_factor
+    assert type(student.scheduler).__name__ == "LCMScheduler" and student.config.default_num_inference_steps == 4
+    assert student(batch_size=2, output_type="np").images.shape == (2, 32, 32, 3)
+    assert weights_sha256(student.unet) != weights_sha256(teacher.unet)  # it was trained
