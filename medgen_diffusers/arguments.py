@@ -111,6 +111,10 @@ def train_args(argv=None, prog=None, resolve=True):
                         "2022 -- log-normal noise levels and the c_skip/c_out/c_in/c_noise preconditioning of "
                         "diffusers' EDMDPMSolverMultistepScheduler, saved with it (--prediction_type and the DDPM "
                         "schedule do not apply).")
+    g.add_argument("--noise_shift", default="auto",
+                   help="Shift of the cosine schedule's log-SNR ('simple diffusion', Hoogeboom et al. 2023): auto "
+                        "(default) is 2 log(64 / resolution) for pixel images above 64 px -- a 128-px image gets "
+                        "the noise a 64-px one has -- and 0 at 64 px and below and for latents; or a number; or 0.")
     g.add_argument("--ddpm_num_steps", type=int, default=1000)
     g.add_argument("--ddpm_beta_schedule", default="squaredcos_cap_v2",
                    choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
@@ -206,6 +210,12 @@ def train_args(argv=None, prog=None, resolve=True):
         p.error("--max_train_steps must be >= 1.")
     if not 0.0 <= args.label_dropout < 1.0:
         p.error("--label_dropout must be in [0, 1).")
+    if args.noise_shift != "auto":
+        try:
+            args.noise_shift = float(args.noise_shift)
+        except ValueError:
+            p.error(f"--noise_shift must be 'auto' or a number (a log-SNR shift, e.g. -1.39 for 128 px); got "
+                    f"{args.noise_shift!r}.")
     if args.vae is not None and args.formulation == "edm":
         p.error("--formulation edm assumes pixel data of standard deviation 0.5 (EDM's sigma_data); latents are "
                 "scaled to unit variance. Use --formulation ddpm with --vae.")

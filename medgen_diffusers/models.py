@@ -8,6 +8,7 @@ class-conditional RGB model (8 classes + the null class); CPU step times (batch 
 
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Optional
 
@@ -195,3 +196,28 @@ def fast_solver(scheduler):
 
     solver = EDMDPMSolverMultistepScheduler if is_edm(scheduler) else DPMSolverMultistepScheduler
     return solver.from_config(scheduler.config)
+
+
+# Resolution-aware noise (Hoogeboom et al. 2023, "simple diffusion", sec. 3.1): at d x d pixels neighbouring pixels
+# average the noise away, so a schedule tuned for 64 px leaves large images nearly clean at mid t. Shifting the
+# cosine schedule's log-SNR by 2 log(64 / d) gives a d-px image the noise level a 64-px one has. Applied to pixel
+# runs above 64 px only (`--noise_shift auto`): 28-64 px and latents keep the schedule they were tuned with.
+NOISE_SHIFT_BASE = 64
+
+
+def auto_noise_shift(resolution: int, latent: bool = False) -> float:
+    """The log-SNR shift `--noise_shift auto` resolves to: 2 log(64 / d) for pixel images above 64 px, else 0."""
+    return 0.0 if latent or resolution <= NOISE_SHIFT_BASE else 2 * math.log(NOISE_SHIFT_BASE / resolution)
+
+
+def shifted_cosine_betas(num_steps: int, shift: float) -> "list":
+    """Betas of the cosine schedule whose log-SNR is shifted by ``shift``: alpha_bar(t) = sigmoid(logSNR(t) + shift),
+    logSNR(t) = -2 log tan(pi t / 2) at t = (i + 1) / T, each beta clipped to 0.999 as diffusers' cosine schedule."""
+    import torch
+
+    t = torch.arange(0, num_steps + 1, dtype=torch.float64) / num_steps
+    logsnr = -2 * torch.log(torch.tan(math.pi * t.clamp(1e-6, 1 - 1e-6) / 2)) + shift
+    alpha_bar = torch.sigmoid(logsnr)
+    alpha_bar[0] = 1.0
+    betas = (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
+    return betas.tolist()

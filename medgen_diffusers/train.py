@@ -38,8 +38,8 @@ from medgen_diffusers.data import clean_batch, load_images, resolve_augmentation
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
-from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, attention_kernels, build_unet, edm_scheduler, fast_solver,
-                                     is_edm, keep_freed_memory)
+from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, attention_kernels, auto_noise_shift, build_unet,
+                                     edm_scheduler, fast_solver, is_edm, keep_freed_memory, shifted_cosine_betas)
 from medgen_diffusers.medical_folders import patient_named_classes
 from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, check_private_vae,
                                       plan_privacy, privacy_units, trainable_parameters, unit_note)
@@ -584,6 +584,15 @@ def build_model(args, resolution, channels, num_classes):
             return unet, edm_scheduler()
         schedule = dict(num_train_timesteps=args.ddpm_num_steps, beta_schedule=args.ddpm_beta_schedule,
                         prediction_type=args.prediction_type)
+        shift = (auto_noise_shift(resolution, latent=args.vae is not None) if args.noise_shift == "auto"
+                 else args.noise_shift)
+        args.resolved_noise_shift = shift  # recorded in run_config.json
+        if shift:
+            if args.ddpm_beta_schedule != "squaredcos_cap_v2":
+                raise ValueError(f"--noise_shift shifts the cosine schedule; --ddpm_beta_schedule is "
+                                 f"{args.ddpm_beta_schedule}: use squaredcos_cap_v2 or --noise_shift 0.")
+            # Saved with the scheduler (trained_betas): every sampler swapped in with from_config uses it too.
+            schedule["trained_betas"] = shifted_cosine_betas(args.ddpm_num_steps, shift)
     else:
         prior = BloodMNISTPipeline.from_pretrained(args.init_from)
         unet, config = prior.unet, prior.unet.config
@@ -602,7 +611,8 @@ def build_model(args, resolution, channels, num_classes):
                              f"{'edm' if is_edm(prior.scheduler) else 'ddpm'} to fine-tune it.")
         if is_edm(prior.scheduler):
             return unet, edm_scheduler()
-        schedule = {k: prior.scheduler.config[k] for k in ("num_train_timesteps", "beta_schedule", "prediction_type")}
+        schedule = {k: prior.scheduler.config[k] for k in ("num_train_timesteps", "beta_schedule", "prediction_type",
+                                                           "trained_betas")}
     # Images live in [-1, 1]. Thresholding (with sample_max_value=1) clamps each step's x0 estimate to that range;
     # it is saved in the scheduler config, so DDIM, DPM-Solver++, ... swapped in with `from_config` use it too.
     # Without it, x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a) amplifies eps errors ~150x at t ~ 1000 and fast samplers

@@ -172,3 +172,26 @@ def test_a_latent_teacher_distils_into_a_four_step_latent_student(latent_run, tm
     assert type(student.scheduler).__name__ == "LCMScheduler" and student.config.default_num_inference_steps == 4
     assert student(batch_size=2, output_type="np").images.shape == (2, 32, 32, 3)
     assert weights_sha256(student.unet) != weights_sha256(teacher.unet)  # it was trained
+
+
+def test_pixel_schedules_shift_their_noise_above_64_px_and_keep_it_at_and_below():
+    from diffusers import DDPMScheduler
+
+    from medgen_diffusers.train import build_model, parse_args
+
+    cosine = DDPMScheduler(beta_schedule="squaredcos_cap_v2").alphas_cumprod
+    _, at64 = build_model(parse_args(["--output_dir", "x", "--mixed_precision", "no"]), 64, 3, None)
+    assert "trained_betas" not in at64.config or at64.config.trained_betas is None
+    args = parse_args(["--output_dir", "x", "--mixed_precision", "no"])
+    _, at128 = build_model(args, 128, 3, None)
+    assert args.resolved_noise_shift == pytest.approx(2 * np.log(64 / 128))
+    # mid-schedule: the cosine schedule's alpha_bar 0.5 (log-SNR 0) becomes sigmoid(-1.386) = 0.2 at 128 px
+    assert float(cosine[499]) == pytest.approx(0.5, abs=0.01)
+    assert float(at128.alphas_cumprod[499]) == pytest.approx(0.2, abs=0.01)
+    # saved with the scheduler, so a sampler built from its config (as every command does) uses it too
+    from diffusers import DDIMScheduler
+
+    assert torch.allclose(DDIMScheduler.from_config(at128.config).alphas_cumprod, at128.alphas_cumprod)
+    _, fixed = build_model(parse_args(["--output_dir", "x", "--mixed_precision", "no", "--noise_shift", "0"]), 128, 3,
+                           None)
+    assert torch.allclose(fixed.alphas_cumprod, cosine)
