@@ -42,7 +42,10 @@ def data_arguments(p):
                                                      "~/.medmnist).")
     g.add_argument("--image_column", default="image", help="Image column of a datasets dataset.")
     g.add_argument("--label_column", default="label", help="Label column of a datasets dataset ('none': unlabeled).")
-    g.add_argument("--max_train_samples", type=int, default=None, help="Train on the first N images only.")
+    g.add_argument("--max_train_samples", type=int, default=None,
+                   help="Train on N images of the train split: a seeded random subset (the same every time), chosen "
+                        "before anything is decoded -- only those N are decoded and stored. Recorded: every later "
+                        "command reads the same N (the audit's members).")
     g.add_argument("--window", default=None,
                    help="DICOM/NIfTI: intensity window CENTER,WIDTH or a preset (lung, mediastinum, soft-tissue, "
                         "bone, brain, liver). Default: each DICOM file's own window, else the train split's "
@@ -74,7 +77,7 @@ def source_options(args) -> dict:
                 label_column=None if args.label_column.lower() == "none" else args.label_column,
                 window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
                 split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
-                patient_regex=args.patient_regex, crop=args.crop)
+                patient_regex=args.patient_regex, crop=args.crop, max_train_samples=args.max_train_samples)
 
 
 def train_args(argv=None, prog=None, resolve=True):

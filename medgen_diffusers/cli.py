@@ -371,6 +371,8 @@ def add_source_options(p):
     p.add_argument("--crop", default=None, choices=("center", "pad", "resize"),
                    help="Non-square images: center (default), pad (black borders) or resize (stretch); default: the "
                         "run's.")
+    p.add_argument("--max-train-samples", dest="max_train_samples", type=int, default=None,
+                   help="Only a seeded subset of N train images, chosen before decoding (default: the run's).")
 
 
 def build_parser():

@@ -224,7 +224,8 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                 image_column: str = "image", label_column: Optional[str] = "label", window=None,
                 slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
                 split_seed: int = 0, patient_column: Optional[str] = None,
-                patient_regex: Optional[str] = None, crop: Optional[str] = None, prepare: bool = False) -> ImageData:
+                patient_regex: Optional[str] = None, crop: Optional[str] = None, prepare: bool = False,
+                max_train_samples: Optional[int] = None) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
@@ -233,7 +234,9 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     ``split_seed``: for DICOM / NIfTI folders (:mod:`medgen_diffusers.medical`); ``patient_column`` (with
     ``split_by``) for ``datasets`` sources that name each image's patient; ``patient_regex`` finds the patient in
     a DICOM/NIfTI file's path instead of the kind's own rule. ``crop``: how non-square images of a folder or
-    DICOM/NIfTI source become square (``center``, the default; ``pad``; ``resize``). A local folder is read from its prepared store in the
+    DICOM/NIfTI source become square (``center``, the default; ``pad``; ``resize``). ``max_train_samples``: the
+    train split is a seeded random subset of that many images (:func:`kept_rows`), chosen before anything is
+    decoded -- only those are decoded, stored and checksummed; the other splits are whole. A local folder is read from its prepared store in the
     cache when one is there and its files have not changed (:mod:`medgen_diffusers.store`); ``prepare=True``
     (training) makes that store first.
     """
@@ -243,7 +246,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     # A local folder's files (names, sizes, mtimes) are part of the key: a folder changed on disk is read again.
     signature = source_signature(source) if Path(source).expanduser().is_dir() else None
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed, patient_column, patient_regex, crop, signature, prepare)
+           split_by, split_seed, patient_column, patient_regex, crop, signature, prepare, max_train_samples)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
@@ -256,24 +259,26 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     store = path if path.is_dir() and is_store(path) else cached_store(
         source, size, root, image_column=image_column, label_column=label_column, window=window,
         slice_axis=slice_axis, slice_range=slice_range, split_by=split_by, split_seed=split_seed,
-        patient_column=patient_column, patient_regex=patient_regex, crop=crop, create=prepare, signature=signature)
+        patient_column=patient_column, patient_regex=patient_regex, crop=crop, create=prepare, signature=signature,
+        max_train_samples=max_train_samples)
+    limit = max_train_samples if split == "train" else None
     if store is not None:  # a prepared store (given, or the cache's for this folder): memory-mapped, not decoded
         data = load_store(store, split, size)
     elif source in INFO:
-        data = load_medmnist_tensors(source, split, size or 28, root, download)
+        data = keep_subset(load_medmnist_tensors(source, split, size or 28, root, download), limit, rehash=False)
     elif path.suffix == ".npz":
-        data = sources.load_npz(path, split)
+        data = keep_subset(sources.load_npz(path, split), limit)
     elif path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json",
                                                                       "state.json")):
         data = sources.load_datasets(str(path), split, image_column, label_column, True, patient_column, split_by,
-                              split_seed)
+                              split_seed, limit)
     elif path.is_dir():
         from .medical_folders import load_medical, medical_kind
 
         kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
         if kind is not None:
             data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size,
-                                patient_regex, crop)
+                                patient_regex, crop, max_train_samples)
         elif split_by is not None:
             raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
                             f"volume per patient) files; {path} holds ordinary images.")
@@ -281,10 +286,10 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
             raise DataError(f"--window / --slice_range / --patient_regex apply to DICOM and NIfTI folders; {path} "
                             "holds ordinary images (8/16-bit files are scaled by their bit depth): drop them.")
         else:
-            data = sources.load_folder(path, split, size, crop)
+            data = sources.load_folder(path, split, size, crop, limit)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):  # a Hub name, owner/name
         data = sources.load_datasets(source, split, image_column, label_column, False, patient_column, split_by,
-                              split_seed)
+                              split_seed, limit)
     elif source.startswith((".", "/", "~")) or "/" in source or os.sep in source or path.suffix:
         raise DataError(f"--dataset {source}: no such file or folder ({path.resolve()} does not exist). Check the "
                         "path; a MedMNIST data set is named by its flag, e.g. bloodmnist.")
@@ -296,6 +301,35 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
         data.images = resize_images(data.images, size)
     _LOADED[key] = data
     return data
+
+
+def kept_rows(count: int, max_train_samples: Optional[int]) -> Optional[np.ndarray]:
+    """Which of a train split's ``count`` items (rows, files) ``--max_train_samples`` keeps: all (None), or a seeded
+    random subset of that many, in the source's own order. Random, not the first N: a folder's files are sorted by
+    class, so its first N would be its first classes only."""
+    if max_train_samples is None or max_train_samples >= count:
+        return None
+    if max_train_samples < 1:
+        raise DataError(f"--max_train_samples must be >= 1; got {max_train_samples}.")
+    return np.sort(np.random.default_rng(0).choice(count, max_train_samples, replace=False))
+
+
+def keep_subset(data: ImageData, max_train_samples: Optional[int], rehash: bool = True) -> ImageData:
+    """An in-memory split cut to :func:`kept_rows` (sources read as whole arrays: MedMNIST, .npz). ``rehash``: the
+    checksum of the kept pixels (an official MedMNIST file keeps its own MD5: it names the file the subset is of)."""
+    rows = kept_rows(len(data), max_train_samples)
+    if rows is None:
+        return data
+    index = torch.from_numpy(rows)
+    labels = None if data.labels is None else data.labels[index]
+    kept = ImageData(images=data.images[index], labels=labels, class_names=data.class_names, flag=data.flag,
+                     split=data.split, md5=data.md5, notice=data.notice,
+                     groups=None if data.groups is None else data.groups[rows], intensity=data.intensity,
+                     patient_rule=data.patient_rule)
+    if rehash:
+        kept.md5 = _content_digest(kept.images.permute(0, 2, 3, 1).numpy(),
+                                   None if labels is None else labels.numpy()[:, None], data.class_names)
+    return kept
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:

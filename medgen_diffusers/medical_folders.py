@@ -285,25 +285,47 @@ def patient_rule(patient_regex: Optional[str], kind: str, files) -> Tuple[str, O
     return (f"--patient_regex {patient_regex}" if patient_regex else PATIENT_RULES[kind]), None
 
 
+def kept_files(files: Tuple["MedicalFile", ...], max_train_samples: Optional[int]) -> Tuple["MedicalFile", ...]:
+    """The train files ``--max_train_samples`` decodes: a seeded random subset (in plan order) whose frames reach
+    that many images (the last file's extra frames are dropped as it is read); all files when they hold fewer."""
+    if max_train_samples is None or sum(f.frames for f in files) <= max_train_samples:
+        return files
+    kept, frames = [], 0
+    for index in np.random.default_rng(0).permutation(len(files)):
+        kept.append(int(index))
+        frames += files[index].frames
+        if frames >= max_train_samples:
+            break
+    return tuple(files[i] for i in sorted(kept))
+
+
 def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str = "axial",
                  slice_range: Optional[str] = None, split_by: Optional[str] = None, seed: int = 0,
-                 size: Optional[int] = None, patient_regex: Optional[str] = None, crop: Optional[str] = None):
+                 size: Optional[int] = None, patient_regex: Optional[str] = None, crop: Optional[str] = None,
+                 max_train_samples: Optional[int] = None):
     """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule).
-    Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which."""
+    Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which.
+    ``max_train_samples``: the train split is the images of a seeded subset of its files (:func:`kept_files`),
+    and the window is computed from those files only."""
     from .data import _image_data
 
     files, train = (split_files(path, name, kind, split_by, seed, patient_regex) for name in (split, "train"))
+    classes = class_names_of(train)  # of every train file: a subset keeps the class numbering
+    train = kept_files(train, max_train_samples)
+    files = train if split == "train" else files
     rule = dict(intensity_rule(tuple(window) if isinstance(window, list) else window, train, kind, slice_axis,
                                slice_range))
-    classes = class_names_of(train)
     if classes is not None:
         unknown = sorted({f.label for f in files} - set(classes))
         if unknown:
             raise _error(f"{path} ({split}) has class folder(s) {unknown} that the train split lacks.")
-    images, owners = [], []
+    images, owners, room = [], [], max_train_samples if split == "train" and max_train_samples else None
     for block, file in iter_images(files, kind, rule, size, crop, slice_axis, slice_range):
+        block = block if room is None else block[:room - len(owners)]
         images.append(block)
         owners.extend([file] * len(block))
+        if room is not None and len(owners) >= room:
+            break
     if not images:
         raise _error(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
     labels = np.array([[classes.index(f.label)] for f in owners]) if classes is not None else None

@@ -99,8 +99,13 @@ def _folder_classes(path: Path, images=None) -> List[str]:
     return classes
 
 
-def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str] = None) -> ImageData:
+def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str] = None,
+                limit: Optional[int] = None) -> ImageData:
+    """One split of an image folder, decoded in memory; ``limit``: only a seeded subset of that many files is
+    decoded (``--max_train_samples``; :func:`~medgen_diffusers.data.kept_rows`)."""
     import logging
+
+    from .data import kept_rows
 
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
     train_classes = None
@@ -131,6 +136,9 @@ def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str]
                             f"{train_classes}): a model cannot be scored on a class it never saw; add them to "
                             "train/ or remove them here.")
         classes = train_classes
+    rows = kept_rows(len(images), limit)  # after the classes: a subset keeps the folder's class numbering
+    if rows is not None:
+        images = [images[i] for i in rows]
     arrays = [square(_decode(p), crop) for p in images]
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
@@ -152,8 +160,10 @@ def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str]
 
 def load_datasets(name: str, split: str, image_column: str, label_column: Optional[str],
                    from_disk: bool, patient_column: Optional[str] = None, split_by: Optional[str] = None,
-                   split_seed: int = 0) -> ImageData:
+                   split_seed: int = 0, limit: Optional[int] = None) -> ImageData:
     import datasets
+
+    from .data import kept_rows
 
     try:
         loaded = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name)
@@ -187,6 +197,9 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
     elif split != "train":
         raise DataError(f"{name} is a single dataset (no splits): it is the 'train' split; there is no '{split}' "
                         "(with a patient column, --split_by patient makes patient-level splits).")
+    rows = kept_rows(len(loaded), limit)  # --max_train_samples: only these rows are decoded
+    if rows is not None:
+        loaded = loaded.select(rows.tolist(), keep_in_memory=True)
     columns = loaded.column_names
     if image_column not in columns:
         raise DataError(f"{name} has no column {image_column!r} (columns: {', '.join(columns)}): pass "

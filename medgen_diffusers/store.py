@@ -90,7 +90,8 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
             try:
                 if folder:
                     info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers,
-                                               source_options.get("crop"))
+                                               source_options.get("crop"),
+                                               source_options.get("max_train_samples") if split == "train" else None)
                 elif kind:
                     info = _write_medical_split(Path(str(source)).expanduser(), kind, split, size, tmp / split,
                                                 unit_index, source_options)
@@ -175,25 +176,32 @@ def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int],
     """One split of a DICOM/NIfTI folder, decoded and written one file at a time (medical_folders.iter_images):
     memory is one file's values, whatever the number of files. The same images, labels, classes, patients and
     checksum as the in-memory loader."""
-    from .medical_folders import class_names_of, intensity_rule, iter_images, patient_rule, split_files
+    from .medical_folders import class_names_of, intensity_rule, iter_images, kept_files, patient_rule, split_files
 
     split_by, seed, regex = options.get("split_by"), options.get("split_seed") or 0, options.get("patient_regex")
     axis, slices, window = options.get("slice_axis") or "axial", options.get("slice_range"), options.get("window")
     files, train = (split_files(path, name, kind, split_by, seed, regex) for name in (split, "train"))
+    classes = class_names_of(train)  # of every train file: a subset keeps the class numbering
+    limit = options.get("max_train_samples")
+    train = kept_files(train, limit)  # --max_train_samples: only these train files are read, for pixels and window
+    files = train if split == "train" else files
+    room = limit if split == "train" else None
     rule = dict(intensity_rule(tuple(window) if isinstance(window, list) else window, train, kind, axis, slices))
-    classes = class_names_of(train)
     if classes is not None and {f.label for f in files} - set(classes):
         raise DataError(f"{path} ({split}) has class folder(s) {sorted({f.label for f in files} - set(classes))} "
                         "that the train split lacks.")
     out.mkdir(parents=True)
     writer, digest, labels, units = _RowWriter(out / "images.npy"), hashlib.sha256(), [], []
     for block, file in iter_images(files, kind, rule, size, options.get("crop"), axis, slices):
+        block = block if room is None else block[:room - writer.rows]
         writer.add(block)
         digest.update(np.ascontiguousarray(block).tobytes())
         if classes is not None:
             labels.extend([classes.index(file.label)] * len(block))
         if file.patient is not None:
             units.extend([unit_index.setdefault(file.patient, len(unit_index))] * len(block))
+        if room is not None and writer.rows >= room:
+            break
     writer.close()
     if not writer.rows:
         raise DataError(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
@@ -240,7 +248,8 @@ def _decode_at(args):
 
 
 def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int],
-                        crop: Optional[str] = None) -> Dict:
+                        crop: Optional[str] = None, limit: Optional[int] = None) -> Dict:
+    from .data import kept_rows
     from .sources import _folder_classes, _folder_files, square
 
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
@@ -259,6 +268,9 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
     classes = _folder_classes(path, images)
     labeled = "." not in classes
     classes = train_classes if train_classes is not None and labeled else classes
+    rows = kept_rows(len(images), limit)  # --max_train_samples: only these files are probed and decoded
+    if rows is not None:
+        images = [images[i] for i in rows]
     # Threads, not processes: Pillow's decoders and torch's resize release the GIL, and a thread pool needs no
     # fork (a fork of a process whose torch already ran OpenMP threads can hang) and no re-import of __main__.
     with ThreadPoolExecutor(workers or os.cpu_count()) as pool:

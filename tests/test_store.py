@@ -175,3 +175,50 @@ def test_dicom_and_nifti_are_prepared_file_by_file_and_large_percentile_windows_
     sampled = intensity_rule(None, train, "dicom", max_values=5 * 28 * 28)
     assert "sample" not in exact["from"] and "a seeded sample of 5 of 21 train files" in sampled["from"]
     assert sampled != exact and abs(sampled["center"] - exact["center"]) < exact["width"] / 4
+
+
+def test_max_train_samples_decodes_only_the_images_it_keeps(tmp_path, data_root, monkeypatch, capsys):
+    from medgen_diffusers.data import kept_rows
+    from medgen_diffusers.provenance import data_source
+    from medgen_diffusers.sources import _folder_files
+
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 5), ("val", 1), ("test", 1)))
+    files = _folder_files(folder / "train")[1]
+    kept = kept_rows(len(files), 12)
+    # a subset of every class, not the first 12 files (the first one and a half classes of a sorted folder)
+    assert len(kept) == 12 and len({files[i].parent.name for i in kept}) > 3
+    # Every train file it does not keep is corrupt: a full decode fails, the subset never opens them.
+    for index, path in enumerate(files):
+        if index not in kept:
+            path.write_bytes(b"not a png")
+    with pytest.raises(DataError):
+        load_images(str(folder), "train")
+    subset = load_images(str(folder), "train", max_train_samples=12)
+    assert len(subset) == 12 and subset.class_names == load_images(str(folder), "val").class_names
+    # The store holds the same 12 (prepared file by file; the other splits whole), and training reads them.
+    store = prepare(str(folder), tmp_path / "store", max_train_samples=12)
+    stored = load_images(str(store), "train")
+    assert torch.equal(stored.images, subset.images) and torch.equal(stored.labels, subset.labels)
+    assert stored.md5 == subset.md5 and read_manifest(store)["splits"]["val"]["count"] == 8
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(folder), "--max_train_samples", "12", "--train_batch_size", "4",
+                 "--max_train_steps", "2", "--num_sample_images", "0", "--logger", "none", "--mixed_precision", "no",
+                 "--output_dir", str(run)]) == 0
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["num_train_images"] == 12 and config["data_md5"] == subset.md5
+    # Every later command reads the run's 12 (the audit's members): the data source carries the subset.
+    later = data_source(run).load("train")
+    assert torch.equal(later.images, subset.images) and later.md5 == config["data_md5"]
+    # DICOM: a seeded subset of the files (their frames), the window from those files only; store == loader.
+    gray, _ = gray_images(data_root, 30)
+    for patient in range(10):
+        for k in range(3):
+            write_dicom(tmp_path / "ct" / "cells" / f"p{patient}_{k}.dcm", gray[patient * 3 + k:][:1], f"PAT-{patient}",
+                        window=False)
+    a = load_images(str(tmp_path / "ct"), "train", split_by="patient", max_train_samples=5)
+    b = load_images(str(prepare(str(tmp_path / "ct"), tmp_path / "ct_store", split_by="patient",
+                                max_train_samples=5)), "train")
+    full = load_images(str(tmp_path / "ct"), "train", split_by="patient")
+    assert len(a) == 5 and torch.equal(a.images, b.images) and a.md5 == b.md5 and len(full) == 21
+    assert a.intensity != full.intensity  # percentiles of the 5 kept slices, not of all 21
