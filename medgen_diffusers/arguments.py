@@ -64,6 +64,10 @@ def data_arguments(p):
                    help="DICOM/NIfTI: a pattern whose first group (or whole match) in each file's path below the "
                         "folder is its patient, e.g. '(case[0-9]+)'. Default: DICOM PatientID; NIfTI the BIDS sub-XX "
                         "folder, else the case folder, else the file name (docs/own-data.md).")
+    g.add_argument("--bit_depth", type=int, default=None, choices=(8, 16),
+                   help="16: keep 16-bit sources (PNG/TIFF, DICOM, NIfTI windows) at 16 bits -- stored as uint16, "
+                        "the model sees the full range, `medgen sample` writes 16-bit PNG/DICOM. Default 8. "
+                        "Grayscale only.")
     g.add_argument("--crop", default=None, choices=("center", "pad", "resize"),
                    help="Non-square images (folders, DICOM, NIfTI): center (default) keeps the central square, pad "
                         "adds black borders around the whole image -- both keep the aspect ratio -- and resize "
@@ -77,7 +81,8 @@ def source_options(args) -> dict:
                 label_column=None if args.label_column.lower() == "none" else args.label_column,
                 window=args.window, slice_axis=args.slice_axis, slice_range=args.slice_range,
                 split_by=args.split_by, split_seed=args.split_seed, patient_column=args.patient_column,
-                patient_regex=args.patient_regex, crop=args.crop, max_train_samples=args.max_train_samples)
+                patient_regex=args.patient_regex, crop=args.crop, max_train_samples=args.max_train_samples,
+                bit_depth=args.bit_depth)
 
 
 def train_args(argv=None, prog=None, resolve=True):

@@ -63,7 +63,8 @@ def cmd_sample(args):
     run = read_run_config(args.pipeline) or {}
     summary = export(pipe, args.out, fmt, args.num_images, labels, resolve_steps(pipe, args.steps),
                      args.guidance_scale, args.seed, key, args.chunk_size, state=state,
-                     provenance=sample_provenance(args.pipeline, weights), intensity=run.get("intensity"))
+                     provenance=sample_provenance(args.pipeline, weights), intensity=run.get("intensity"),
+                     bit_depth=run.get("bit_depth") or 8)  # a model of 16-bit data writes 16-bit PNG/DICOM
     if summary:
         print(summary)
         if args.fast:
@@ -371,6 +372,8 @@ def add_source_options(p):
     p.add_argument("--crop", default=None, choices=("center", "pad", "resize"),
                    help="Non-square images: center (default), pad (black borders) or resize (stretch); default: the "
                         "run's.")
+    p.add_argument("--bit-depth", dest="bit_depth", type=int, default=None, choices=(8, 16),
+                   help="16: keep 16-bit sources at 16 bits (a store of uint16 images; default: the run's, else 8).")
     p.add_argument("--max-train-samples", dest="max_train_samples", type=int, default=None,
                    help="Only a seeded subset of N train images, chosen before decoding (default: the run's).")
 

@@ -147,6 +147,9 @@ class ImageData:
     groups: Optional[np.ndarray] = None  # patient pseudonym per image (DICOM/NIfTI: medical.py), else None
     intensity: Optional[dict] = None  # how stored values became 8-bit (window / percentiles), for medical sources
     patient_rule: Optional[str] = None  # how each image's patient was found (medical_folders.PATIENT_RULES, a column, ...)
+    # --bit_depth 16: the images as uint16 (N, C, H, W), the full range the model trains on; ``images`` is then their
+    # 8-bit view (round(v / 257), what an 8-bit read gives), for everything that compares 8-bit images.
+    images16: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -225,7 +228,7 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                 slice_axis: str = "axial", slice_range: Optional[str] = None, split_by: Optional[str] = None,
                 split_seed: int = 0, patient_column: Optional[str] = None,
                 patient_regex: Optional[str] = None, crop: Optional[str] = None, prepare: bool = False,
-                max_train_samples: Optional[int] = None) -> ImageData:
+                max_train_samples: Optional[int] = None, bit_depth: Optional[int] = None) -> ImageData:
     """One split of any source as :class:`ImageData` (see the module docstring for the sources).
 
     ``size``: resize to ``size`` x ``size`` (antialiased) when the data has another size; None keeps the data's
@@ -236,7 +239,9 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     a DICOM/NIfTI file's path instead of the kind's own rule. ``crop``: how non-square images of a folder or
     DICOM/NIfTI source become square (``center``, the default; ``pad``; ``resize``). ``max_train_samples``: the
     train split is a seeded random subset of that many images (:func:`kept_rows`), chosen before anything is
-    decoded -- only those are decoded, stored and checksummed; the other splits are whole. A local folder is read from its prepared store in the
+    decoded -- only those are decoded, stored and checksummed; the other splits are whole. ``bit_depth=16``
+    (folders of 16-bit images, DICOM, NIfTI, ``datasets``): ``images16`` holds uint16 images, windowed or scaled to
+    the full 0..65535 range, and the checksum is theirs; ``images`` is their 8-bit view. A local folder is read from its prepared store in the
     cache when one is there and its files have not changed (:mod:`medgen_diffusers.store`); ``prepare=True``
     (training) makes that store first.
     """
@@ -246,7 +251,8 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     # A local folder's files (names, sizes, mtimes) are part of the key: a folder changed on disk is read again.
     signature = source_signature(source) if Path(source).expanduser().is_dir() else None
     key = (source, split, size, str(root), image_column, label_column, str(window), slice_axis, slice_range,
-           split_by, split_seed, patient_column, patient_regex, crop, signature, prepare, max_train_samples)
+           split_by, split_seed, patient_column, patient_regex, crop, signature, prepare, max_train_samples,
+           bit_depth)
     if key in _LOADED:
         return _LOADED[key]
     if split not in SPLITS:
@@ -260,8 +266,14 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
         source, size, root, image_column=image_column, label_column=label_column, window=window,
         slice_axis=slice_axis, slice_range=slice_range, split_by=split_by, split_seed=split_seed,
         patient_column=patient_column, patient_regex=patient_regex, crop=crop, create=prepare, signature=signature,
-        max_train_samples=max_train_samples)
+        max_train_samples=max_train_samples, bit_depth=None if bit_depth in (None, 8) else bit_depth)
     limit = max_train_samples if split == "train" else None
+    if bit_depth not in (None, 8, 16):
+        raise DataError(f"--bit_depth must be 8 or 16; got {bit_depth}.")
+    sixteen = bit_depth == 16
+    if sixteen and store is None and (source in INFO or path.suffix == ".npz"):
+        raise DataError(f"--bit_depth 16: {source} holds 8-bit images (MedMNIST's layout is uint8), so 16 bits "
+                        "would add nothing: drop --bit_depth.")
     if store is not None:  # a prepared store (given, or the cache's for this folder): memory-mapped, not decoded
         data = load_store(store, split, size)
     elif source in INFO:
@@ -271,14 +283,14 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
     elif path.is_dir() and any((path / name).is_file() for name in ("dataset_info.json", "dataset_dict.json",
                                                                       "state.json")):
         data = sources.load_datasets(str(path), split, image_column, label_column, True, patient_column, split_by,
-                              split_seed, limit)
+                              split_seed, limit, bit_depth or 8)
     elif path.is_dir():
         from .medical_folders import load_medical, medical_kind
 
         kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
         if kind is not None:
             data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size,
-                                patient_regex, crop, max_train_samples)
+                                patient_regex, crop, max_train_samples, bit_depth or 8)
         elif split_by is not None:
             raise DataError(f"--split_by {split_by} needs a patient per image: DICOM (PatientID) or NIfTI (one "
                             f"volume per patient) files; {path} holds ordinary images.")
@@ -286,10 +298,10 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
             raise DataError(f"--window / --slice_range / --patient_regex apply to DICOM and NIfTI folders; {path} "
                             "holds ordinary images (8/16-bit files are scaled by their bit depth): drop them.")
         else:
-            data = sources.load_folder(path, split, size, crop, limit)
+            data = sources.load_folder(path, split, size, crop, limit, bit_depth or 8)
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):  # a Hub name, owner/name
         data = sources.load_datasets(source, split, image_column, label_column, False, patient_column, split_by,
-                              split_seed, limit)
+                              split_seed, limit, bit_depth or 8)
     elif source.startswith((".", "/", "~")) or "/" in source or os.sep in source or path.suffix:
         raise DataError(f"--dataset {source}: no such file or folder ({path.resolve()} does not exist). Check the "
                         "path; a MedMNIST data set is named by its flag, e.g. bloodmnist.")
@@ -299,6 +311,14 @@ def load_images(source: str = "bloodmnist", split: str = "train", size: Optional
                          "Hub name).")
     if size is not None and data.images.shape[-1] != size:
         data.images = resize_images(data.images, size)
+    if sixteen and data.images16 is None and data.images.dtype != torch.uint16:
+        raise DataError(f"{source} is a store of 8-bit images: prepare one with --bit_depth 16 (medgen prepare "
+                        "SOURCE --bit-depth 16 --out NEW).")
+    if sixteen and data.images16 is None:  # decoded at 16 bits: keep them, and their 8-bit view for comparisons
+        if data.images.shape[1] != 1:
+            raise DataError(f"--bit_depth 16 is for grayscale images; {source} has {data.images.shape[1]} channels "
+                            "(16-bit colour PNGs cannot be written back): drop --bit_depth.")
+        data.images16, data.images = data.images, eight_bit(data.images)
     _LOADED[key] = data
     return data
 
@@ -333,14 +353,21 @@ def keep_subset(data: ImageData, max_train_samples: Optional[int], rehash: bool 
 
 
 def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> uint8 (N, C, size, size), bilinear with antialiasing (clean for down-scaling)."""
+    """uint8 or uint16 (N, C, H, W) -> the same dtype (N, C, size, size), bilinear with antialiasing (clean for
+    down-scaling)."""
+    top = 65535 if images.dtype == torch.uint16 else 255
     out = []
     for start in range(0, len(images), 1024):
         batch = images[start:start + 1024].float()
         batch = torch.nn.functional.interpolate(batch, size=(size, size), mode="bilinear", antialias=True,
                                                 align_corners=False)
-        out.append(batch.round().clamp(0, 255).to(torch.uint8))
+        out.append(batch.round().clamp(0, top).to(images.dtype))
     return torch.cat(out)
+
+
+def eight_bit(images16: torch.Tensor) -> torch.Tensor:
+    """uint16 -> uint8 as an 8-bit read of the same source: round(v / 257) (v / 257 is never halfway)."""
+    return images16.float().div_(257).round_().to(torch.uint8)
 
 
 def _content_digest(images: np.ndarray, labels: Optional[np.ndarray], names=None) -> str:
@@ -384,9 +411,10 @@ def load_medmnist(
     return datasets.Dataset.from_dict({"image": list(images), "label": labels.tolist()}, features=features)
 
 
-def to_model_range(images_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1], the range diffusion models are trained in."""
-    return images_uint8.float().div_(127.5).sub_(1.0)
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] (or uint16 [0, 65535], --bit_depth 16) -> float [-1, 1], the range diffusion models are
+    trained in."""
+    return images.float().div_(32767.5 if images.dtype == torch.uint16 else 127.5).sub_(1.0)
 
 
 # Which flips/rotations keep each MedMNIST 2D set's labels true (train_unconditional.py --augment auto):

@@ -43,7 +43,7 @@ def infer_format(out: str, fmt: Optional[str]) -> str:
 
 def write_missing_chunks(pipe, labels: Optional[np.ndarray], num_images: int, parts_dir: Path, run_key: dict,
                          num_inference_steps: int, guidance_scale: Optional[float], seed: int,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE, state=None) -> None:
+                         chunk_size: int = DEFAULT_CHUNK_SIZE, state=None, bit_depth: int = 8) -> None:
     """Generate (with :mod:`.generation`) and write every chunk not already in ``parts_dir``. With an Accelerate
     ``state`` of several processes, the missing chunks are split between them (``split_between_processes``); each
     rank writes its own chunks. Chunk boundaries and per-image seeds do not depend on the split, so the output is
@@ -70,7 +70,7 @@ def write_missing_chunks(pipe, labels: Optional[np.ndarray], num_images: int, pa
         with state.split_between_processes(missing) as share:
             mine = list(share)
     for index, images in iter_chunks(pipe, num_images, labels, num_inference_steps, guidance_scale, seed, chunk_size,
-                                     progress=bool(mine) and main, chunks=mine):
+                                     progress=bool(mine) and main, chunks=mine, bit_depth=bit_depth):
         tmp = chunk_path(parts_dir, index).with_name(f"chunk-{index:05d}.tmp.npz")
         np.savez(tmp, images=images)
         tmp.replace(chunk_path(parts_dir, index))  # atomic: an interrupted chunk is regenerated, never half-read
@@ -103,20 +103,27 @@ def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, block
 
 def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarray], num_inference_steps: int,
            guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: Optional[int] = None,
-           state=None, provenance: Optional[dict] = None, intensity: Optional[dict] = None) -> Optional[str]:
+           state=None, provenance: Optional[dict] = None, intensity: Optional[dict] = None,
+           bit_depth: int = 8) -> Optional[str]:
     """Generate and write; returns a one-line summary (None on the other ranks of a multi-process run, where only
     the main process assembles the output). ``provenance`` (which weights, which training data) goes into an npz
-    as the JSON string array ``provenance`` (read without unpickling), into a folder as ``provenance.json``."""
+    as the JSON string array ``provenance`` (read without unpickling), into a folder as ``provenance.json``.
+    ``bit_depth=16`` (a model trained on 16-bit data): PNG folders, DICOM and datasets at 16 bits; the npz keeps
+    MedMNIST's uint8 layout and a grid is 8-bit."""
     out_path = Path(out)
     chunk_size = chunk_size or default_chunk_size(pipe)
     parts = out_path.with_name(out_path.name + ".parts")
     if out_path.exists() and not parts.exists():  # an unfinished run of ours keeps OUT.parts/ next to it
         raise ExportError(f"{out_path} already exists; choose another --out or delete it first (nothing was written).")
     write_missing_chunks(pipe, labels, num_images, parts, run_key, num_inference_steps, guidance_scale, seed,
-                         chunk_size, state)
+                         chunk_size, state, bit_depth)
     if state is not None and not state.is_main_process:
         return None
     chunks = lambda: read_chunks(parts, labels, num_images, chunk_size)  # noqa: E731
+    # MedMNIST's npz layout and a PNG grid are 8-bit: a 16-bit run's chunks are read as round(v / 257) there.
+    chunks8 = lambda: ((images if images.dtype == np.uint8 else np.round(images / 257).astype(np.uint8), part)  # noqa: E731
+                       for images, part in chunks())
+    two_d = lambda image: image.squeeze(-1) if image.shape[-1] == 1 else image  # noqa: E731 - PIL's grayscale
     class_names = list(pipe.config.class_names or [])
     size = pipe.image_size
     channels = pipe.image_channels
@@ -128,7 +135,7 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
         tmp = out_path.with_name(out_path.name + ".tmp")
         with zipfile.ZipFile(tmp, "w") as archive:
             _write_streamed_npy(archive, "train_images.npy", (num_images, size, size, channels), np.uint8,
-                                (images for images, _ in chunks()))
+                                (images for images, _ in chunks8()))
             if labels is not None:
                 _write_streamed_npy(archive, "train_labels.npy", (num_images, 1), np.uint8,
                                     [labels.reshape(-1, 1)])
@@ -145,7 +152,7 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
             for i, image in enumerate(images):
                 sub = out_path / (class_names[chunk_labels[i]] if chunk_labels is not None else "images")
                 sub.mkdir(exist_ok=True)
-                Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(sub / f"{index:06d}.png")
+                Image.fromarray(two_d(image)).save(sub / f"{index:06d}.png")  # uint16: a 16-bit PNG
                 index += 1
         if provenance is not None:
             (out_path / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
@@ -174,7 +181,7 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
         def rows():
             for images, chunk_labels in chunks():
                 for i, image in enumerate(images):
-                    row = {"image": Image.fromarray(image)}
+                    row = {"image": Image.fromarray(two_d(image))}
                     if chunk_labels is not None:
                         row["label"] = int(chunk_labels[i])
                     yield row
@@ -189,7 +196,7 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
 
         from .figures import square_grid
 
-        tiles = [Image.fromarray(image) for images, _ in chunks() for image in images]
+        tiles = [Image.fromarray(two_d(image)) for images, _ in chunks8() for image in images]
         square_grid(tiles).save(out_path)
     else:
         raise ExportError(f"Unknown format {fmt!r}; valid: {', '.join(FORMATS)}.")

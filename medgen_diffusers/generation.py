@@ -43,6 +43,11 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return (np.asarray(images) * 255).round().astype(np.uint8)
 
 
+def to_uint16(images: np.ndarray) -> np.ndarray:
+    """[0, 1] floats to uint16 (--bit_depth 16 models: 16-bit PNG and DICOM)."""
+    return (np.asarray(images, dtype=np.float64) * 65535).round().astype(np.uint16)
+
+
 def image_generators(seed: int, start: int, stop: int) -> List[torch.Generator]:
     """One CPU generator per image index in ``[start, stop)``."""
     if seed < 0:
@@ -59,8 +64,9 @@ def chunk_ranges(num_images: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> List[
 
 def generate_chunk(pipe, start: int, stop: int, labels: Optional[np.ndarray] = None,
                    num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
-                   seed: int = 0) -> np.ndarray:
-    """uint8 (stop - start, H, W, C) images number ``start`` ... ``stop - 1`` of the run."""
+                   seed: int = 0, bit_depth: int = 8) -> np.ndarray:
+    """uint8 (stop - start, H, W, C) images number ``start`` ... ``stop - 1`` of the run (uint16 at
+    ``bit_depth=16``)."""
     kwargs = {}
     if labels is not None:
         kwargs["class_labels"] = [int(label) for label in labels[start:stop]]
@@ -71,7 +77,7 @@ def generate_chunk(pipe, start: int, stop: int, labels: Optional[np.ndarray] = N
     steps = default_steps(pipe.config, num_inference_steps)
     images = pipe(batch_size=stop - start, num_inference_steps=steps, generator=image_generators(seed, start, stop),
                   output_type="np", **kwargs).images
-    return to_uint8(images)
+    return to_uint16(images) if bit_depth == 16 else to_uint8(images)
 
 
 def generate_images(pipe, num_images: int, labels: Optional[np.ndarray] = None,
@@ -85,8 +91,9 @@ def generate_images(pipe, num_images: int, labels: Optional[np.ndarray] = None,
 
 def iter_chunks(pipe, num_images: int, labels: Optional[np.ndarray] = None, num_inference_steps: Optional[int] = None,
                 guidance_scale: Optional[float] = None, seed: int = 0, chunk_size: Optional[int] = None,
-                progress: bool = True, chunks: Optional[Sequence[int]] = None) -> Iterator[Tuple[int, np.ndarray]]:
-    """(chunk index, uint8 images) for every chunk, or only the chunk indices in ``chunks``."""
+                progress: bool = True, chunks: Optional[Sequence[int]] = None,
+                bit_depth: int = 8) -> Iterator[Tuple[int, np.ndarray]]:
+    """(chunk index, uint8 images -- uint16 at ``bit_depth=16``) for every chunk, or only the indices in ``chunks``."""
     from tqdm.auto import tqdm
 
     if num_images < 1:
@@ -100,7 +107,7 @@ def iter_chunks(pipe, num_images: int, labels: Optional[np.ndarray] = None, num_
     bar = tqdm(total=num_images, initial=num_images - todo, desc="generating", unit="img", disable=not progress)
     for index in wanted:
         start, stop = ranges[index]
-        yield index, generate_chunk(pipe, start, stop, labels, num_inference_steps, guidance_scale, seed)
+        yield index, generate_chunk(pipe, start, stop, labels, num_inference_steps, guidance_scale, seed, bit_depth)
         bar.update(stop - start)
     bar.close()
 

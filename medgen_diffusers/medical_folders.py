@@ -227,23 +227,26 @@ def intensity_rule(window, train: Tuple[MedicalFile, ...], kind: str, slice_axis
     return {"rule": "window", "center": float(low + high) / 2 + 0.5, "width": width, "from": source}
 
 
-def render(item, rule: Dict) -> np.ndarray:
-    """uint8 (H, W, C) of one decoded image under ``rule`` (MONOCHROME1 inverted after windowing)."""
+def render(item, rule: Dict, bit_depth: int = 8) -> np.ndarray:
+    """uint8 (H, W, C) of one decoded image under ``rule`` (MONOCHROME1 inverted after windowing); ``bit_depth=16``:
+    uint16, the window mapped onto 0..65535 (the modality values' own resolution, up to 16 bits)."""
     values, windowed, invert = item
     if values.dtype == np.uint8:
-        return values
+        return values if bit_depth != 16 else values.astype(np.uint16) * 257
     unit = windowed if rule["rule"] == "file" else linear_window(values, rule["center"], rule["width"])
     if unit is None:  # this file has no VOI while the others do
         raise _error("A DICOM file without a window among files with one: pass --window C,W (or a preset) so every "
                      "image is mapped the same way.")
     if invert:
         unit = 1.0 - unit
+    if bit_depth == 16:
+        return np.round(np.asarray(unit, dtype=np.float64) * 65535).astype(np.uint16)[..., None]
     return to_uint8(unit)[..., None]
 
 
 def iter_images(files: Tuple[MedicalFile, ...], kind: str, rule: Dict, size: Optional[int] = None,
                 crop: Optional[str] = None, slice_axis: str = "axial",
-                slice_range: Optional[str] = None) -> Iterator[Tuple[np.ndarray, MedicalFile]]:
+                slice_range: Optional[str] = None, bit_depth: int = 8) -> Iterator[Tuple[np.ndarray, MedicalFile]]:
     """(uint8 images (k, size, size, C) of one file, the file), file after file: windowed, made square (--crop) and
     resized to ``size`` (None: the data's own size, which must then be one square size)."""
     import torch
@@ -255,7 +258,7 @@ def iter_images(files: Tuple[MedicalFile, ...], kind: str, rule: Dict, size: Opt
     for file in files:
         images = []
         for item in decode(file, kind, slice_axis, slice_range):
-            image = square(render(item, rule), crop)
+            image = square(render(item, rule, bit_depth), crop)
             first = first or image.shape
             if size is None and (image.shape[:2] != first[:2] or image.shape[0] != image.shape[1]):
                 raise _error(f"{file.path.parent}: images differ in size or are not square ({first[1]}x{first[0]}, "
@@ -302,7 +305,7 @@ def kept_files(files: Tuple["MedicalFile", ...], max_train_samples: Optional[int
 def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str = "axial",
                  slice_range: Optional[str] = None, split_by: Optional[str] = None, seed: int = 0,
                  size: Optional[int] = None, patient_regex: Optional[str] = None, crop: Optional[str] = None,
-                 max_train_samples: Optional[int] = None):
+                 max_train_samples: Optional[int] = None, bit_depth: int = 8):
     """One split of a DICOM/NIfTI folder as ImageData (uint8 images, labels, patient pseudonyms, intensity rule).
     Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which.
     ``max_train_samples``: the train split is the images of a seeded subset of its files (:func:`kept_files`),
@@ -320,7 +323,7 @@ def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str
         if unknown:
             raise _error(f"{path} ({split}) has class folder(s) {unknown} that the train split lacks.")
     images, owners, room = [], [], max_train_samples if split == "train" and max_train_samples else None
-    for block, file in iter_images(files, kind, rule, size, crop, slice_axis, slice_range):
+    for block, file in iter_images(files, kind, rule, size, crop, slice_axis, slice_range, bit_depth):
         block = block if room is None else block[:room - len(owners)]
         images.append(block)
         owners.extend([file] * len(block))

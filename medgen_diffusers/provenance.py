@@ -144,7 +144,7 @@ class DataSource:
 # How a source is read, recorded by the run and applied by every later command (max_train_samples: the subset of
 # the train split the model saw -- its members, for the audit).
 MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_seed", "patient_column",
-                   "patient_regex", "crop", "max_train_samples")
+                   "patient_regex", "crop", "max_train_samples", "bit_depth")
 
 
 def data_source(pipeline=None, dataset: Optional[str] = None, root: Optional[str] = None,

@@ -34,8 +34,10 @@ def load_npz(path: Path, split: str) -> ImageData:
 HIGH_DEPTH_MODES = {"I;16": 65535, "I;16B": 65535, "I;16L": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
 
 
-def pil_to_array(image, name: str) -> np.ndarray:
-    """uint8 (H, W, 1|3) of a PIL image; 16-bit and float images scaled by their full range (see HIGH_DEPTH_MODES)."""
+def pil_to_array(image, name: str, bit_depth: int = 8) -> np.ndarray:
+    """uint8 (H, W, 1|3) of a PIL image; 16-bit and float images scaled by their full range (see HIGH_DEPTH_MODES).
+    ``bit_depth=16``: uint16, 16-bit values as they are, float ones x 65535, 8-bit ones x 257 (the same full range)."""
+    top, dtype = (65535, np.uint16) if bit_depth == 16 else (255, np.uint8)
     if image.mode in HIGH_DEPTH_MODES:
         full = HIGH_DEPTH_MODES[image.mode]
         array = np.asarray(image, dtype=np.float64)
@@ -43,10 +45,12 @@ def pil_to_array(image, name: str) -> np.ndarray:
             raise DataError(f"{name}: {image.mode} pixel values {array.min():g}..{array.max():g} lie outside "
                             f"0..{full:g}, the range this mode is scaled from: save it as 8- or 16-bit (unsigned), "
                             "or as float in [0, 1].")
-        return np.round(array / full * 255).astype(np.uint8)[..., None]
+        return np.round(array / full * top).astype(dtype)[..., None]
     if image.mode in ("L", "LA", "1"):
-        return np.asarray(image.convert("L"))[..., None]
-    return np.asarray(image.convert("RGB"))
+        array = np.asarray(image.convert("L"))[..., None]
+    else:
+        array = np.asarray(image.convert("RGB"))
+    return array if bit_depth != 16 else array.astype(np.uint16) * 257
 
 
 CROPS = ("center", "pad", "resize")  # --crop: how a non-square image becomes square (default center)
@@ -73,13 +77,13 @@ def square(array: np.ndarray, crop: Optional[str]) -> np.ndarray:
     return out
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, bit_depth: int = 8) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
             image.load()
-            return pil_to_array(image, str(path))
+            return pil_to_array(image, str(path), bit_depth)
     except (UnidentifiedImageError, OSError) as error:
         raise DataError(f"Cannot read image {path} ({error}); fix or remove it.") from None
 
@@ -100,7 +104,7 @@ def _folder_classes(path: Path, images=None) -> List[str]:
 
 
 def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str] = None,
-                limit: Optional[int] = None) -> ImageData:
+                limit: Optional[int] = None, bit_depth: int = 8) -> ImageData:
     """One split of an image folder, decoded in memory; ``limit``: only a seeded subset of that many files is
     decoded (``--max_train_samples``; :func:`~medgen_diffusers.data.kept_rows`)."""
     import logging
@@ -139,7 +143,7 @@ def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str]
     rows = kept_rows(len(images), limit)  # after the classes: a subset keeps the folder's class numbering
     if rows is not None:
         images = [images[i] for i in rows]
-    arrays = [square(_decode(p), crop) for p in images]
+    arrays = [square(_decode(p, bit_depth), crop) for p in images]
     shapes = {a.shape[:2] for a in arrays}
     if len(shapes) > 1 or any(a.shape[0] != a.shape[1] for a in arrays):
         if size is None:
@@ -160,7 +164,7 @@ def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str]
 
 def load_datasets(name: str, split: str, image_column: str, label_column: Optional[str],
                    from_disk: bool, patient_column: Optional[str] = None, split_by: Optional[str] = None,
-                   split_seed: int = 0, limit: Optional[int] = None) -> ImageData:
+                   split_seed: int = 0, limit: Optional[int] = None, bit_depth: int = 8) -> ImageData:
     import datasets
 
     from .data import kept_rows
@@ -211,7 +215,7 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
         label_column = None  # the default: no "label" column = unlabeled
     arrays = []
     for row, image in enumerate(loaded[image_column]):
-        array = pil_to_array(image, f"{name} row {row}")
+        array = pil_to_array(image, f"{name} row {row}", bit_depth)
         if arrays and array.shape != arrays[0].shape:
             raise DataError(f"{name}: row {row} of {image_column!r} is {array.shape}, row 0 {arrays[0].shape}; "
                             "images must share one size and channel count.")

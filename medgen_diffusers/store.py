@@ -91,7 +91,8 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
                 if folder:
                     info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers,
                                                source_options.get("crop"),
-                                               source_options.get("max_train_samples") if split == "train" else None)
+                                               source_options.get("max_train_samples") if split == "train" else None,
+                                               source_options.get("bit_depth") or 8)
                 elif kind:
                     info = _write_medical_split(Path(str(source)).expanduser(), kind, split, size, tmp / split,
                                                 unit_index, source_options)
@@ -110,6 +111,7 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
             for key in ("resolution", "channels", "class_names", "intensity", "patient_rule"):
                 info.pop(key, None)
         manifest["checksum"] = train["md5"]
+        manifest["bit_depth"] = source_options.get("bit_depth") or 8
         manifest["prepare_seconds"] = round(time.perf_counter() - started, 1)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         try:
@@ -191,10 +193,18 @@ def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int],
         raise DataError(f"{path} ({split}) has class folder(s) {sorted({f.label for f in files} - set(classes))} "
                         "that the train split lacks.")
     out.mkdir(parents=True)
+    bit_depth = options.get("bit_depth") or 8
     writer, digest, labels, units = _RowWriter(out / "images.npy"), hashlib.sha256(), [], []
-    for block, file in iter_images(files, kind, rule, size, options.get("crop"), axis, slices):
+    writer16 = _RowWriter(out / "images16.npy", np.uint16) if bit_depth == 16 else None
+    for block, file in iter_images(files, kind, rule, size, options.get("crop"), axis, slices, bit_depth):
         block = block if room is None else block[:room - writer.rows]
-        writer.add(block)
+        if writer16 is not None:  # the 16-bit images, and their 8-bit view beside them
+            if block.shape[-1] != 1:
+                raise DataError(f"--bit_depth 16 is for grayscale images; {file.path} is colour: drop --bit_depth.")
+            writer16.add(block)
+            writer.add(np.round(block / 257).astype(np.uint8))
+        else:
+            writer.add(block)
         digest.update(np.ascontiguousarray(block).tobytes())
         if classes is not None:
             labels.extend([classes.index(file.label)] * len(block))
@@ -203,6 +213,8 @@ def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int],
         if room is not None and writer.rows >= room:
             break
     writer.close()
+    if writer16 is not None:
+        writer16.close()
     if not writer.rows:
         raise DataError(f"{path}: the {split} split holds no images (too few patients for --split_by patient?).")
     rule_text, notice = patient_rule(regex, kind, (*files, *(train if split != "train" else ())))
@@ -236,8 +248,8 @@ def _decode_at(args):
     from .data import resize_images
     from .sources import _decode, square
 
-    path, size, channels, uniform, crop = args
-    array = square(_decode(path), crop)  # non-square: cropped or padded (--crop), as the loader does
+    path, size, channels, uniform, crop, bit_depth = args
+    array = square(_decode(path, bit_depth), crop)  # non-square: cropped or padded (--crop), as the loader does
     if channels == 3 and array.shape[-1] == 1:  # some grayscale, some colour: colour wins (as the loader does)
         array = np.repeat(array, 3, axis=-1)
     stored = array
@@ -248,7 +260,7 @@ def _decode_at(args):
 
 
 def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int],
-                        crop: Optional[str] = None, limit: Optional[int] = None) -> Dict:
+                        crop: Optional[str] = None, limit: Optional[int] = None, bit_depth: int = 8) -> Dict:
     from .data import kept_rows
     from .sources import _folder_classes, _folder_files, square
 
@@ -285,19 +297,31 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
                             "every image to N x N (non-square images are cropped to their central square first; "
                             "--crop pad or resize to change that).")
         resolution = size or width
+        if bit_depth == 16 and channels == 3:
+            raise DataError(f"--bit_depth 16 is for grayscale images; {path} holds colour images (16-bit colour "
+                            "PNGs cannot be written back): drop --bit_depth.")
         out.mkdir(parents=True)
-        array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8,
-                                          shape=(len(images), resolution, resolution, channels))
+        shape = (len(images), resolution, resolution, channels)
+        array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+        array16 = None if bit_depth != 16 else np.lib.format.open_memmap(out / "images16.npy", mode="w+",
+                                                                         dtype=np.uint16, shape=shape)
         digest = hashlib.sha256()
         for start in range(0, len(images), CHUNK):  # ordered: row i is file i, as the in-memory loader has them
             uniform = len(sizes) == 1 and width == height
-            decoded = list(pool.map(_decode_at, [(p, resolution, channels, uniform, crop)
+            decoded = list(pool.map(_decode_at, [(p, resolution, channels, uniform, crop, bit_depth)
                                                  for p in images[start:start + CHUNK]]))
-            array[start:start + len(decoded)] = np.stack([stored for _, stored in decoded])
+            block = np.stack([stored for _, stored in decoded])
+            if array16 is not None:  # the 16-bit images, and their 8-bit view beside them
+                array16[start:start + len(decoded)] = block
+                block = np.round(block / 257).astype(np.uint8)
+            array[start:start + len(decoded)] = block
             for checksummed, _ in decoded:
                 digest.update(np.ascontiguousarray(checksummed).tobytes())
         array.flush()
         del array
+        if array16 is not None:
+            array16.flush()
+            del array16
     info = {"count": len(images), "resolution": resolution, "channels": channels,
             "class_names": classes if labeled else None}
     if labeled:
@@ -318,6 +342,8 @@ def _write_loaded_split(source, split, size, root, out: Path, unit_index: Dict[s
     out.mkdir(parents=True)
     nhwc = data.images.permute(0, 2, 3, 1).numpy()
     np.save(out / "images.npy", np.ascontiguousarray(nhwc))
+    if data.images16 is not None:
+        np.save(out / "images16.npy", np.ascontiguousarray(data.images16.permute(0, 2, 3, 1).numpy()))
     info = {"count": len(data), "resolution": nhwc.shape[1], "channels": nhwc.shape[-1], "md5": data.md5,
             "class_names": data.class_names, "intensity": data.intensity, "patient_rule": data.patient_rule}
     if data.labels is not None:
@@ -353,6 +379,10 @@ def load_store(store, split: str, size: Optional[int] = None) -> ImageData:
                      flag=Path(str(manifest["source"])).name, split=split, md5=info["md5"], notice=info.get("notice"))
     if (folder / "units.npy").is_file():
         data.groups = np.load(folder / "units.npy").astype(str)
+    if (folder / "images16.npy").is_file():  # --bit_depth 16: the full-range images, memory-mapped too
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            data.images16 = torch.from_numpy(np.load(folder / "images16.npy", mmap_mode="r")).permute(0, 3, 1, 2)
     data.intensity, data.patient_rule = manifest.get("intensity"), manifest.get("patient_rule")
     return data
 

@@ -181,7 +181,8 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
                          f"({data.notice or 'unlabeled images'}); drop --class_conditional.")
     if data.labels is None and accelerator.is_main_process:
         logger.info(f"{args.dataset}: no class labels, training an unconditional model.")
-    images = data.images  # with --max_train_samples: the subset, chosen before decoding (data.kept_rows)
+    # With --max_train_samples: the subset, chosen before decoding (data.kept_rows); --bit_depth 16: uint16 images.
+    images = data.images16 if data.images16 is not None else data.images
     labels = data.labels if data.labels is not None else torch.zeros(len(images), dtype=torch.long)
     if args.dp_epsilon is None and len(images) < args.train_batch_size * accelerator.num_processes:
         raise ValueError(f"{len(images)} training images are fewer than one global batch "

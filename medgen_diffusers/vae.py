@@ -167,7 +167,7 @@ def main(argv=None, prog=None):
     options = source_options(args)
     with accelerator.local_main_process_first():
         data = load_images(args.dataset, "train", args.resolution, args.data_root, prepare=True, **options)
-    images = data.images  # with --max_train_samples: the subset, chosen before decoding
+    images = data.images16 if data.images16 is not None else data.images  # --bit_depth 16: the full range
     if checkpoint is not None:
         check_resumed_config(output_dir, "run_config.json", {"data_md5": data.md5}, ["data_md5"])
     resolution, channels = images.shape[-1], images.shape[1]

@@ -222,3 +222,62 @@ def test_max_train_samples_decodes_only_the_images_it_keeps(tmp_path, data_root,
     full = load_images(str(tmp_path / "ct"), "train", split_by="patient")
     assert len(a) == 5 and torch.equal(a.images, b.images) and a.md5 == b.md5 and len(full) == 21
     assert a.intensity != full.intensity  # percentiles of the 5 kept slices, not of all 21
+
+
+def test_bit_depth_16_keeps_16_bits_from_the_files_through_training_to_the_synthetic_pngs(tmp_path, data_root,
+                                                                                           monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
+    # 16-bit PNGs of real pixels: one grayscale cell as the high byte, another as the low byte -- detail that an
+    # 8-bit read rounds away.
+    gray, labels = gray_images(data_root, 96)
+    values = gray[:48].astype(np.uint16) * 256 + gray[48:]
+    for i, image in enumerate(values):
+        split = "train" if i < 32 else ("val" if i < 40 else "test")
+        (tmp_path / "xr" / split / f"c{labels[i] % 2}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "xr" / split / f"c{labels[i] % 2}" / f"{i:03d}.png")
+    folder = tmp_path / "xr"
+    eight = load_images(str(folder), "train")
+    data = load_images(str(folder), "train", bit_depth=16)
+    files = sorted((folder / "train").rglob("*.png"))
+    stack = np.stack([np.asarray(Image.open(f)) for f in files])
+    assert data.images16.dtype == torch.uint16 and np.array_equal(data.images16[:, 0].numpy(), stack)
+    assert torch.equal(data.images, eight.images)  # the 8-bit view is what an 8-bit read gives
+    assert data.md5 != eight.md5  # the checksum is of the 16-bit pixels
+    # The store holds the same uint16 pixels (and the 8-bit view), memory-mapped.
+    store = prepare(str(folder), tmp_path / "store16", bit_depth=16)
+    stored = load_images(str(store), "train", bit_depth=16)
+    assert torch.equal(stored.images16, data.images16) and torch.equal(stored.images, data.images)
+    assert stored.md5 == data.md5 and read_manifest(store)["bit_depth"] == 16
+    with pytest.raises(DataError, match="8-bit images: prepare one with --bit_depth 16"):
+        load_images(str(prepare(str(folder), tmp_path / "store8")), "train", bit_depth=16)
+    with pytest.raises(DataError, match="8-bit images"):
+        load_images("bloodmnist", "train", bit_depth=16)
+    # Training reads the 16-bit images (its recorded checksum is theirs); sampling writes 16-bit PNG and DICOM.
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(folder), "--bit_depth", "16", "--train_batch_size", "8",
+                 "--max_train_steps", "2", "--num_sample_images", "0", "--logger", "none", "--mixed_precision", "no",
+                 "--output_dir", str(run)]) == 0
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["bit_depth"] == 16 and config["data_md5"] == data.md5
+    assert main(["sample", str(run), "--num-images", "4", "--steps", "2", "--format", "folder",
+                 "--out", str(tmp_path / "synthetic")]) == 0
+    pngs = [Image.open(f) for f in sorted((tmp_path / "synthetic").rglob("*.png"))]
+    assert len(pngs) == 4 and all(p.mode == "I;16" for p in pngs)
+    assert any((np.asarray(p).astype(np.int64) % 257).any() for p in pngs)  # values an 8-bit image cannot hold
+    assert main(["sample", str(run), "--num-images", "2", "--steps", "2", "--format", "dicom",
+                 "--out", str(tmp_path / "dcm")]) == 0
+    import pydicom
+
+    assert {pydicom.dcmread(f).BitsStored for f in (tmp_path / "dcm").rglob("*.dcm")} == {16}
+    assert main(["sample", str(run), "--num-images", "2", "--steps", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    with np.load(tmp_path / "s.npz") as npz:
+        assert npz["train_images"].dtype == np.uint8  # MedMNIST's layout stays 8-bit
+    # DICOM: the window mapped onto 0..65535 (12-bit values keep their levels); the store and the loader agree.
+    for patient in range(4):
+        write_dicom(tmp_path / "ct" / "cells" / f"p{patient}.dcm", gray[patient:][:1], f"PAT-{patient}", window=False)
+    a = load_images(str(tmp_path / "ct"), "train", bit_depth=16)
+    b = load_images(str(prepare(str(tmp_path / "ct"), tmp_path / "ct16", bit_depth=16)), "train")
+    assert torch.equal(a.images16, b.images16) and a.md5 == b.md5
+    assert (a.images16.numpy().astype(np.int64) % 257).any()  # windowed onto 16 bits, not 8-bit values x 257
