@@ -22,8 +22,10 @@ else
   export PYTHONPATH=${PYTHONPATH:-$PWD}
 fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MEDMNIST_ROOT=${MEDMNIST_ROOT:-$(realpath ../shared/data)}
-RES=128; PIXEL_BATCH=64; VAE_BATCH=32; LATENT_BATCH=64; SMALL_BATCH=128; NUM_EVAL=3000; PROBE=30
-if [ -n "${SMOKE:-}" ]; then RES=32; PIXEL_BATCH=8; VAE_BATCH=8; LATENT_BATCH=8; SMALL_BATCH=8; NUM_EVAL=64; PROBE=3; MINUTES=0.05; fi
+RES=128; PIXEL_BATCH=64; VAE_BATCH=32; LATENT_BATCH=64; SMALL_BATCH=128; NUM_EVAL=3000; PROBE=30; REAL=()
+if [ -n "${SMOKE:-}" ]; then  # the plumbing only: 32 px, a few steps, 64 real images per FID
+  RES=32; PIXEL_BATCH=8; VAE_BATCH=8; LATENT_BATCH=8; SMALL_BATCH=8; NUM_EVAL=64; PROBE=3; MINUTES=0.05; REAL=(--num-real 64)
+fi
 W=$OUT/work; mkdir -p "$W"; start=$(date +%s)
 log() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/run.log"; }
 ( nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || grep -m1 "model name" /proc/cpuinfo ) > "$OUT/machine.txt"
@@ -39,11 +41,12 @@ vae_rate() { $PY -c "import json,sys; l=[json.loads(x) for x in open(sys.argv[1]
 # steps_for THIRDS RATE: the steps of THIRDS/3 of MINUTES at RATE steps/s
 steps_for() { $PY -c "import sys; print(max(int(float(sys.argv[1]) / 3 * $MINUTES * 60 * float(sys.argv[2])), 10))" "$1" "$2"; }
 
-# Probes (the steps each arm reaches in its minutes; the probes' warm-up makes the estimate conservative).
-train --dataset "$DATA" --output_dir "$W/probe_pixel" --max_train_steps $PROBE --train_batch_size $PIXEL_BATCH > /dev/null 2>&1
-vae --dataset "$DATA" --output_dir "$W/probe_vae" --max_train_steps $PROBE --train_batch_size $VAE_BATCH --num_val 8 > /dev/null 2>&1
-train --dataset "$DATA" --output_dir "$W/probe_latent" --vae "$W/probe_vae" --max_train_steps $PROBE --train_batch_size $LATENT_BATCH > /dev/null 2>&1
-train --dataset bloodmnist --model_preset small --output_dir "$W/probe_small" --max_train_steps $PROBE --train_batch_size $SMALL_BATCH > /dev/null 2>&1
+# Probes (the steps each arm reaches in its minutes; the probes' warm-up makes the estimate conservative). Every
+# step below is skipped when its output is there: a rerun after an interruption resumes.
+[ -f "$W/probe_pixel/train_summary.json" ] || train --dataset "$DATA" --output_dir "$W/probe_pixel" --max_train_steps $PROBE --train_batch_size $PIXEL_BATCH > /dev/null 2>&1
+[ -f "$W/probe_vae/vae_summary.json" ] || vae --dataset "$DATA" --output_dir "$W/probe_vae" --max_train_steps $PROBE --train_batch_size $VAE_BATCH --num_val 8 > /dev/null 2>&1
+[ -f "$W/probe_latent/train_summary.json" ] || train --dataset "$DATA" --output_dir "$W/probe_latent" --vae "$W/probe_vae" --max_train_steps $PROBE --train_batch_size $LATENT_BATCH > /dev/null 2>&1
+[ -f "$W/probe_small/train_summary.json" ] || train --dataset bloodmnist --model_preset small --output_dir "$W/probe_small" --max_train_steps $PROBE --train_batch_size $SMALL_BATCH > /dev/null 2>&1
 # All three arms run at once: a probe alone runs ~3x faster than it will beside the others.
 PIXEL_STEPS=$(steps_for 2 "$(rate "$W/probe_pixel/train_summary.json")")
 VAE_STEPS=$(steps_for 1 "$(vae_rate "$W/probe_vae/metrics.jsonl")")
@@ -52,14 +55,14 @@ SMALL_STEPS=$(steps_for 2 "$(rate "$W/probe_small/train_summary.json")")
 log "steps: pixel $PIXEL_STEPS, vae $VAE_STEPS, latent $LATENT_STEPS, small-28 $SMALL_STEPS"
 
 WARM=$(( PIXEL_STEPS / 10 ))
-train --dataset "$DATA" --output_dir "$W/pixel" --max_train_steps $PIXEL_STEPS --train_batch_size $PIXEL_BATCH \
+[ -f "$W/pixel/model_index.json" ] || train --dataset "$DATA" --output_dir "$W/pixel" --max_train_steps $PIXEL_STEPS --train_batch_size $PIXEL_BATCH \
   --lr_warmup_steps $WARM --learning_rate 1e-3 > "$OUT/pixel.log" 2>&1 &
 pixel=$!
-{ vae --dataset "$DATA" --output_dir "$W/vae" --max_train_steps $VAE_STEPS --train_batch_size $VAE_BATCH --num_val 512 \
+[ -f "$W/latent/model_index.json" ] || { vae --dataset "$DATA" --output_dir "$W/vae" --max_train_steps $VAE_STEPS --train_batch_size $VAE_BATCH --num_val 512 \
   && train --dataset "$DATA" --output_dir "$W/latent" --vae "$W/vae" --max_train_steps $LATENT_STEPS \
        --train_batch_size $LATENT_BATCH --lr_warmup_steps $(( LATENT_STEPS / 10 )) --learning_rate 1e-3; } > "$OUT/latent.log" 2>&1 &
 latent=$!
-train --dataset bloodmnist --model_preset small --output_dir "$W/small28" --max_train_steps $SMALL_STEPS \
+[ -f "$W/small28/model_index.json" ] || train --dataset bloodmnist --model_preset small --output_dir "$W/small28" --max_train_steps $SMALL_STEPS \
   --train_batch_size $SMALL_BATCH --lr_warmup_steps $(( SMALL_STEPS / 10 )) > "$OUT/small28.log" 2>&1 &
 small=$!
 wait $pixel $latent $small
@@ -68,9 +71,9 @@ log "training done"
 # Evaluation: test FID beside the floor; the VAE's reconstructions of the test split as "generated" images.
 for arm in pixel latent small28; do
   $PY -m medgen_diffusers.cli evaluate "$W/$arm" --split test --num-samples $NUM_EVAL --protocols standard \
-    --out "$OUT/eval_$arm.json" > "$OUT/eval_$arm.log" 2>&1 &
+    "${REAL[@]}" --out "$OUT/eval_$arm.json" > "$OUT/eval_$arm.log" 2>&1 &
 done
-$PY - "$W" "$DATA" <<'PY' > "$OUT/recon.log" 2>&1
+[ -f "$W/psnr_ssim.json" ] || $PY - "$W" "$DATA" <<'PY' > "$OUT/recon.log" 2>&1
 import json, sys, numpy as np
 from pathlib import Path
 from medgen_diffusers.data import load_images
@@ -84,7 +87,7 @@ np.savez(w / "recon.npz", train_images=q.pop("reconstructions").permute(0, 2, 3,
 (w / "psnr_ssim.json").write_text(json.dumps(q))
 PY
 $PY -m medgen_diffusers.cli evaluate "$W/recon.npz" --dataset "$DATA" --split test --protocols standard \
-  --out "$OUT/eval_vae_recon.json" > "$OUT/eval_vae.log" 2>&1
+  "${REAL[@]}" --out "$OUT/eval_vae_recon.json" > "$OUT/eval_vae.log" 2>&1
 wait
 log "evaluation done"
 $PY - "$OUT" "$W" "$MINUTES" <<'PY'
