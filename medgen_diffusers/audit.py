@@ -66,6 +66,19 @@ def pixel_vectors(images: torch.Tensor, indices: np.ndarray, chunk: int = 2048) 
     return out
 
 
+@torch.no_grad()
+def latent_vectors(vae, images: torch.Tensor, indices: np.ndarray, chunk: int = 64) -> np.ndarray:
+    """float32 latent vectors (the VAE's posterior means, flattened) of uint8 (N, C, H, W) ``images[indices]``, chunk
+    by chunk: a latent model's own space, where a copy of a training image is as close as the VAE can tell."""
+    from .data import to_model_range
+
+    out = []
+    for start in range(0, len(indices), chunk):
+        batch = to_model_range(images[torch.as_tensor(indices[start:start + chunk])]).to(vae.device, vae.dtype)
+        out.append(vae.encode(batch).latent_dist.mean.float().flatten(1).cpu().numpy())
+    return np.concatenate(out)
+
+
 def copy_statistics(synthetic: np.ndarray, train: np.ndarray, test: np.ndarray, seed: int = 0) -> Dict:
     """Nearest-neighbour numbers of synthetic vs held-out test images, both measured against ``train`` (rows are
     feature vectors)."""
@@ -304,8 +317,15 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
             feats = [extractor.standard(synthetic, progress),
                      reals.get("train", "standard", progress=progress, indices=train_idx)[0],
                      reals.get("test", "standard", num_test, seed, progress)[0]]
+        elif space == "latent":  # a latent model's autoencoder space
+            if getattr(pipe, "vae", None) is None:
+                raise AuditError("--spaces latent is the space of a latent model's VAE; this pipeline has none: use "
+                                 "pixel, inception.")
+            synthetic_nchw = torch.from_numpy(synthetic).permute(0, 3, 1, 2)
+            feats = [latent_vectors(pipe.vae, synthetic_nchw, np.arange(len(synthetic))),
+                     latent_vectors(pipe.vae, train.images, train_idx), latent_vectors(pipe.vae, test.images, test_idx)]
         else:
-            raise AuditError(f"Unknown feature space {space!r}: use pixel, inception.")
+            raise AuditError(f"Unknown feature space {space!r}: use pixel, inception (and latent for a latent model).")
         stats = copy_statistics(*feats, seed=seed)
         d1, nearest = stats.pop("_nearest")
         if train.groups is not None:  # per patient: whose training images the flagged copies are nearest to

@@ -458,7 +458,8 @@ def build_parser():
     audit.add_argument("--num-test", type=int, default=None, help="Held-out test images, the baseline (default: all).")
     audit.add_argument("--num-mia", type=int, default=None, help="Members and non-members for the loss attack "
                                                                  "(default: 1,000, or all a small dataset holds).")
-    audit.add_argument("--spaces", default="pixel,inception", help="Distance spaces: pixel, inception.")
+    audit.add_argument("--spaces", default="pixel,inception",
+                       help="Distance spaces: pixel, inception; latent (a latent model's VAE space).")
     audit.add_argument("--out", default=None,
                        help="JSON path (default: PIPELINE/audit.json for a pipeline folder, where the card and the "
                             "app read it; else ./audit.json).")

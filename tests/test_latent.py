@@ -111,11 +111,12 @@ def test_every_command_runs_on_a_latent_model(latent_run, tmp_path):
     evaluation = json.loads((tmp_path / "eval.json").read_text())
     assert evaluation["provenance"]["weights_sha256"] == weights_sha256(
         DiffusionPipeline.from_pretrained(latent_run, trust_remote_code=True).unet)
-    assert main(["audit", str(latent_run), "--num-samples", "16", "--num-mia", "16", "--spaces", "pixel", "--steps",
+    assert main(["audit", str(latent_run), "--num-samples", "16", "--num-mia", "16", "--spaces", "pixel,latent", "--steps",
                  "3", "--out", str(tmp_path / "audit.json"), "--figure", ""]) == 0
     audit = json.loads((tmp_path / "audit.json").read_text())
     # the loss attack ran on the images' latents (a 3-channel 32-px image would not even fit the 4-channel UNet)
     assert audit["membership_inference"]["num_members"] == 16 and audit["pixel_space_size"] == 32
+    assert set(audit["nearest_neighbours"]) == {"pixel", "latent"}
     card = (latent_run / "README.md").read_text()
     assert "**latent** diffusion model" in card and "PSNR" in card and "AutoencoderKL" in card
 
@@ -195,3 +196,18 @@ def test_pixel_schedules_shift_their_noise_above_64_px_and_keep_it_at_and_below(
     _, fixed = build_model(parse_args(["--output_dir", "x", "--mixed_precision", "no", "--noise_shift", "0"]), 128, 3,
                            None)
     assert torch.allclose(fixed.alphas_cumprod, cosine)
+
+
+def test_the_latent_space_audit_flags_copies_of_training_images(latent_run, cells):
+    """The known positive: "synthetic" images that are training images are copies in the VAE's space too."""
+    from medgen_diffusers.audit import copy_statistics, latent_vectors
+    from medgen_diffusers.data import load_images
+
+    vae = load_vae(str(latent_run)).eval()
+    train, test = load_images(str(cells), "train", 32), load_images(str(cells), "test", 32)
+    features = lambda data, idx: latent_vectors(vae, data.images, idx)  # noqa: E731
+    copies = copy_statistics(features(train, np.arange(16)), features(train, np.arange(128)),
+                             features(test, np.arange(64)))
+    novel = copy_statistics(features(test, np.arange(32, 64)), features(train, np.arange(128)),
+                            features(test, np.arange(32)))
+    assert copies["copy_rate"]["synthetic"] == 1.0 and novel["copy_rate"]["synthetic"] < 0.5
