@@ -276,7 +276,7 @@ def cmd_push(args):
 def cmd_prepare(args):
     import time
 
-    from .store import prepare, read_manifest
+    from .data.store import prepare, read_manifest
 
     started = time.perf_counter()
     store = prepare(args.source, writable(args.out), args.resolution, args.data_root, args.workers,
@@ -326,7 +326,7 @@ def cmd_reader_study(args):
 
 
 def cmd_data(args):
-    from .data import load_medmnist_tensors, medmnist_path, _read_split
+    from .data.medmnist import _read_split, load_medmnist_tensors, medmnist_path
 
     for split in ("train", "val", "test"):
         data = load_medmnist_tensors(args.dataset, split, args.size, args.root, download=not args.no_download)

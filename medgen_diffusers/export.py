@@ -156,8 +156,8 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
                 index += 1
         if provenance is not None:
             (out_path / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True) + "\n")
-    elif fmt == "dicom":  # one file per image, class sub-folders, back through the run's window (medical.py)
-        from .medical import write_dicom
+    elif fmt == "dicom":  # one file per image, class sub-folders, back through the run's window (data/medical.py)
+        from .data.medical import write_dicom
 
         out_path.mkdir(parents=True, exist_ok=True)
         index = 0

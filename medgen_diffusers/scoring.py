@@ -117,7 +117,7 @@ def read_images(path: Union[str, os.PathLike], class_names: Optional[List[str]] 
     """(images uint8 NHWC, labels or None) of generated images: an npz's generated array -- ``images_key``, else
     ``images``, else ``train_images`` (what ``medgen sample`` writes), else its only ``*_images`` array; never real
     ``val``/``test`` arrays beside it -- or a folder of images (sub-folders named after classes give labels)."""
-    from .sources import pil_to_array
+    from .data.sources import pil_to_array
 
     path = Path(path)
     if path.is_file() and path.suffix == ".npz":

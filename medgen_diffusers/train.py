@@ -40,7 +40,7 @@ from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, attention_kernels, auto_noise_shift, build_unet,
                                      edm_scheduler, fast_solver, is_edm, keep_freed_memory, shifted_cosine_betas)
-from medgen_diffusers.medical_folders import patient_named_classes
+from medgen_diffusers.data.medical_folders import patient_named_classes
 from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, check_private_vae,
                                       plan_privacy, privacy_units, trainable_parameters, unit_note)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
@@ -169,7 +169,7 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
     """The train split (images, labels; zeros when unlabeled) and the options every later command reads it with."""
     source_options = read_source_options(args)
     # Once per node, on its local main process: a download, or a local folder decoded into a memory-mapped store
-    # that every rank then reads batch by batch (store.py).
+    # that every rank then reads batch by batch (data/store.py).
     with accelerator.local_main_process_first():
         data = load_images(args.dataset, "train", args.resolution, args.data_root, prepare=True, **source_options)
     if data.notice:
@@ -302,7 +302,7 @@ def train(args):
     checkpoint = open_run_folder(args, accelerator, output_dir)
     set_seed(args.seed)  # identical initial weights on every rank
 
-    # Data: the whole split as uint8 tensors in memory, from any source (data.py); augmentation happens on the
+    # Data: the whole split as uint8 tensors in memory, from any source (the data package); augmentation happens on the
     # batch, on the device.
     data, images, labels, source_options = load_training_data(args, accelerator, output_dir, checkpoint)
     class_conditional = data.labels is not None if args.class_conditional is None else args.class_conditional

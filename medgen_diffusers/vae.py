@@ -305,7 +305,7 @@ def save_vae(vae, output_dir: Path, args, data, options, start_time):
 
 def latent_cache_path(data_md5: str, vae_sha256: str, resolution: int, num_images: int) -> Path:
     """Where the train split's latents live: next to the prepared stores, keyed by the data, VAE and size."""
-    from .store import cache_root
+    from .data.store import cache_root
 
     key = hashlib.sha256(f"{data_md5}|{vae_sha256}|{resolution}|{num_images}".encode()).hexdigest()[:20]
     return cache_root() / "latents" / f"{key}.npy"

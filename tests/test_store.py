@@ -12,7 +12,7 @@ import torch
 from conftest import write_own_folder
 from medgen_diffusers.cli import main
 from medgen_diffusers.data import DataError, load_images
-from medgen_diffusers.store import is_store, prepare, read_manifest
+from medgen_diffusers.data.store import is_store, prepare, read_manifest
 from test_medical import gray_images, write_dicom
 
 
@@ -151,7 +151,7 @@ def test_dicom_and_nifti_are_prepared_file_by_file_and_large_percentile_windows_
     # volumes drop their empty slices as they are decoded, so the store grows file by file.
     import nibabel as nib
 
-    from medgen_diffusers.medical_folders import intensity_rule, split_files
+    from medgen_diffusers.data.medical_folders import intensity_rule, split_files
 
     gray, _ = gray_images(data_root, 60)
     for patient in range(10):
@@ -180,7 +180,7 @@ def test_dicom_and_nifti_are_prepared_file_by_file_and_large_percentile_windows_
 def test_max_train_samples_decodes_only_the_images_it_keeps(tmp_path, data_root, monkeypatch, capsys):
     from medgen_diffusers.data import kept_rows
     from medgen_diffusers.provenance import data_source
-    from medgen_diffusers.sources import _folder_files
+    from medgen_diffusers.data.sources import _folder_files
 
     monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
     folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 5), ("val", 1), ("test", 1)))

@@ -17,7 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 import train_unconditional
 from medgen_diffusers.data import DataError, load_images
-from medgen_diffusers.medical import inverse_window, write_dicom as write_synthetic
+from medgen_diffusers.data.medical import inverse_window, write_dicom as write_synthetic
 from medgen_diffusers.privacy import PrivacyError
 from test_medical import CENTER, INTERCEPT, SLOPE, WIDTH, gray_images, reference_window, write_dicom
 
@@ -221,7 +221,7 @@ def test_patient_pseudonyms_cannot_be_recomputed(data_root):
     anyone could compute from a guessed MRN with the salt that stood in the source."""
     import hashlib
 
-    code = "from medgen_diffusers.medical import hash_id, pseudonym; print(pseudonym(hash_id('MRN0012345')))"
+    code = "from medgen_diffusers.data.medical import hash_id, pseudonym; print(pseudonym(hash_id('MRN0012345')))"
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
             for _ in range(2)}
     assert len(runs) == 2 and all(len(r) == 16 for r in runs)

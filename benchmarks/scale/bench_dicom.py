@@ -26,7 +26,7 @@ def exact_window(store, folder):
     histogram of the stored 12-bit values of the store's train patients (rescale slope 1, intercept -1024)."""
     import pydicom
 
-    from medgen_diffusers.medical_folders import PERCENTILES, split_files
+    from medgen_diffusers.data.medical_folders import PERCENTILES, split_files
 
     options = json.loads((Path(store) / "manifest.json").read_text())["options"]
     files = split_files(Path(folder), "train", "dicom", "patient", options.get("split_seed") or 0)

@@ -12,7 +12,10 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .data import SPLITS, DataError, ImageData, _image_data, _read_split, resize_images
+from .images import SPLITS, DataError, ImageData, _image_data, kept_rows, resize_images, square
+from .medical import hash_id, pseudonym
+from .medical_folders import split_patients
+from .medmnist import _read_split
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -53,30 +56,6 @@ def pil_to_array(image, name: str, bit_depth: int = 8) -> np.ndarray:
     return array if bit_depth != 16 else array.astype(np.uint16) * 257
 
 
-CROPS = ("center", "pad", "resize")  # --crop: how a non-square image becomes square (default center)
-
-
-def square(array: np.ndarray, crop: Optional[str]) -> np.ndarray:
-    """A non-square (H, W, C) image made square, keeping its aspect ratio: ``center`` keeps the central square (the
-    default), ``pad`` adds zero (black) borders around the whole image; ``resize`` leaves it as it is, to be stretched
-    to N x N by the resize that follows (what every non-square image got before --crop existed)."""
-    crop = crop or "center"
-    if crop not in CROPS:
-        raise DataError(f"--crop {crop!r}: choose {', '.join(CROPS)}.")
-    height, width = array.shape[:2]
-    if height == width or crop == "resize":
-        return array
-    if crop == "center":
-        side = min(height, width)
-        top, left = (height - side) // 2, (width - side) // 2
-        return array[top:top + side, left:left + side]
-    side = max(height, width)
-    out = np.zeros((side, side, array.shape[2]), dtype=array.dtype)
-    top, left = (side - height) // 2, (side - width) // 2
-    out[top:top + height, left:left + width] = array
-    return out
-
-
 def _decode(path: Path, bit_depth: int = 8) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -109,7 +88,6 @@ def load_folder(path: Path, split: str, size: Optional[int], crop: Optional[str]
     decoded (``--max_train_samples``; :func:`~medgen_diffusers.data.kept_rows`)."""
     import logging
 
-    from .data import kept_rows
 
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
     train_classes = None
@@ -167,7 +145,6 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
                    split_seed: int = 0, limit: Optional[int] = None, bit_depth: int = 8) -> ImageData:
     import datasets
 
-    from .data import kept_rows
 
     try:
         loaded = datasets.load_from_disk(name) if from_disk else datasets.load_dataset(name)
@@ -185,8 +162,6 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
         train = loaded["train"] if "train" in loaded else None
         loaded = loaded[split]
     elif split_by:  # one dataset with a patient column: seeded patient-level splits
-        from .medical_folders import split_patients
-
         if patient_column is None:
             raise DataError(f"--split_by patient needs --patient_column: the column of {name} naming each image's "
                             "patient.")
@@ -225,16 +200,12 @@ def load_datasets(name: str, split: str, image_column: str, label_column: Option
         labels, names = _dataset_labels(loaded, label_column, train, name, split)
     data = _image_data(np.stack(arrays), labels, names, name, split)
     if patient_column is not None:
-        from .medical import pseudonym
-
         data.groups = np.array([pseudonym(key) for key in _patient_ids(loaded, patient_column, name)])
         data.patient_rule = f"column {patient_column!r}"
     return data
 
 
 def _hash(value) -> str:
-    from .medical import hash_id
-
     return hash_id(str(value))  # the split key, in memory only; ImageData.groups holds pseudonyms
 
 

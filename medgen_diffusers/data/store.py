@@ -35,7 +35,11 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .data import SPLITS, DataError, ImageData
+from .images import SPLITS, DataError, ImageData, kept_rows, resize_images, square
+from .medical_folders import (class_names_of, intensity_rule, iter_images, kept_files, medical_kind, patient_rule,
+                              split_files)
+from .readers import read_split
+from .sources import _decode, _folder_classes, _folder_files
 
 FORMAT = "medgen-store/1"
 MANIFEST = "manifest.json"
@@ -72,7 +76,7 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
     Image folders are decoded file by file in ``workers`` threads (default: the CPU count) and written chunk by
     chunk (memory: a chunk); other sources are read one split at a time. Written to ``out``.tmp and renamed, so a
     killed preparation never leaves a store that looks whole."""
-    from .provenance import recorded_source
+    from ..provenance import recorded_source
 
     out = Path(out)
     if out.exists():
@@ -128,9 +132,6 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
 
 def _image_folder(path: Path, options) -> bool:
     """A plain image folder (the streamed path); DICOM/NIfTI, npz and datasets go through load_images."""
-    from .medical_folders import medical_kind
-    from .sources import _folder_files
-
     if not path.is_dir() or any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
         return False
     return medical_kind(_folder_files(path)[0][:500]) is None
@@ -138,8 +139,6 @@ def _image_folder(path: Path, options) -> bool:
 
 def _medical_kind(path: Path) -> Optional[str]:
     """"dicom" / "nifti" for a folder of such files (decoded file by file), else None."""
-    from .medical_folders import medical_kind
-
     if not path.is_dir() or any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
         return None
     return medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
@@ -178,8 +177,6 @@ def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int],
     """One split of a DICOM/NIfTI folder, decoded and written one file at a time (medical_folders.iter_images):
     memory is one file's values, whatever the number of files. The same images, labels, classes, patients and
     checksum as the in-memory loader."""
-    from .medical_folders import class_names_of, intensity_rule, iter_images, kept_files, patient_rule, split_files
-
     split_by, seed, regex = options.get("split_by"), options.get("split_seed") or 0, options.get("patient_regex")
     axis, slices, window = options.get("slice_axis") or "axial", options.get("slice_range"), options.get("window")
     files, train = (split_files(path, name, kind, split_by, seed, regex) for name in (split, "train"))
@@ -226,7 +223,7 @@ def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int],
         digest.update(labels[:, None].tobytes())  # the loader's (N, 1) labels
         digest.update("\n".join(classes).encode())
         info["class_counts"] = np.bincount(labels, minlength=len(classes)).tolist()
-    info["md5"] = digest.hexdigest()[:32]  # data.py's _content_digest of the same pixels, labels and names
+    info["md5"] = digest.hexdigest()[:32]  # images._content_digest of the same pixels, labels and names
     if notice:
         info["notice"] = f"{path}: {notice}"
     else:
@@ -245,9 +242,6 @@ def _probe(path: Path):
 def _decode_at(args):
     """(the image as the in-memory loader checksums it, the image as stored): the loader resizes mixed sizes per
     image before its checksum and uniform ones after it, so a store and a folder of the same data share one."""
-    from .data import resize_images
-    from .sources import _decode, square
-
     path, size, channels, uniform, crop, bit_depth = args
     array = square(_decode(path, bit_depth), crop)  # non-square: cropped or padded (--crop), as the loader does
     if channels == 3 and array.shape[-1] == 1:  # some grayscale, some colour: colour wins (as the loader does)
@@ -261,9 +255,6 @@ def _decode_at(args):
 
 def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int],
                         crop: Optional[str] = None, limit: Optional[int] = None, bit_depth: int = 8) -> Dict:
-    from .data import kept_rows
-    from .sources import _folder_classes, _folder_files, square
-
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
     if split_dirs:
         if split not in split_dirs:
@@ -330,15 +321,13 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
         digest.update(labels.tobytes())
         digest.update("\n".join(classes).encode())
         info["class_counts"] = np.bincount(labels, minlength=len(classes)).tolist()
-    info["md5"] = digest.hexdigest()[:32]  # data.py's _content_digest of the same pixels, labels and names
+    info["md5"] = digest.hexdigest()[:32]  # images._content_digest of the same pixels, labels and names
     return info
 
 
 def _write_loaded_split(source, split, size, root, out: Path, unit_index: Dict[str, int], options) -> Dict:
     """One split of any other source through load_images (the whole split in memory once, as the loader holds it)."""
-    from .data import load_images
-
-    data = load_images(str(source), split, size, root, **options)
+    data = read_split(str(source), split, size, root, **options)
     out.mkdir(parents=True)
     nhwc = data.images.permute(0, 2, 3, 1).numpy()
     np.save(out / "images.npy", np.ascontiguousarray(nhwc))
@@ -399,7 +388,7 @@ def cached_store(source: str, size: Optional[int], root=None, create: bool = Fal
     source's, when the caller has just computed it (one walk over a large folder, not two)."""
     import sys
 
-    from .provenance import recorded_source
+    from ..provenance import recorded_source
 
     say = say or (lambda message: print(f"medgen: {message}", file=sys.stderr, flush=True))
     path = Path(str(source)).expanduser()

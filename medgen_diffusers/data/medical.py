@@ -46,7 +46,7 @@ DECODER_HINT = ("install a pydicom pixel-data plugin for it -- `pip install pyli
 
 
 def _error(message):
-    from .data import DataError
+    from .images import DataError
 
     return DataError(message)
 

@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .images import SPLITS, _image_data, resize_images, square
 from .medical import (PERCENTILES, _error, file_window, frame_view, hash_id, is_dicom, is_nifti, linear_window,
                       parse_window, pseudonym, read_dicom, read_nifti, to_uint8)
 
@@ -150,8 +151,6 @@ def split_files(path: Path, split: str, kind: str, split_by: Optional[str] = Non
                 patient_regex: Optional[str] = None) -> Tuple[MedicalFile, ...]:
     """The files of one split: a split sub-folder (a patient in two of them refused), the whole folder as 'train',
     or seeded patient-level splits (``split_by="patient"``)."""
-    from .data import SPLITS
-
     if split_by not in (None, "patient"):
         raise _error(f"--split_by {split_by!r}: the only unit is 'patient'.")
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
@@ -251,8 +250,6 @@ def iter_images(files: Tuple[MedicalFile, ...], kind: str, rule: Dict, size: Opt
     resized to ``size`` (None: the data's own size, which must then be one square size)."""
     import torch
 
-    from .data import resize_images
-    from .sources import square
 
     first = None
     for file in files:
@@ -310,8 +307,6 @@ def load_medical(path: Path, split: str, kind: str, window=None, slice_axis: str
     Patients: :data:`PATIENT_RULES` for the kind, or ``patient_regex``; ``data.patient_rule`` says which.
     ``max_train_samples``: the train split is the images of a seeded subset of its files (:func:`kept_files`),
     and the window is computed from those files only."""
-    from .data import _image_data
-
     files, train = (split_files(path, name, kind, split_by, seed, patient_regex) for name in (split, "train"))
     classes = class_names_of(train)  # of every train file: a subset keeps the class numbering
     train = kept_files(train, max_train_samples)
