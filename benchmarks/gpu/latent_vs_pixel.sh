@@ -25,6 +25,7 @@ export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 MEDMNIST_ROOT=${MEDMNIST_ROOT:-$(real
 RES=128; PIXEL_BATCH=64; VAE_BATCH=32; LATENT_BATCH=64; SMALL_BATCH=128; NUM_EVAL=3000; PROBE=30; REAL=()
 if [ -n "${SMOKE:-}" ]; then  # the plumbing only: 32 px, a few steps, 64 real images per FID
   RES=32; PIXEL_BATCH=8; VAE_BATCH=8; LATENT_BATCH=8; SMALL_BATCH=8; NUM_EVAL=64; PROBE=3; MINUTES=0.05; REAL=(--num-real 64)
+  export RECON_N=64
 fi
 W=$OUT/work; mkdir -p "$W"; start=$(date +%s)
 log() { echo "[$(( $(date +%s) - start )) s] $*" | tee -a "$OUT/run.log"; }
@@ -74,16 +75,17 @@ for arm in pixel latent small28; do
     "${REAL[@]}" --out "$OUT/eval_$arm.json" > "$OUT/eval_$arm.log" 2>&1 &
 done
 [ -f "$W/psnr_ssim.json" ] || $PY - "$W" "$DATA" <<'PY' > "$OUT/recon.log" 2>&1
-import json, sys, numpy as np
+import json, os, sys, numpy as np
 from pathlib import Path
 from medgen_diffusers.data import load_images
 from medgen_diffusers.vae import load_vae, reconstruction_quality
 w, data = Path(sys.argv[1]), sys.argv[2]
 test = load_images(data, "test")
 vae = load_vae(w / "vae").eval().to("cuda" if __import__("torch").cuda.is_available() else "cpu")
-q = reconstruction_quality(vae, test.images)
+n = int(os.environ.get("RECON_N", len(test)))  # all test images (a smoke run: a few)
+q = reconstruction_quality(vae, test.images[:n])
 np.savez(w / "recon.npz", train_images=q.pop("reconstructions").permute(0, 2, 3, 1).numpy(),
-         train_labels=test.labels.numpy()[:, None])
+         train_labels=test.labels.numpy()[:n, None])
 (w / "psnr_ssim.json").write_text(json.dumps(q))
 PY
 $PY -m medgen_diffusers.cli evaluate "$W/recon.npz" --dataset "$DATA" --split test --protocols standard \
