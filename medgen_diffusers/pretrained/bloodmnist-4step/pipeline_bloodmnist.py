@@ -1,5 +1,6 @@
 # Copyright 2026 The medgen-diffusers authors. Licensed under the Apache License, Version 2.0.
-"""BloodMNISTPipeline: a single-file diffusers pipeline for small medical images.
+"""BloodMNISTPipeline: a single-file diffusers pipeline for medical images, in pixel space or -- with its optional
+``vae`` (an ``AutoencoderKL``) -- in that autoencoder's latent space, as latent diffusion does for 128-512 px.
 
 This file imports only ``torch`` and ``diffusers`` on purpose: ``save_pretrained`` copies it next to the
 weights, so a saved pipeline loads with plain diffusers, without medgen-diffusers installed::
@@ -15,7 +16,7 @@ import shutil
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+from diffusers import AutoencoderKL, DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 from diffusers.schedulers import SchedulerMixin
 from diffusers.utils import logging
 from diffusers.utils.torch_utils import randn_tensor
@@ -70,13 +71,19 @@ class BloodMNISTPipeline(DiffusionPipeline):
         default_num_inference_steps (`int`, *optional*):
             Steps used when a call does not pass `num_inference_steps` (saved in `model_index.json`). Unset: 1000,
             which suits [`DDPMScheduler`]; a pipeline saved with a fast solver stores its own (e.g. 20).
+        vae ([`AutoencoderKL`], *optional*):
+            Latent diffusion: the UNet denoises this autoencoder's latents (scaled by `vae.config.scaling_factor`,
+            measured on the training latents) and the VAE decodes the result to images of
+            `unet.config.sample_size * pipe.vae_scale_factor` pixels. `None` (pixel pipelines): the UNet's output
+            is the image. Large batches decode in slices with `pipe.vae.enable_slicing()`.
     """
 
-    model_cpu_offload_seq = "unet"
+    model_cpu_offload_seq = "unet->vae"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, class_names: Optional[List[str]] = None,
-                 default_num_inference_steps: Optional[int] = None):
+                 default_num_inference_steps: Optional[int] = None, vae: Optional[AutoencoderKL] = None):
         super().__init__()
         num_class_embeds = unet.config.num_class_embeds
         if num_class_embeds is not None:
@@ -89,7 +96,10 @@ class BloodMNISTPipeline(DiffusionPipeline):
                 )
         elif class_names is not None and len(class_names) == 0:
             raise ValueError("class_names must not be empty; pass None for an unconditional model.")
-        self.register_modules(unet=unet, scheduler=scheduler)
+        if vae is not None and vae.config.latent_channels != unet.config.in_channels:
+            raise ValueError(f"The VAE makes {vae.config.latent_channels}-channel latents but the UNet denoises "
+                             f"{unet.config.in_channels} channels: pair a UNet trained on this VAE's latents.")
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae)
         self.register_to_config(class_names=list(class_names) if class_names is not None else None,
                                 default_num_inference_steps=default_num_inference_steps)
 
@@ -110,6 +120,23 @@ class BloodMNISTPipeline(DiffusionPipeline):
     @property
     def is_conditional(self) -> bool:
         return self.unet.config.num_class_embeds is not None
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """How many pixels one latent is across (2 ** the VAE's downsampling steps); 1 without a VAE."""
+        vae = getattr(self, "vae", None)
+        return 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+
+    @property
+    def image_size(self) -> int:
+        """The side of the images this pipeline makes, in pixels."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
+    def image_channels(self) -> int:
+        """Channels of the images this pipeline makes (1: grayscale, 3: RGB)."""
+        vae = getattr(self, "vae", None)
+        return vae.config.out_channels if vae is not None else self.unet.config.in_channels
 
     @property
     def num_classes(self) -> int:
@@ -179,11 +206,13 @@ class BloodMNISTPipeline(DiffusionPipeline):
                 `default_num_inference_steps`, else 1000 (right for [`DDPMScheduler`]; use ~20 with
                 [`DPMSolverMultistepScheduler`] or ~50 with [`DDIMScheduler`]).
             generator (`torch.Generator`, *optional*): makes generation deterministic.
-            latents (`torch.Tensor`, *optional*): the starting noise x_T, shape (batch, C, H, W); drawn from
-                `generator` when omitted.
+            latents (`torch.Tensor`, *optional*): the starting noise x_T, shape (batch, C, H, W) of the UNet's
+                input; drawn from `generator` when omitted.
             output_type (`str`, defaults to `"pil"`): `"pil"` (list of `PIL.Image`), `"np"` (float array
                 (B, H, W, C) in [0, 1]), `"pt"` (float tensor (B, C, H, W) in [0, 1]) or `"latent"` (the final
-                x_0 as the model produced it, (B, C, H, W) in the model's [-1, 1] range, not clamped).
+                x_0 as the UNet produced it, not clamped: the image in the model's [-1, 1] range, or with a `vae`
+                its scaled latents, (B, latent_channels, H / f, W / f), which `pipe.vae.decode(x / scaling_factor)`
+                turns into images).
             return_dict (`bool`, defaults to `True`): return an [`ImagePipelineOutput`] instead of a tuple.
             callback_on_step_end (`Callable`, *optional*): called as `callback(pipe, step_index, timestep,
                 callback_kwargs)` after every step, with `callback_kwargs["latents"]` holding x_t. This is how to
@@ -248,7 +277,8 @@ class BloodMNISTPipeline(DiffusionPipeline):
         if output_type == "latent":
             images = latents
         else:
-            images = (latents / 2 + 0.5).clamp(0, 1)
+            images = self.decode_latents(latents) if getattr(self, "vae", None) is not None else latents
+            images = (images.float() / 2 + 0.5).clamp(0, 1)
         if output_type in ("np", "pil"):
             images = images.cpu().permute(0, 2, 3, 1).float().numpy()
             if output_type == "pil":
@@ -257,6 +287,11 @@ class BloodMNISTPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images in [-1, 1] (not clamped), through the VAE's decoder."""
+        latents = latents.to(device=self.vae.device, dtype=self.vae.dtype) / self.vae.config.scaling_factor
+        return self.vae.decode(latents).sample
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
         """Save as diffusers does (safetensors), plus this source file so that the folder loads anywhere with
