@@ -3,8 +3,8 @@
 # Inception-space audit beside the pixel one, saved in its folder (utility.json, audit.json), in evaluation.json's
 # trust summary and on its card -- as the default model has them.
 #   bash benchmarks/finish_fast_model_trust.sh        # after `SEEDS="0 1 2" benchmarks/utility_fast_model.sh`
-# Resumable: a step whose output exists is skipped. The audit (1,000 samples, pixel + Inception space against all
-# 11,959 training images) takes ~30 CPU-minutes on 2 cores.
+# Resumable: a step whose output exists is skipped (an $STAGE/audit.json already there is used as it is). The audit
+# (1,000 samples, pixel + Inception space against all 11,959 training images) takes ~30 CPU-minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=medgen_diffusers/pretrained/bloodmnist-4step
@@ -32,7 +32,12 @@ evaluation = json.loads((dest / "evaluation.json").read_text())
 evaluation["trust"] = trust_summary(audit, utility)
 write_json_atomic(evaluation, dest / "evaluation.json")
 PY
-.venv/bin/medgen card "$DEST" --repo-id "$DEST" --description "The 4-step latent-consistency student of the shipped \
-BloodMNIST model (medgen_diffusers/pretrained/bloodmnist), distilled with distill_lcm.py: 4 network evaluations per \
-image instead of the teacher's 20."
+# The card is written in place by the library (the `medgen card` command never writes into a shipped model).
+.venv/bin/python - "$DEST" <<'PY'
+import sys
+from medgen_diffusers.model_card import write_card
+write_card(sys.argv[1], repo_id=sys.argv[1], description="The 4-step latent-consistency student of the shipped "
+           "BloodMNIST model (medgen_diffusers/pretrained/bloodmnist), distilled with distill_lcm.py: 4 network "
+           "evaluations per image instead of the teacher's 20.")
+PY
 git diff --stat -- "$DEST"

@@ -16,7 +16,8 @@ from medgen_diffusers.cli import main
 @pytest.mark.parametrize("folder, extra, results", [
     (DEFAULT_MODEL, {"classes.png", "progressive.png", "loss_curve.png", "audit_closest_pairs.png"},
      ("evaluation.json", "audit.json", "utility.json")),
-    (FAST_MODEL, {"samples.png", "distill_config.json", "audit_closest_pairs.png"}, ("evaluation.json", "audit.json")),
+    (FAST_MODEL, {"samples.png", "distill_config.json", "audit_closest_pairs.png"},
+     ("evaluation.json", "audit.json", "utility.json")),
 ], ids=["default", "4-step"])
 def test_shipped_model_is_complete_and_small(folder, extra, results):
     folder = Path(folder)
