@@ -7,10 +7,8 @@ import os
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
-import medmnist
 import numpy as np
 import torch
-from medmnist.info import DEFAULT_ROOT, INFO
 
 from .images import SPLITS, DataError, ImageData, MedMNISTTensors, _labels_or_notice
 
@@ -19,9 +17,17 @@ SIZES = (28, 64, 128, 224)
 _MD5_CACHE = {}
 
 
+def medmnist_info():
+    """medmnist's INFO table, imported when first needed: ``import medmnist`` imports scikit-learn (~1.2 s), which
+    a command reading a folder or a store -- and every data-preparation worker process -- never needs."""
+    from medmnist.info import INFO
+
+    return INFO
+
+
 def available_flags() -> List[str]:
     """The 2D MedMNIST datasets (3D volumes are not images a 2D UNet can learn)."""
-    return sorted(flag for flag in INFO if not flag.endswith("3d"))
+    return sorted(flag for flag in medmnist_info() if not flag.endswith("3d"))
 
 
 def _check_request(flag: str, split: str, size: int) -> None:
@@ -35,9 +41,9 @@ def _check_request(flag: str, split: str, size: int) -> None:
 
 def class_names(flag: str = "bloodmnist") -> List[str]:
     """Class names in label order, from ``medmnist.INFO``."""
-    if flag not in INFO:
+    if flag not in medmnist_info():
         raise ValueError(f"Unknown MedMNIST flag {flag!r}. Valid 2D flags: {', '.join(available_flags())}.")
-    labels = INFO[flag]["label"]
+    labels = medmnist_info()[flag]["label"]
     return [labels[str(i)] for i in range(len(labels))]
 
 
@@ -46,7 +52,7 @@ def npz_filename(flag: str, size: int = 28) -> str:
 
 
 def expected_md5(flag: str, size: int = 28) -> str:
-    return INFO[flag]["MD5" if size == 28 else f"MD5_{size}"]
+    return medmnist_info()[flag]["MD5" if size == 28 else f"MD5_{size}"]
 
 
 def resolve_root(root: Optional[Union[str, os.PathLike]] = None) -> Path:
@@ -55,6 +61,8 @@ def resolve_root(root: Optional[Union[str, os.PathLike]] = None) -> Path:
         return Path(root).expanduser()
     if os.environ.get(ROOT_ENV_VAR):
         return Path(os.environ[ROOT_ENV_VAR]).expanduser()
+    from medmnist.info import DEFAULT_ROOT
+
     return Path(DEFAULT_ROOT).expanduser()
 
 
@@ -88,13 +96,15 @@ def medmnist_path(
     path = folder / npz_filename(flag, size)
     if not path.exists() and download:
         folder.mkdir(parents=True, exist_ok=True)
-        dataset_class = getattr(medmnist, INFO[flag]["python_class"])
+        import medmnist
+
+        dataset_class = getattr(medmnist, medmnist_info()[flag]["python_class"])
         try:
             dataset_class(split="train", download=True, root=str(folder), size=size)
         except Exception as error:  # medmnist raises bare RuntimeErrors for every network failure
             raise DataError(
                 f"{path.name} is not in {folder} and downloading it failed ({str(error).strip().splitlines()[0]}). "
-                f"Download {INFO[flag]['url' if size == 28 else f'url_{size}']} by hand into {folder}, "
+                f"Download {medmnist_info()[flag]['url' if size == 28 else f'url_{size}']} by hand into {folder}, "
                 f"or point root= / ${ROOT_ENV_VAR} at the folder that holds it."
             ) from None
     if not path.exists():

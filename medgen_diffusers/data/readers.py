@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Optional, Union
 
 import torch
-from medmnist.info import INFO
 
 from . import sources
 from .images import SPLITS, DataError, ImageData, eight_bit, keep_subset, resize_images
 from .medical_folders import load_medical, medical_kind
-from .medmnist import available_flags, load_medmnist_tensors
+from .medmnist import medmnist_info, available_flags, load_medmnist_tensors
 
 DATASETS_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")  # a datasets save_to_disk folder
 
@@ -37,10 +36,10 @@ def read_split(source: str, split: str, size: Optional[int] = None, root: Option
     path = Path(source).expanduser()
     limit = max_train_samples if split == "train" else None
     depth = bit_depth or 8
-    if bit_depth == 16 and (source in INFO or path.suffix == ".npz"):
+    if bit_depth == 16 and (source in medmnist_info() or path.suffix == ".npz"):
         raise DataError(f"--bit_depth 16: {source} holds 8-bit images (MedMNIST's layout is uint8), so 16 bits "
                         "would add nothing: drop --bit_depth.")
-    if source in INFO:
+    if source in medmnist_info():
         data = keep_subset(load_medmnist_tensors(source, split, size or 28, root, download), limit, rehash=False)
     elif path.suffix == ".npz":
         data = keep_subset(sources.load_npz(path, split), limit)

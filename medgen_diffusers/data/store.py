@@ -28,7 +28,10 @@ import os
 import shutil
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -43,7 +46,8 @@ from .sources import _decode, _folder_classes, _folder_files
 
 FORMAT = "medgen-store/1"
 MANIFEST = "manifest.json"
-CHUNK = 256  # images decoded and written per chunk: what preparation holds in memory at once
+CHUNK = 64  # images a worker decodes per task; memory: 2 tasks per worker in flight
+PROCESSES_FROM = 2000  # default: worker processes for a split of at least this many files (one costs ~2 s to start)
 
 
 def is_store(path) -> bool:
@@ -73,8 +77,9 @@ def source_signature(source: str) -> Optional[str]:
 def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Optional[int] = None,
             **source_options) -> Path:
     """Decode ``source`` (anything :func:`~medgen_diffusers.data.load_images` reads) into a store at ``out``.
-    Image folders are decoded file by file in ``workers`` threads (default: the CPU count) and written chunk by
-    chunk (memory: a chunk); other sources are read one split at a time. Written to ``out``.tmp and renamed, so a
+    Image folders are decoded file by file in ``workers`` processes (default: the CPU count from
+    ``PROCESSES_FROM`` files on, in this process below) and written chunk by chunk, in order (memory: the chunks in
+    flight); other sources are read one split at a time. Written to ``out``.tmp and renamed, so a
     killed preparation never leaves a store that looks whole."""
     from ..provenance import recorded_source
 
@@ -90,23 +95,25 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
         folder = _image_folder(Path(str(source)).expanduser(), source_options)
         kind = None if folder else _medical_kind(Path(str(source)).expanduser())
         unit_index: Dict[str, int] = {}
-        for split in SPLITS:
-            try:
-                if folder:
-                    info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, workers,
-                                               source_options.get("crop"),
-                                               source_options.get("max_train_samples") if split == "train" else None,
-                                               source_options.get("bit_depth") or 8)
-                elif kind:
-                    info = _write_medical_split(Path(str(source)).expanduser(), kind, split, size, tmp / split,
-                                                unit_index, source_options)
-                else:
-                    info = _write_loaded_split(source, split, size, root, tmp / split, unit_index, source_options)
-            except DataError as error:
-                if split == "train" or "no '" not in str(error) and "no train/val/test" not in str(error):
-                    raise
-                continue  # the source has no such split
-            manifest["splits"][split] = info
+        with _Decoders(workers) as decoders:
+            for split in SPLITS:
+                try:
+                    if folder:
+                        train = manifest["splits"].get("train", {})
+                        info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, decoders,
+                                                   source_options.get("crop"),
+                                                   source_options.get("max_train_samples") if split == "train" else None,
+                                                   source_options.get("bit_depth") or 8, train.get("class_names"))
+                    elif kind:
+                        info = _write_medical_split(Path(str(source)).expanduser(), kind, split, size, tmp / split,
+                                                    unit_index, source_options)
+                    else:
+                        info = _write_loaded_split(source, split, size, root, tmp / split, unit_index, source_options)
+                except DataError as error:
+                    if split == "train" or "no '" not in str(error) and "no train/val/test" not in str(error):
+                        raise
+                    continue  # the source has no such split
+                manifest["splits"][split] = info
         train = manifest["splits"]["train"]
         manifest.update(resolution=train.pop("resolution"), channels=train.pop("channels"),
                         class_names=train.pop("class_names"), intensity=train.pop("intensity", None),
@@ -253,13 +260,70 @@ def _decode_at(args):
     return (array if uniform else stored), stored
 
 
-def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, workers: Optional[int],
-                        crop: Optional[str] = None, limit: Optional[int] = None, bit_depth: int = 8) -> Dict:
+def _decode_chunk(task):
+    """(the bytes the loader's checksum reads -- None when they are the stored block's --, the stored block)."""
+    paths, *rest = task
+    decoded = [_decode_at((p, *rest)) for p in paths]
+    block = np.stack([stored for _, stored in decoded])
+    if all(checksummed is stored for checksummed, stored in decoded):
+        return None, block
+    return b"".join(np.ascontiguousarray(checksummed).tobytes() for checksummed, _ in decoded), block
+
+
+def _one_thread():
+    torch.set_num_threads(1)  # one decoding process per core: torch's resize must not spread over the others
+
+
+class _Decoders:
+    """The worker processes of one preparation, started by the first split that needs them and shared by the
+    others (each costs ~2 s to start: it imports torch). Spawned, not forked: a fork of a process whose torch already
+    ran OpenMP threads can hang. Processes, not threads: Pillow's PNG reader is Python code under the GIL (measured:
+    2 threads decode 1.25x one). ``workers`` None: the CPU count for a split of ``PROCESSES_FROM`` files or more,
+    this process below; 1: this process."""
+
+    def __init__(self, workers: Optional[int]):
+        self.workers, self.pool = workers, None
+
+    def in_order(self, tasks, files: int):
+        """Decoded chunks in task order, at most two tasks per worker in flight."""
+        workers = self.workers or (os.cpu_count() if files >= PROCESSES_FROM or self.pool else 1)
+        if workers <= 1:
+            yield from map(_decode_chunk, tasks)
+            return
+        try:
+            if self.pool is None:
+                self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=_one_thread)
+            pending = deque()
+            for task in tasks:
+                pending.append(self.pool.submit(_decode_chunk, task))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool:
+            raise DataError("A decoding worker process died (out of memory, or a script that calls prepare() "
+                            "without `if __name__ == '__main__':`): pass --workers 1 (workers=1) to decode in "
+                            "this process.") from None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, decoders: _Decoders,
+                        crop: Optional[str] = None, limit: Optional[int] = None, bit_depth: int = 8,
+                        train_classes=None) -> Dict:
+    """``train_classes``: the train split's class names, once it is written (val and test are labeled by them)."""
     split_dirs = [name for name in SPLITS if (path / name).is_dir()]
     if split_dirs:
         if split not in split_dirs:
             raise DataError(f"{path} has no '{split}/'")
-        train_classes = _folder_classes(path / "train") if "train" in split_dirs else None
+        if train_classes is None and split != "train" and "train" in split_dirs:
+            train_classes = _folder_classes(path / "train")
         path = path / split
     elif split != "train":
         raise DataError(f"{path} has no train/val/test sub-folders")
@@ -274,45 +338,42 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
     rows = kept_rows(len(images), limit)  # --max_train_samples: only these files are probed and decoded
     if rows is not None:
         images = [images[i] for i in rows]
-    # Threads, not processes: Pillow's decoders and torch's resize release the GIL, and a thread pool needs no
-    # fork (a fork of a process whose torch already ran OpenMP threads can hang) and no re-import of __main__.
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+    with ThreadPoolExecutor(os.cpu_count()) as pool:  # header reads: file-system latency, not CPU
         probes = list(pool.map(_probe, images))
-        modes = {m for m, _ in probes}
-        # Sizes after --crop (a header's width and height, cropped or padded as the pixels will be).
-        sizes = {square(np.empty((h, w, 0), np.uint8), crop).shape[1::-1] for _, (w, h) in probes}
-        channels = 1 if modes <= {"L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"} else 3
-        width, height = next(iter(sizes)) if len(sizes) == 1 else (None, None)
-        if size is None and (width is None or width != height):
-            raise DataError(f"{path}: images differ in size or are not square: pass --resolution N to resize "
-                            "every image to N x N (non-square images are cropped to their central square first; "
-                            "--crop pad or resize to change that).")
-        resolution = size or width
-        if bit_depth == 16 and channels == 3:
-            raise DataError(f"--bit_depth 16 is for grayscale images; {path} holds colour images (16-bit colour "
-                            "PNGs cannot be written back): drop --bit_depth.")
-        out.mkdir(parents=True)
-        shape = (len(images), resolution, resolution, channels)
-        array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
-        array16 = None if bit_depth != 16 else np.lib.format.open_memmap(out / "images16.npy", mode="w+",
-                                                                         dtype=np.uint16, shape=shape)
-        digest = hashlib.sha256()
-        for start in range(0, len(images), CHUNK):  # ordered: row i is file i, as the in-memory loader has them
-            uniform = len(sizes) == 1 and width == height
-            decoded = list(pool.map(_decode_at, [(p, resolution, channels, uniform, crop, bit_depth)
-                                                 for p in images[start:start + CHUNK]]))
-            block = np.stack([stored for _, stored in decoded])
-            if array16 is not None:  # the 16-bit images, and their 8-bit view beside them
-                array16[start:start + len(decoded)] = block
-                block = np.round(block / 257).astype(np.uint8)
-            array[start:start + len(decoded)] = block
-            for checksummed, _ in decoded:
-                digest.update(np.ascontiguousarray(checksummed).tobytes())
-        array.flush()
-        del array
-        if array16 is not None:
-            array16.flush()
-            del array16
+    modes = {m for m, _ in probes}
+    # Sizes after --crop (a header's width and height, cropped or padded as the pixels will be).
+    sizes = {square(np.empty((h, w, 0), np.uint8), crop).shape[1::-1] for _, (w, h) in probes}
+    channels = 1 if modes <= {"L", "LA", "1", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"} else 3
+    width, height = next(iter(sizes)) if len(sizes) == 1 else (None, None)
+    if size is None and (width is None or width != height):
+        raise DataError(f"{path}: images differ in size or are not square: pass --resolution N to resize "
+                        "every image to N x N (non-square images are cropped to their central square first; "
+                        "--crop pad or resize to change that).")
+    resolution = size or width
+    if bit_depth == 16 and channels == 3:
+        raise DataError(f"--bit_depth 16 is for grayscale images; {path} holds colour images (16-bit colour "
+                        "PNGs cannot be written back): drop --bit_depth.")
+    out.mkdir(parents=True)
+    shape = (len(images), resolution, resolution, channels)
+    array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
+    array16 = None if bit_depth != 16 else np.lib.format.open_memmap(out / "images16.npy", mode="w+",
+                                                                     dtype=np.uint16, shape=shape)
+    digest = hashlib.sha256()
+    uniform = len(sizes) == 1 and width == height
+    tasks = [(images[start:start + CHUNK], resolution, channels, uniform, crop, bit_depth)
+             for start in range(0, len(images), CHUNK)]
+    start = 0
+    for checksummed, block in decoders.in_order(tasks, len(images)):  # row i is file i, as the loader
+        if array16 is not None:  # the 16-bit images, and their 8-bit view beside them
+            array16[start:start + len(block)] = block
+        array[start:start + len(block)] = block if array16 is None else np.round(block / 257).astype(np.uint8)
+        digest.update(checksummed if checksummed is not None else np.ascontiguousarray(block).tobytes())
+        start += len(block)
+    array.flush()
+    del array
+    if array16 is not None:
+        array16.flush()
+        del array16
     info = {"count": len(images), "resolution": resolution, "channels": channels,
             "class_names": classes if labeled else None}
     if labeled:
