@@ -127,7 +127,12 @@ def train_args(argv=None, prog=None, resolve=True):
     g.add_argument("--ddpm_beta_schedule", default="squaredcos_cap_v2",
                    choices=("linear", "scaled_linear", "squaredcos_cap_v2"))
     g = p.add_argument_group("optimisation")
-    g.add_argument("--train_batch_size", type=int, default=128, help="Per process.")
+    g.add_argument("--train_batch_size", type=int, default=None,
+                   help="Per process. Default: 128 up to 64 px, then as many pixels per batch (32 at 128 px, 8 at 256, "
+                        "2 at 512; for --vae, by the latents' size).")
+    g.add_argument("--memory_budget_gb", type=float, default=None,
+                   help="Refuse, before training, a setting whose estimated peak memory exceeds this (GiB; default: "
+                        "the device's free memory; 0: no check). The refusal gives the estimate and what fits.")
     g.add_argument("--max_train_steps", type=int, default=None, help="Optimizer steps; overrides --num_epochs.")
     g.add_argument("--num_epochs", type=int, default=10)
     # 3e-3: the CPU ablation's winner at 1,000 steps (val FID 77 vs 138 at 1e-3, 261 at 3e-4; benchmarks/results/ablation).
@@ -235,7 +240,7 @@ def train_args(argv=None, prog=None, resolve=True):
     if args.snr_gamma is not None and not args.snr_gamma > 0:
         p.error("--snr_gamma must be > 0 (5.0 is the Min-SNR paper's value); leave it out for the plain MSE loss.")
     for name in ("train_batch_size", "gradient_accumulation_steps", "checkpointing_steps", "num_epochs"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name} must be >= 1.")
     if args.push_to_hub and not args.hub_model_id:
         p.error("--push_to_hub needs --hub_model_id (e.g. your-name/bloodmnist-ddpm).")

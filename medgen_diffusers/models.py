@@ -1,7 +1,8 @@
 """UNet2DModel presets per image size: ``tiny``, ``small`` and ``base`` for 28, 64, 128 and 224 pixels (and other
 sizes that halve down to 7-8 pixels).
 
-At 28 px: three resolution levels (28 -> 14 -> 7); 64: four (-> 8); 128: five (-> 8); 224: six (-> 7). Parameter counts are for a
+At 28 px: three resolution levels (28 -> 14 -> 7); 64: four (-> 8); 128: five (-> 8); 224: six (-> 7); 256: six
+(-> 8); 512: seven (-> 8), with attention at 16 px (small) and 32 px (base) from 256 px on. Parameter counts are for a
 class-conditional RGB model (8 classes + the null class); CPU step times (batch 128, fp32, forward + backward
 + AdamW, 2 cores) are measured by ``benchmarks/bench_presets.py`` and recorded in ``benchmarks/results/``.
 """
@@ -40,9 +41,14 @@ UNET_PRESETS = {
 }
 # Larger images get more resolution levels, down to 7-8 pixels, with self-attention only at the low resolutions
 # (where it is cheap and where global shape is decided). Widths per level and the attention threshold per preset.
-LEVEL_WIDTHS = {"tiny": (32, 64, 64, 128, 128, 128), "small": (64, 128, 128, 256, 256, 256),
-                "base": (128, 256, 256, 512, 512, 512)}
+LEVEL_WIDTHS = {"tiny": (32, 64, 64, 128, 128, 128, 128), "small": (64, 128, 128, 256, 256, 256, 256),
+                "base": (128, 256, 256, 512, 512, 512, 512)}
 ATTENTION_AT_MOST = {"tiny": 8, "small": 8, "base": 16}  # attention at levels of at most this many pixels
+# From 256 px on, attention also reaches the 16-px (small) and 32-px (base) levels: a 512-px image's 8-px level
+# sees 1/64 of its width per position, too coarse to place structures alone (a UNet at these sizes -- ADM,
+# Stable Diffusion's -- attends at 16-32 px). Cost: 256 tokens at 16 px, 1,024 at 32 px per image.
+ATTENTION_AT_MOST_LARGE = {"tiny": 8, "small": 16, "base": 32}
+LARGE = 256
 NORM_GROUPS = {"tiny": 8, "small": 16, "base": 32}
 PRESET_SIZES = (28, 64, 128, 224)  # documented and measured (benchmarks/results/presets.json)
 
@@ -51,7 +57,7 @@ def num_levels(size: int, min_side: int = 7) -> int:
     """Resolution levels for ``size``: halve while the size stays even and the lowest level keeps >= ``min_side``
     pixels (7 for images; 4 for latents, which are already 4-8x smaller than the image)."""
     levels = 1
-    while levels < 6 and size % (2 ** levels) == 0 and size // (2 ** levels) >= min_side:
+    while levels < 7 and size % (2 ** levels) == 0 and size // (2 ** levels) >= min_side:
         levels += 1
     return levels
 
@@ -70,7 +76,8 @@ def preset_config(preset: str, size: int, latent: bool = False) -> dict:
     if levels < (2 if latent else 3):
         raise ValueError(f"Size {size} halves fewer than twice down to >= 7 pixels: use a --resolution such as "
                          f"{', '.join(map(str, PRESET_SIZES))} (or 32, 48, 96, ...).")
-    attention = [size // 2 ** i <= ATTENTION_AT_MOST[preset] for i in range(levels)]
+    most = (ATTENTION_AT_MOST_LARGE if size >= LARGE and not latent else ATTENTION_AT_MOST)[preset]
+    attention = [size // 2 ** i <= most for i in range(levels)]
     if preset == "tiny":
         attention = [False] * (levels - 1) + [True]  # only the lowest level
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attention)

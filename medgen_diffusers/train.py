@@ -41,6 +41,7 @@ from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import (EDM_P_MEAN, EDM_P_STD, attention_kernels, auto_noise_shift, build_unet,
                                      edm_scheduler, fast_solver, is_edm, keep_freed_memory, shifted_cosine_betas)
 from medgen_diffusers.data.medical_folders import patient_named_classes
+from medgen_diffusers.memory import available_memory, check_training_memory, default_batch_size
 from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, check_private_vae,
                                       plan_privacy, privacy_units, trainable_parameters, unit_note)
 from medgen_diffusers.provenance import recorded_source, weights_sha256
@@ -184,10 +185,22 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
     # With --max_train_samples: the subset, chosen before decoding (data.kept_rows); --bit_depth 16: uint16 images.
     images = data.images16 if data.images16 is not None else data.images
     labels = data.labels if data.labels is not None else torch.zeros(len(images), dtype=torch.long)
-    if args.dp_epsilon is None and len(images) < args.train_batch_size * accelerator.num_processes:
-        raise ValueError(f"{len(images)} training images are fewer than one global batch "
-                         f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
     return data, images, labels, source_options
+
+
+def batch_and_memory(args, accelerator, unet, train_set):
+    """The per-process batch (--train_batch_size, or the default for the UNet's input size) and, before any step,
+    the memory estimate -- or a refusal with the estimate and what would fit (memory.py)."""
+    if args.train_batch_size is None:
+        args.train_batch_size = default_batch_size(train_set.shape[-1])
+        logger.info(f"--train_batch_size {args.train_batch_size} (the default for {train_set.shape[-1]}-px inputs)")
+    if args.dp_epsilon is None and len(train_set) < args.train_batch_size * accelerator.num_processes:
+        raise ValueError(f"{len(train_set)} training images are fewer than one global batch "
+                         f"({args.train_batch_size} x {accelerator.num_processes} processes): lower --train_batch_size.")
+    budget = available_memory(accelerator.device) if args.memory_budget_gb is None else args.memory_budget_gb or None
+    return check_training_memory(unet, args.train_batch_size, budget, args.gradient_checkpointing,
+                                 args.mixed_precision, args.use_ema, args.dp_epsilon is not None,
+                                 f"{accelerator.device.type} memory")
 
 
 def latent_training_data(args, accelerator, data, images, output_dir, checkpoint):
@@ -319,15 +332,16 @@ def train(args):
             raise ValueError(f"--augment {args.augment} transforms pixels, but with --vae the UNet learns latents "
                              "encoded once: drop --augment (or train in pixel space).")
         augmentation, augmentation_reason = "none", "latent diffusion (--vae): the latents are encoded once"
-    indices = torch.arange(len(train_set))  # which images a batch holds (--record_data_order)
-    train_dataloader = DataLoader(TensorDataset(train_set, labels, indices), batch_size=args.train_batch_size,
-                                  shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
 
-    # Model and noise schedule (or both from --init_from's pipeline).
+    # Model and noise schedule (or both from --init_from's pipeline); the batch, and whether a step fits in memory.
     unet, noise_scheduler = build_model(args, train_set.shape[-1], train_set.shape[1], num_classes)
     trainable_parameters(unet, args.finetune_layers)  # freezes the rest (all by default: nothing frozen)
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
+    memory = batch_and_memory(args, accelerator, unet, train_set)
+    indices = torch.arange(len(train_set))  # which images a batch holds (--record_data_order)
+    train_dataloader = DataLoader(TensorDataset(train_set, labels, indices), batch_size=args.train_batch_size,
+                                  shuffle=True, drop_last=True, generator=torch.Generator().manual_seed(args.seed))
     ema_unet = None
     if args.use_ema:
         ema_unet = EMAModel(unet.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
@@ -358,6 +372,7 @@ def train(args):
 
     run_config = describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
                               augmentation_reason, class_conditional, max_train_steps, privacy)
+    run_config["memory_estimate_gib"] = {k: None if v is None else round(v, 2) for k, v in memory.items()}
     if latent is not None:
         run_config.update(latent=latent, vae_sha256=latent["vae_sha256"])
     if accelerator.is_main_process:

@@ -211,3 +211,30 @@ def test_the_latent_space_audit_flags_copies_of_training_images(latent_run, cell
     novel = copy_statistics(features(test, np.arange(32, 64)), features(train, np.arange(128)),
                             features(test, np.arange(32)))
     assert copies["copy_rate"]["synthetic"] == 1.0 and novel["copy_rate"]["synthetic"] < 0.5
+
+
+def test_large_images_get_attention_at_16_to_32_px_a_batch_for_their_size_and_a_refusal_when_they_cannot_fit(
+        cells, tmp_path, capsys):
+    import re
+
+    from medgen_diffusers.memory import default_batch_size, training_memory
+    from medgen_diffusers.models import build_unet
+
+    attended = lambda preset, side: [side // 2 ** i for i, block in enumerate(  # noqa: E731
+        preset_config(preset, side)["down_block_types"]) if block.startswith("Attn")]
+    assert attended("small", 512) == [16, 8] and attended("base", 256) == [32, 16, 8]
+    assert attended("small", 128) == [8]  # below 256 px: as before
+    assert [default_batch_size(side) for side in (28, 64, 128, 256, 512)] == [128, 128, 32, 8, 2]
+    unet = build_unet("tiny", sample_size=256, channels=3)
+    at8, at16, checkpointed = training_memory(unet, 8), training_memory(unet, 16), training_memory(unet, 8, True)
+    assert at16["total"] - at8["total"] == pytest.approx(8 * at8["per_image"])
+    assert checkpointed["per_image"] < 0.6 * at8["per_image"]
+    # The real command at 256 px on a 2-GiB budget: refused before any step, with the estimate and what fits.
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", str(cells), "--resolution", "256", "--model_preset", "tiny",
+                 "--memory_budget_gb", "2", "--max_train_steps", "1", "--mixed_precision", "no", "--logger", "none",
+                 "--output_dir", str(out)]) != 0
+    error = capsys.readouterr().err
+    assert re.search(r"needs ~\d+\.\d GiB .* 8 x .* per 256-px image.*2\.0 GiB free.*--train_batch_size 2; or "
+                     r"--gradient_checkpointing", error), error
+    assert not list(out.glob("checkpoint-*"))

