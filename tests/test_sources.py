@@ -117,6 +117,8 @@ def test_bad_sources_are_one_clear_error_each(sources, tmp_path):
     (broken / "bad.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match=r"Cannot read image .*bad.png"):
         load_images(str(tmp_path / "broken"))
+    with pytest.raises(DataError, match=r"Cannot read image .*bad.png"):  # and when preparing a store
+        load_images(str(tmp_path / "broken"), prepare=True)
     with pytest.raises(DataError, match=r"no column 'picture'.*--image_column"):
         load_images(str(sources["datasets"]), image_column="picture")
     with pytest.raises(DataError, match=r"has no 'val_images' array"):

@@ -26,7 +26,8 @@ def same_data(source, store, splits=("train", "val", "test"), size=None):
 
 def test_a_store_holds_what_the_loader_gives_for_every_source_kind(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
-    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 3), ("val", 1), ("test", 2)))
+    # 72 train images: two chunks, each written at its rows by one of two worker processes
+    folder = write_own_folder(tmp_path / "cells", data_root, per_split=(("train", 9), ("val", 1), ("test", 2)))
     assert main(["prepare", str(folder), "--out", str(tmp_path / "store"), "--workers", "2"]) == 0
     assert "prepared" in capsys.readouterr().out and is_store(tmp_path / "store")
     same_data(folder, tmp_path / "store")
@@ -36,7 +37,7 @@ def test_a_store_holds_what_the_loader_gives_for_every_source_kind(tmp_path, dat
     train = load_images(str(tmp_path / "store"), "train")
     assert isinstance(train.images.numpy().base, np.memmap) or train.images.numpy().base is not None
     manifest = read_manifest(tmp_path / "store")
-    assert manifest["splits"]["train"]["count"] == 24 and manifest["splits"]["test"]["class_counts"] == [2] * 8
+    assert manifest["splits"]["train"]["count"] == 72 and manifest["splits"]["test"]["class_counts"] == [2] * 8
     # DICOM with patients: the same images and the same patient grouping (indices, no identifiers).
     gray, _ = gray_images(data_root, 40)
     for patient in range(10):

@@ -20,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
+from .files import visible_files
 from .images import SPLITS, _image_data, resize_images, square
 from .medical import (PERCENTILES, _error, file_window, frame_view, hash_id, is_dicom, is_nifti, linear_window,
                       parse_window, pseudonym, read_dicom, read_nifti, to_uint8)
@@ -114,7 +115,7 @@ def _nifti_header(path: Path, relative: Path, label: str, patient_regex: Optiona
 def scan(folder: str, kind: str, patient_regex: Optional[str] = None) -> Tuple[MedicalFile, ...]:
     """Every file of ``kind`` under ``folder``, sorted, from its header (once per process)."""
     root = Path(folder)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = visible_files(root)
     picked = [p for p in files if (is_nifti(p) if kind == "nifti" else is_dicom(p))]
     read = _dicom_header if kind == "dicom" else _nifti_header
     planned = tuple(read(p, p.relative_to(root), p.relative_to(root).parts[0] if len(p.relative_to(root).parts) > 1

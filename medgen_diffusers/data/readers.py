@@ -15,9 +15,10 @@ from typing import Optional, Union
 import torch
 
 from . import sources
+from .files import visible_files
 from .images import SPLITS, DataError, ImageData, eight_bit, keep_subset, resize_images
 from .medical_folders import load_medical, medical_kind
-from .medmnist import medmnist_info, available_flags, load_medmnist_tensors
+from .medmnist import available_flags, load_medmnist_tensors, medmnist_info
 
 DATASETS_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")  # a datasets save_to_disk folder
 
@@ -47,7 +48,7 @@ def read_split(source: str, split: str, size: Optional[int] = None, root: Option
         data = sources.load_datasets(str(path), split, image_column, label_column, True, patient_column, split_by,
                                      split_seed, limit, depth)
     elif path.is_dir():
-        kind = medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
+        kind = medical_kind(visible_files(path)[:500])
         if kind is not None:
             data = load_medical(path, split, kind, window, slice_axis, slice_range, split_by, split_seed, size,
                                 patient_regex, crop, max_train_samples, depth)

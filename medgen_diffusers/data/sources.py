@@ -12,6 +12,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .files import visible_files
 from .images import SPLITS, DataError, ImageData, _image_data, kept_rows, resize_images, square
 from .medical import hash_id, pseudonym
 from .medical_folders import split_patients
@@ -68,7 +69,7 @@ def _decode(path: Path, bit_depth: int = 8) -> np.ndarray:
 
 
 def _folder_files(path: Path):
-    files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+    files = visible_files(path)
     return files, [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
 
 

@@ -38,6 +38,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
+from .files import visible_files, walk
 from .images import SPLITS, DataError, ImageData, kept_rows, resize_images, square
 from .medical_folders import (class_names_of, intensity_rule, iter_images, kept_files, medical_kind, patient_rule,
                               split_files)
@@ -61,28 +62,14 @@ def read_manifest(store) -> Dict:
 
 def source_signature(source: str) -> Optional[str]:
     """sha256 of every file's relative path, size and mtime under a local source (None: not a local path). One
-    stat per file, none read (os.scandir: 100k files in about a third of the time of pathlib's rglob + stat)."""
+    stat per file (files.walk), none read."""
     path = Path(source).expanduser()
     if not path.exists():
         return None
-    if path.is_file():
-        stat = path.stat()
-        files = [((path.name,), stat.st_size, stat.st_mtime_ns)]
-    else:
-        files, folders = [], [(str(path), ())]
-        while folders:
-            folder, parts = folders.pop()
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if entry.is_dir():
-                        folders.append((entry.path, parts + (entry.name,)))
-                    elif entry.is_file():
-                        stat = entry.stat()
-                        files.append((parts + (entry.name,), stat.st_size, stat.st_mtime_ns))
-        files.sort(key=lambda file: file[0])  # pathlib's order: by path components
+    files = [((path.name,), path.stat())] if path.is_file() else walk(path, stat=True)
     digest = hashlib.sha256()
-    for parts, size, mtime in files:
-        digest.update(f"{'/'.join(parts)}\0{size}\0{mtime}\n".encode())
+    for parts, stat in files:
+        digest.update(f"{'/'.join(parts)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
@@ -160,7 +147,7 @@ def _medical_kind(path: Path) -> Optional[str]:
     """"dicom" / "nifti" for a folder of such files (decoded file by file), else None."""
     if not path.is_dir() or any((path / n).is_file() for n in ("dataset_info.json", "dataset_dict.json", "state.json")):
         return None
-    return medical_kind(sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))[:500])
+    return medical_kind(visible_files(path)[:500])
 
 
 class _RowWriter:
@@ -251,11 +238,18 @@ def _write_medical_split(path: Path, kind: str, split: str, size: Optional[int],
     return info
 
 
-def _probe(path: Path):
-    from PIL import Image
+def _probes(paths):
+    """(mode, size) of each image: its header only, no pixels decoded."""
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as image:  # the header only: mode and size, no pixels decoded
-        return image.mode, image.size
+    probes = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                probes.append((image.mode, image.size))
+        except (UnidentifiedImageError, OSError) as error:
+            raise DataError(f"Cannot read image {path} ({error}); fix or remove it.") from None
+    return probes
 
 
 def _decode_at(args):
@@ -302,11 +296,11 @@ class _Decoders:
     def __init__(self, workers: Optional[int]):
         self.workers, self.pool = workers, None
 
-    def in_order(self, tasks, files: int):
-        """Decoded chunks in task order, at most two tasks per worker in flight."""
+    def in_order(self, function, tasks, files: int):
+        """``function(task)`` for every task, in task order, at most two tasks per worker in flight."""
         workers = self.workers or (os.cpu_count() if files >= PROCESSES_FROM or self.pool else 1)
         if workers <= 1:
-            yield from map(_decode_chunk, tasks)
+            yield from map(function, tasks)
             return
         try:
             if self.pool is None:
@@ -314,7 +308,7 @@ class _Decoders:
                                                 initializer=_one_thread)
             pending = deque()
             for task in tasks:
-                pending.append(self.pool.submit(_decode_chunk, task))
+                pending.append(self.pool.submit(function, task))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -356,8 +350,8 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
     rows = kept_rows(len(images), limit)  # --max_train_samples: only these files are probed and decoded
     if rows is not None:
         images = [images[i] for i in rows]
-    with ThreadPoolExecutor(os.cpu_count()) as pool:  # header reads: file-system latency, not CPU
-        probes = list(pool.map(_probe, images))
+    probes = [probe for chunk in decoders.in_order(_probes, [images[i:i + 1024] for i in range(0, len(images), 1024)],
+                                                   len(images)) for probe in chunk]
     modes = {m for m, _ in probes}
     # Sizes after --crop (a header's width and height, cropped or padded as the pixels will be).
     sizes = {square(np.empty((h, w, 0), np.uint8), crop).shape[1::-1] for _, (w, h) in probes}
@@ -390,7 +384,7 @@ def _write_folder_split(path: Path, split: str, size: Optional[int], out: Path, 
     digest, hashing, start = hashlib.sha256(), None, 0
     checksummed_file = arrays[-1][0]  # the 16-bit pixels with --bit_depth 16, as the loader checksums them
     with open(checksummed_file, "rb") as stored, ThreadPoolExecutor(1) as hasher:
-        for checksummed, rows in decoders.in_order(tasks, len(images)):  # in order: row i is file i
+        for checksummed, rows in decoders.in_order(_decode_chunk, tasks, len(images)):  # in order: row i is file i
             if checksummed is None:
                 checksummed = os.pread(stored.fileno(), rows * row_bytes[-1], offsets[-1] + start * row_bytes[-1])
             if hashing is not None:
