@@ -4,11 +4,13 @@
 
 Layers, each importing only those below it (no import circle):
 
+* ``files`` -- listing a folder's files (os.scandir, one order for every reader);
 * ``images`` -- :class:`ImageData`, :class:`DataError` and what is done to a batch (subset, resize, 16-bit view,
   the model's range, augmentation);
 * the readers, one per source kind -- ``medmnist`` (the official files, MD5-verified), ``sources`` (image folders,
   ``.npz``, ``datasets``), ``medical`` + ``medical_folders`` (DICOM and NIfTI, file by file);
 * ``readers`` -- :func:`~medgen_diffusers.data.readers.read_split`, one split decoded in memory, whatever the kind;
+* ``writers`` -- decoding a source into a store's arrays (worker processes for image folders);
 * ``store`` -- the prepared, memory-mapped store and its cache (``medgen prepare``);
 * ``loading`` -- :func:`load_images` and :func:`class_counts`: the store when there is one, else the readers.
 
