@@ -13,6 +13,7 @@
 """
 
 import sys
+import time
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -296,13 +297,18 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
     labels = None
     if conditional:  # the train split's class mix
         labels = labels_like_split(np.bincount(train.labels.numpy(), minlength=len(train.class_names)), num_samples)
+    started = time.perf_counter()
     synthetic = generate_images(pipe, num_samples, labels, num_inference_steps, guidance_scale, seed,
                                 progress=progress)
+    # Wall seconds per stage: what grows with the training set (each space's nearest neighbours) apart from what the
+    # model costs (generation, the membership attack's denoising passes).
+    seconds = {"generation": round(time.perf_counter() - started, 1)}
     result = {"dataset": dataset, "notes": notes, "num_synthetic": num_samples, "num_train": len(train_idx), "num_trained": trained,
               "num_test": len(test_idx), "generation": {"steps": num_inference_steps or pipe.config.get(
                   "default_num_inference_steps"), "guidance_scale": guidance_scale, "seed": seed,
                   "scheduler": type(pipe.scheduler).__name__}, "nearest_neighbours": {}}
     for space in spaces:
+        started = time.perf_counter()
         if space == "pixel":  # chunk by chunk from the (memory-mapped) splits; large images at PIXEL_SIDE px
             synthetic_nchw = torch.from_numpy(synthetic).permute(0, 3, 1, 2)
             feats = [pixel_vectors(synthetic_nchw, np.arange(len(synthetic))), pixel_vectors(train.images, train_idx),
@@ -332,6 +338,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
             copied = d1 < stats["copy_threshold"]
             stats["patients_copied"] = len(set(train.groups[train_idx][nearest[copied]].tolist()))
         result["nearest_neighbours"][space] = stats
+        seconds[f"nearest_neighbours_{space}"] = round(time.perf_counter() - started, 1)
         if figure is not None and space == "pixel":
             shown = np.argsort(d1)[:8]  # only the training images the figure shows are read
             nearest_shown = np.zeros_like(nearest)
@@ -345,6 +352,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
                                           len(train_idx), len(test_idx))
     members, nonmembers = train_idx[members], test_idx[nonmembers]
     groups_of = lambda data, idx: None if data.groups is None else data.groups[idx]  # noqa: E731
+    started = time.perf_counter()
     result["membership_inference"] = membership_inference(
         pipe, to_nhwc(train, members), labels_of(train, members), to_nhwc(test, nonmembers),
         labels_of(test, nonmembers), train.class_names, seed, groups_of(train, members), groups_of(test, nonmembers))
@@ -356,6 +364,8 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
         result["membership_inference"]["class_counts"] = {
             "members": np.bincount(labels_of(train, members), minlength=len(train.class_names)).tolist(),
             "nonmembers": np.bincount(labels_of(test, nonmembers), minlength=len(train.class_names)).tolist()}
+    seconds["membership_inference"] = round(time.perf_counter() - started, 1)
+    result["seconds"] = seconds
     result["verdict"] = verdicts(result)
     return result
 

@@ -9,9 +9,10 @@ second at 512 px) and adds up what a training step holds:
 * per image of the batch: the activations kept for the backward pass -- every layer's output (bf16 autocast: the
   convolutions' and linear layers' in 2 bytes, normalisations in 4) times ``ACTIVATION_FACTOR``, which covers what
   the layer outputs miss (residual sums, concatenations, attention's intermediates, the backward's own buffers). With
-  gradient checkpointing the ResNet and attention blocks keep only their outputs and recompute one block at a time.
+  gradient checkpointing the ResNet and attention blocks keep only their outputs and recompute one block at a time
+  (times ``CHECKPOINTED_FACTOR``).
 
-``ACTIVATION_FACTOR`` is measured, not guessed: ``benchmarks/latent/bench_memory.py`` compares the estimate with
+The factors are measured, not guessed: ``benchmarks/latent/bench_memory.py`` compares the estimate with
 the peak anonymous memory of real steps (results/latent/memory.json).
 """
 
@@ -19,7 +20,11 @@ import os
 from pathlib import Path
 from typing import Dict, Optional
 
-ACTIVATION_FACTOR = 1.6  # measured peak activations / summed layer outputs (bench_memory.py)
+# Measured peak activations / summed layer outputs (bench_memory.py, 9 settings of the tiny and small presets at
+# 32-256 px, results/latent/memory.json): 1.02-1.44 in fp32, 0.73-0.99 in bf16 (its outputs counted as below), and
+# 1.8 with gradient checkpointing in fp32 (a recomputed block's backward holds more than its forward's outputs).
+ACTIVATION_FACTOR = {"no": 1.25, "bf16": 0.9, "fp16": 0.9}
+CHECKPOINTED_FACTOR = 1.45  # times the above: 1.8 / 1.25, measured in fp32
 BYTES_PER_PARAMETER = {"no": 20, "fp16": 22, "bf16": 22}  # weights + grads + AdamW (16), EMA (4), autocast copy (2)
 DEFAULT_BATCH_PIXELS = 128 * 64 * 64  # the default batch holds as many pixels as 128 images of 64 px
 GIB = 2 ** 30
@@ -77,7 +82,8 @@ def training_memory(unet, batch_size: int, gradient_checkpointing: bool = False,
     finally:
         for handle in handles:
             handle.remove()
-    per_image = ACTIVATION_FACTOR * (kept[0] + max(inside.values(), default=0))
+    factor = ACTIVATION_FACTOR.get(mixed_precision, 1.25) * (CHECKPOINTED_FACTOR if gradient_checkpointing else 1)
+    per_image = factor * (kept[0] + max(inside.values(), default=0))
     if per_sample_gradients:
         per_image += 4 * sum(p.numel() for p in unet.parameters() if p.requires_grad)
     parameters = sum(p.numel() for p in unet.parameters())

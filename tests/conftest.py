@@ -18,6 +18,18 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 BIN = Path(sys.executable).parent  # the venv's console scripts (accelerate, medgen), activated or not
 
 
+@pytest.fixture(scope="session", autouse=True)
+def own_cache(tmp_path_factory):
+    """The session's own $MEDGEN_CACHE (prepared stores, latent caches, Inception features): the tests write
+    nothing under ~/.cache, and a store left there by an earlier run of older code is never read."""
+    if "MEDGEN_CACHE" not in os.environ:
+        os.environ["MEDGEN_CACHE"] = str(tmp_path_factory.mktemp("medgen-cache"))
+        yield
+        del os.environ["MEDGEN_CACHE"]
+    else:
+        yield
+
+
 @pytest.fixture(scope="session")
 def data_root():
     """Folder of the real, MD5-verified bloodmnist.npz: $MEDMNIST_ROOT, else ../shared/data, else ~/.medmnist

@@ -1,8 +1,9 @@
 """The training-memory estimate (medgen_diffusers/memory.py) against real steps: for each setting, a fresh process
 builds the UNet, AdamW and the EMA copy and runs 3 training steps (the DDPM loss, autocast as the setting says);
 its peak anonymous memory above what it held before the UNet was built (VmHWM - RssFile - RssShmem at the end,
-minus RssAnon at the start) is compared with the estimate. The ratio measured / layer-output sum sets
-memory.ACTIVATION_FACTOR. Results: results/latent/memory.json (machine and the ratio per setting).
+minus RssAnon at the start) is compared with the estimate; ``implied_factor`` is the activation factor that would
+make them equal (measured activations / summed layer outputs), which set memory.ACTIVATION_FACTOR and
+CHECKPOINTED_FACTOR. Results: results/latent/memory.json (machine and the ratio per setting).
 
     python benchmarks/latent/bench_memory.py --out benchmarks/results/latent/memory.json
 """
@@ -48,12 +49,17 @@ for _ in range(3):
     optimizer.step(); optimizer.zero_grad(set_to_none=True); ema.step(unet.parameters())
 peak = status("VmHWM") - status("RssFile") - status("RssShmem")
 estimate = training_memory(unet, batch, checkpointing, precision)
-print(json.dumps({"measured_gib": (peak - before) / 2**20, **{f"estimate_{k}_gib": v for k, v in estimate.items()}}))
+import medgen_diffusers.memory as memory
+factor = memory.ACTIVATION_FACTOR[precision] * (memory.CHECKPOINTED_FACTOR if checkpointing else 1)
+measured = (peak - before) / 2**20
+implied = factor * (measured - estimate["parameters"]) / (batch * estimate["per_image"])
+print(json.dumps({"measured_gib": measured, "implied_factor": round(implied, 3),
+                  **{f"estimate_{k}_gib": v for k, v in estimate.items()}}))
 """
 
 
 def main():
-    from medgen_diffusers.memory import ACTIVATION_FACTOR
+    from medgen_diffusers.memory import ACTIVATION_FACTOR, CHECKPOINTED_FACTOR
 
     p = argparse.ArgumentParser()
     p.add_argument("--out", required=True)
@@ -72,7 +78,8 @@ def main():
         rows.append(row)
     ratios = sorted(r["ratio_measured_to_estimate"] for r in rows)
     Path(args.out).write_text(json.dumps({
-        "machine": machine(), "activation_factor": ACTIVATION_FACTOR, "rows": rows,
+        "machine": machine(), "activation_factor": ACTIVATION_FACTOR, "checkpointed_factor": CHECKPOINTED_FACTOR,
+        "rows": rows,
         "ratio_range": [ratios[0], ratios[-1]], "ratio_median": ratios[len(ratios) // 2],
         "what": "peak anonymous memory of 3 training steps (UNet, AdamW, EMA) above the process's before the UNet "
                 "was built, vs memory.training_memory's estimate"}, indent=2) + "\n")
