@@ -535,7 +535,9 @@ def build_parser():
                                         "datasets dataset, a MedMNIST flag.")
     prepare.add_argument("--out", required=True, help="The store folder to create (never overwritten).")
     prepare.add_argument("--resolution", type=int, default=None, help="Store at N x N (default: the data's own).")
-    prepare.add_argument("--workers", type=int, default=None, help="Decoding processes (default: the CPU count).")
+    prepare.add_argument("--workers", type=int, default=None,
+                         help="Decoding processes (default: the CPU count for a split of 2,000+ files, else this "
+                              "process; 1: this process).")
     prepare.add_argument("--data-root", default=None, help="Folder holding MedMNIST .npz files.")
     add_source_options(prepare)
     prepare.set_defaults(func=cmd_prepare)
