@@ -75,6 +75,14 @@ def data_arguments(p):
     return g
 
 
+def data_source(args):
+    """The :class:`~medgen_diffusers.data.DataSource` the parsed arguments name (--dataset, --data_root and how to
+    read it): what the training scripts read and record for every later command."""
+    from .data import DataSource
+
+    return DataSource(dataset=args.dataset, root=args.data_root, options=source_options(args))
+
+
 def source_options(args) -> dict:
     """The source options of parsed arguments, as ``load_images`` (and every later command) takes them."""
     return dict(image_column=args.image_column,

@@ -14,11 +14,12 @@
 
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .data import DataSource
 from .models import is_edm
 
 MEMORIZATION_RATIO = 1 / 3  # Gu et al.: nearest / second-nearest distance below this = memorized
@@ -146,51 +147,57 @@ def roc_auc(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> Dict[str
 
 @torch.no_grad()
 def denoising_losses(pipe, images: np.ndarray, labels: Optional[np.ndarray], timesteps: Sequence[int] = (50, 200, 500),
-                     seed: int = 0, batch_size: Optional[int] = None) -> np.ndarray:
+                     seed: int = 0, batch_size: Optional[int] = None, precision: str = "fp32") -> np.ndarray:
     """Per-image denoising loss of the pipeline's UNet (its own prediction type), averaged over ``timesteps``, with
     noise drawn per image from a fixed seed: the same image always gets the same noise. An EDM pipeline is scored
     at the noise levels sigma = sqrt((1 - a_t) / a_t) these timesteps have on the cosine schedule (the default
     model's), with EDM's own loss (||F - F_target||^2, its lambda(sigma)-weighted denoising error). ``batch_size``
     None: 128 up to 64 px (the noise is drawn per batch, so the shipped models' numbers stay as they were), fewer
     for larger images -- generation's pixel budget (with 128 at 256 px, an audit against 100k images had
-    reached 6.5 GiB RssAnon when stopped; 3.38 GiB with this, benchmarks/results/scale/commands.jsonl)."""
-    from .generation import default_chunk_size
+    reached 6.5 GiB RssAnon when stopped; 3.38 GiB with this, benchmarks/results/scale/commands.jsonl).
+    ``precision``: the UNet's passes (:func:`~medgen_diffusers.generation.network_precision`); the losses are fp32."""
+    from .generation import default_chunk_size, network_precision
 
     batch_size = batch_size or min(128, default_chunk_size(pipe))
-    unet, scheduler = pipe.unet, pipe.scheduler
-    device = unet.device
-    config = scheduler.config
-    edm = is_edm(config)
-    alphas = torch.cumprod(1 - _betas({"beta_schedule": "squaredcos_cap_v2"} if edm else config), dim=0)
-    prediction = config.get("prediction_type", "epsilon")
+    edm = is_edm(pipe.scheduler.config)
+    alphas = torch.cumprod(1 - _betas({"beta_schedule": "squaredcos_cap_v2"} if edm else pipe.scheduler.config), dim=0)
     losses = []
-    for start in range(0, len(images), batch_size):
-        x0 = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
-        if getattr(pipe, "vae", None) is not None:  # a latent model denoises the image's scaled latent
-            x0 = pipe.vae.encode(x0.to(pipe.vae.dtype)).latent_dist.mean.float() * pipe.vae.config.scaling_factor
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
-        cond = None
-        if labels is not None and unet.config.num_class_embeds is not None:
-            cond = torch.from_numpy(labels[start:start + batch_size]).long().to(device)
-        total = torch.zeros(len(x0), device=device)
-        for t in timesteps:
-            noise = torch.randn(x0.shape, generator=generator).to(device)
-            a = alphas[t].to(device)
-            if edm:
-                sigma = ((1 - a) / a).sqrt()
-                noisy = x0 + sigma * noise
-                out = unet(scheduler.precondition_inputs(noisy, sigma),
-                           scheduler.precondition_noise(sigma).expand(len(x0)), class_labels=cond).sample
-                denoised = scheduler.precondition_outputs(noisy, out.float(), sigma)
-                weight = (sigma ** 2 + config.sigma_data ** 2) / (sigma * config.sigma_data) ** 2
-                total += (weight * (denoised - x0) ** 2).mean(dim=(1, 2, 3))
-                continue
-            noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
-            target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
-            out = unet(noisy, torch.full((len(x0),), t, device=device), class_labels=cond).sample
-            total += ((out.float() - target) ** 2).mean(dim=(1, 2, 3))
-        losses.append((total / len(timesteps)).cpu())
+    with network_precision(pipe, precision):
+        for start in range(0, len(images), batch_size):
+            losses.append(_batch_losses(pipe, images, labels, timesteps, seed, start, batch_size, alphas, edm).cpu())
     return torch.cat(losses).numpy()
+
+
+def _batch_losses(pipe, images, labels, timesteps, seed, start, batch_size, alphas, edm) -> torch.Tensor:
+    """The mean denoising loss over ``timesteps`` of the images ``start`` ... ``start + batch_size - 1``."""
+    unet, scheduler = pipe.unet, pipe.scheduler
+    device, config = unet.device, scheduler.config
+    prediction = config.get("prediction_type", "epsilon")
+    x0 = torch.from_numpy(images[start:start + batch_size]).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    if getattr(pipe, "vae", None) is not None:  # a latent model denoises the image's scaled latent
+        x0 = pipe.vae.encode(x0.to(pipe.vae.dtype)).latent_dist.mean.float() * pipe.vae.config.scaling_factor
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + start)
+    cond = None
+    if labels is not None and unet.config.num_class_embeds is not None:
+        cond = torch.from_numpy(labels[start:start + batch_size]).long().to(device)
+    total = torch.zeros(len(x0), device=device)
+    for t in timesteps:
+        noise = torch.randn(x0.shape, generator=generator).to(device)
+        a = alphas[t].to(device)
+        if edm:
+            sigma = ((1 - a) / a).sqrt()
+            noisy = x0 + sigma * noise
+            out = unet(scheduler.precondition_inputs(noisy, sigma),
+                       scheduler.precondition_noise(sigma).expand(len(x0)), class_labels=cond).sample
+            denoised = scheduler.precondition_outputs(noisy, out.float(), sigma)
+            weight = (sigma ** 2 + config.sigma_data ** 2) / (sigma * config.sigma_data) ** 2
+            total += (weight * (denoised - x0) ** 2).mean(dim=(1, 2, 3))
+            continue
+        noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        target = {"epsilon": noise, "sample": x0, "v_prediction": a.sqrt() * noise - (1 - a).sqrt() * x0}[prediction]
+        out = unet(noisy, torch.full((len(x0),), t, device=device), class_labels=cond).sample
+        total += ((out.float() - target) ** 2).mean(dim=(1, 2, 3))
+    return total / len(timesteps)
 
 
 def _betas(config) -> torch.Tensor:
@@ -201,11 +208,11 @@ def _betas(config) -> torch.Tensor:
 
 def membership_inference(pipe, members: np.ndarray, member_labels: Optional[np.ndarray], nonmembers: np.ndarray,
                          nonmember_labels: Optional[np.ndarray], class_names: Optional[Sequence[str]] = None,
-                         seed: int = 0, member_groups=None, nonmember_groups=None) -> Dict:
+                         seed: int = 0, member_groups=None, nonmember_groups=None, precision: str = "fp32") -> Dict:
     """Loss attack: members (training images) vs non-members (held-out test images), overall, per class and -- when
     the data knows its patients -- per patient (a patient's score: the mean over its images)."""
-    member_loss = denoising_losses(pipe, members, member_labels, seed=seed)
-    nonmember_loss = denoising_losses(pipe, nonmembers, nonmember_labels, seed=seed + 1)
+    member_loss = denoising_losses(pipe, members, member_labels, seed=seed, precision=precision)
+    nonmember_loss = denoising_losses(pipe, nonmembers, nonmember_labels, seed=seed + 1, precision=precision)
     result = {"num_members": len(members), "num_nonmembers": len(nonmembers), "timesteps": [50, 200, 500],
               **roc_auc(-member_loss, -nonmember_loss),
               "median_loss": {"members": float(np.median(member_loss)), "nonmembers": float(np.median(nonmember_loss))}}
@@ -248,20 +255,21 @@ def closest_pairs_figure(synthetic: np.ndarray, train: np.ndarray, distances: np
     plt.close(fig)
 
 
-def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = None, num_train: Optional[int] = None,
+def run_audit(pipe, data: Union[DataSource, str] = "bloodmnist", num_samples: Optional[int] = None, num_train: Optional[int] = None,
               num_test: Optional[int] = None, num_mia: Optional[int] = None, spaces: Sequence[str] = ("pixel", "inception"),
               num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, seed: int = 0,
-              root=None, extractor=None, figure=None, progress: bool = True, num_trained: Optional[int] = None,
-              **source_options) -> Dict:
-    """The whole privacy audit of ``pipe`` against ``dataset``: synthetic images from the pipeline's own sampler (the
+              extractor=None, figure=None, progress: bool = True, num_trained: Optional[int] = None,
+              precision: str = "fp32") -> Dict:
+    """The whole privacy audit of ``pipe`` against ``data`` (a :class:`~medgen_diffusers.data.DataSource`, or a
+    dataset name / path read with the default options): synthetic images from the pipeline's own sampler (the
     one generation path), nearest neighbours in each space, membership inference, and the figure. ``num_trained``:
     the model saw only the first N training images (its run's --max_train_samples): only those are members and
     copy candidates -- images it never saw would pull the membership AUC toward chance."""
-    from .data import load_images
     from .generation import generate_images, labels_like_split
 
-    train = load_images(dataset, "train", pipe.image_size, root, **source_options)
-    test = load_images(dataset, "test", pipe.image_size, root, **source_options)
+    source = DataSource.of(data)
+    dataset = source.dataset
+    train, test = source.load("train", pipe.image_size), source.load("test", pipe.image_size)
     if train.images.shape[1] != pipe.image_channels:
         raise AuditError(f"The model makes {pipe.image_channels}-channel images but {dataset} has "
                          f"{train.images.shape[1]} channels: audit it against the data it was trained on.")
@@ -299,14 +307,14 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
         labels = labels_like_split(np.bincount(train.labels.numpy(), minlength=len(train.class_names)), num_samples)
     started = time.perf_counter()
     synthetic = generate_images(pipe, num_samples, labels, num_inference_steps, guidance_scale, seed,
-                                progress=progress)
+                                progress=progress, precision=precision)
     # Wall seconds per stage: what grows with the training set (each space's nearest neighbours) apart from what the
     # model costs (generation, the membership attack's denoising passes).
     seconds = {"generation": round(time.perf_counter() - started, 1)}
     result = {"dataset": dataset, "notes": notes, "num_synthetic": num_samples, "num_train": len(train_idx), "num_trained": trained,
               "num_test": len(test_idx), "generation": {"steps": num_inference_steps or pipe.config.get(
                   "default_num_inference_steps"), "guidance_scale": guidance_scale, "seed": seed,
-                  "scheduler": type(pipe.scheduler).__name__}, "nearest_neighbours": {}}
+                  "scheduler": type(pipe.scheduler).__name__, "precision": precision}, "nearest_neighbours": {}}
     for space in spaces:
         started = time.perf_counter()
         if space == "pixel":  # chunk by chunk from the (memory-mapped) splits; large images at PIXEL_SIDE px
@@ -319,7 +327,7 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
             from .inception import InceptionFeatures
 
             extractor = extractor or InceptionFeatures()
-            reals = RealFeatures(extractor, dataset, pipe.image_size, root, **source_options)
+            reals = RealFeatures(extractor, source, pipe.image_size)
             feats = [extractor.standard(synthetic, progress),
                      reals.get("train", "standard", progress=progress, indices=train_idx)[0],
                      reals.get("test", "standard", num_test, seed, progress)[0]]
@@ -355,7 +363,8 @@ def run_audit(pipe, dataset: str = "bloodmnist", num_samples: Optional[int] = No
     started = time.perf_counter()
     result["membership_inference"] = membership_inference(
         pipe, to_nhwc(train, members), labels_of(train, members), to_nhwc(test, nonmembers),
-        labels_of(test, nonmembers), train.class_names, seed, groups_of(train, members), groups_of(test, nonmembers))
+        labels_of(test, nonmembers), train.class_names, seed, groups_of(train, members), groups_of(test, nonmembers),
+        precision)
     if train.groups is not None:  # the held-out baseline is other patients: a patient-level split guarantees it
         shared = set(train.groups.tolist()) & set(test.groups.tolist())
         result["patients"] = {"train": len(set(train.groups.tolist())), "test": len(set(test.groups.tolist())),

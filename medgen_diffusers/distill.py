@@ -47,7 +47,7 @@ from medgen_diffusers import BloodMNISTPipeline
 from medgen_diffusers.arguments import distill_args as parse_args
 from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                             register_ema_hooks, save_checkpoint)
-from medgen_diffusers.data import clean_batch, load_images, resolve_augmentation
+from medgen_diffusers.data import clean_batch, resolve_augmentation
 from medgen_diffusers.model_card import write_card
 from medgen_diffusers.models import is_edm, keep_freed_memory
 from medgen_diffusers.provenance import data_source, read_run_config, weights_sha256
@@ -170,7 +170,7 @@ def main(argv=None, prog=None):
         logger.warning(f"--teacher {args.teacher} was trained with differential privacy; {TEACHER_DP_NOTE}")
     resolution = teacher_pipe.image_size
     with accelerator.main_process_first():
-        data = load_images(source.dataset, "train", resolution, source.root, **source.options)
+        data = source.load("train", resolution)
     data_block = source.record(data.md5)
     if data.images.shape[1] != teacher_pipe.image_channels:
         raise ValueError(f"{source.dataset} has {data.images.shape[1]}-channel images but the teacher takes "

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from cleanfid.fid import fid_from_feats
 
-from .data import DataError, class_counts, load_images
+from .data import DataError, DataSource
 from .generation import generate_images, labels_like_split
 from .inception import PROTOCOLS, EvaluationError, InceptionFeatures, check_images  # the network and its features
 
@@ -156,13 +156,12 @@ def cache_dir() -> Path:
 class RealFeatures:
     """Features of a real split (or of a seeded random subset of it), cached on disk."""
 
-    def __init__(self, extractor: InceptionFeatures, dataset: str = "bloodmnist", size: Optional[int] = None,
-                 root: Optional[str] = None, **source_options):
-        self.extractor, self.dataset, self.size, self.root = extractor, dataset, size, root
-        self.source_options = source_options
+    def __init__(self, extractor: InceptionFeatures, data: Union[DataSource, str] = "bloodmnist",
+                 size: Optional[int] = None):
+        self.extractor, self.source, self.size = extractor, DataSource.of(data), size
 
     def split(self, name: str):
-        return load_images(self.dataset, name, self.size, self.root, **self.source_options)
+        return self.source.load(name, self.size)
 
     def subset_indices(self, split: str, num: Optional[int], seed: int = 0) -> np.ndarray:
         n = len(self.split(split))
@@ -210,19 +209,18 @@ def evaluate_images(
     images: np.ndarray,
     labels: Optional[np.ndarray] = None,
     split: str = "test",
-    dataset: str = "bloodmnist",
+    data: Union[DataSource, str] = "bloodmnist",
     size: Optional[int] = None,
     num_real: Optional[int] = None,
     protocols: Sequence[str] = PROTOCOLS,
     floor: bool = True,
     per_class: bool = True,
     extractor: Optional[InceptionFeatures] = None,
-    root: Optional[str] = None,
     seed: int = 0,
     progress: bool = False,
-    source_options: Optional[Dict] = None,
 ) -> Dict:
-    """All numbers for generated ``images`` (uint8, N x H x W x 3) against the real ``split``.
+    """All numbers for generated ``images`` (uint8, N x H x W x 3) against the real ``split`` of ``data`` (a
+    :class:`~medgen_diffusers.data.DataSource`, or a dataset name / path read with the default options).
 
     ``labels`` (class indices of the generated images) add class-wise numbers (both protocols, and the standard
     FID's floor per class: that class's images in the floor's train subset). The floor compares ``len(images)``
@@ -234,7 +232,9 @@ def evaluate_images(
         if protocol not in PROTOCOLS:
             raise EvaluationError(f"Unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}.")
     extractor = extractor or InceptionFeatures()
-    reals = RealFeatures(extractor, dataset, size, root, **(source_options or {}))
+    source = DataSource.of(data)
+    dataset = source.dataset
+    reals = RealFeatures(extractor, source, size)
     real_split = reals.split(split)
     size = real_split.images.shape[-1]
     images = check_images(images, size)
@@ -314,18 +314,18 @@ class TrainingEvaluator:
     """Standard-protocol FID/KID of a pipeline's samples during training, against a fixed train subset and the val
     split. Real features are computed once (and cached on disk); each call costs only sampling + fake features."""
 
-    def __init__(self, dataset: str = "bloodmnist", size: Optional[int] = None, root: Optional[str] = None,
+    def __init__(self, data: Union[DataSource, str] = "bloodmnist", size: Optional[int] = None,
                  num_samples: int = 256, num_val: Optional[int] = None, num_inference_steps: int = 20, seed: int = 0,
-                 device: Union[str, torch.device] = "cpu", conditional: bool = True, **source_options):
+                 device: Union[str, torch.device] = "cpu", conditional: bool = True):
         self.extractor = InceptionFeatures(device=device)  # on the training device
-        reals = RealFeatures(self.extractor, dataset, size, root, **source_options)
+        source = DataSource.of(data)
+        reals = RealFeatures(self.extractor, source, size)
         self.real = {"train": reals.get("train", "standard", num=num_samples, seed=seed)[0]}
         try:  # a folder or single datasets dataset may have no val split: then the train subset only
             self.real["val"] = reals.get("val", "standard", num=num_val, seed=seed)[0]
         except DataError:
             pass
-        self.labels = (labels_like_split(class_counts(dataset, "train", size, root, **source_options), num_samples)
-                       if conditional else None)
+        self.labels = labels_like_split(source.class_counts("train", size), num_samples) if conditional else None
         self.num_samples, self.num_inference_steps, self.seed = num_samples, num_inference_steps, seed
 
     def __call__(self, pipe) -> Dict[str, float]:

@@ -43,7 +43,8 @@ def infer_format(out: str, fmt: Optional[str]) -> str:
 
 def write_missing_chunks(pipe, labels: Optional[np.ndarray], num_images: int, parts_dir: Path, run_key: dict,
                          num_inference_steps: int, guidance_scale: Optional[float], seed: int,
-                         chunk_size: int = DEFAULT_CHUNK_SIZE, state=None, bit_depth: int = 8) -> None:
+                         chunk_size: int = DEFAULT_CHUNK_SIZE, state=None, bit_depth: int = 8,
+                         precision: str = "fp32") -> None:
     """Generate (with :mod:`.generation`) and write every chunk not already in ``parts_dir``. With an Accelerate
     ``state`` of several processes, the missing chunks are split between them (``split_between_processes``); each
     rank writes its own chunks. Chunk boundaries and per-image seeds do not depend on the split, so the output is
@@ -70,7 +71,8 @@ def write_missing_chunks(pipe, labels: Optional[np.ndarray], num_images: int, pa
         with state.split_between_processes(missing) as share:
             mine = list(share)
     for index, images in iter_chunks(pipe, num_images, labels, num_inference_steps, guidance_scale, seed, chunk_size,
-                                     progress=bool(mine) and main, chunks=mine, bit_depth=bit_depth):
+                                     progress=bool(mine) and main, chunks=mine, bit_depth=bit_depth,
+                                     precision=precision):
         tmp = chunk_path(parts_dir, index).with_name(f"chunk-{index:05d}.tmp.npz")
         np.savez(tmp, images=images)
         tmp.replace(chunk_path(parts_dir, index))  # atomic: an interrupted chunk is regenerated, never half-read
@@ -104,7 +106,7 @@ def _write_streamed_npy(archive: zipfile.ZipFile, name: str, shape, dtype, block
 def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarray], num_inference_steps: int,
            guidance_scale: Optional[float], seed: int, run_key: dict, chunk_size: Optional[int] = None,
            state=None, provenance: Optional[dict] = None, intensity: Optional[dict] = None,
-           bit_depth: int = 8) -> Optional[str]:
+           bit_depth: int = 8, precision: str = "fp32") -> Optional[str]:
     """Generate and write; returns a one-line summary (None on the other ranks of a multi-process run, where only
     the main process assembles the output). ``provenance`` (which weights, which training data) goes into an npz
     as the JSON string array ``provenance`` (read without unpickling), into a folder as ``provenance.json``.
@@ -116,7 +118,7 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
     if out_path.exists() and not parts.exists():  # an unfinished run of ours keeps OUT.parts/ next to it
         raise ExportError(f"{out_path} already exists; choose another --out or delete it first (nothing was written).")
     write_missing_chunks(pipe, labels, num_images, parts, run_key, num_inference_steps, guidance_scale, seed,
-                         chunk_size, state, bit_depth)
+                         chunk_size, state, bit_depth, precision)
     if state is not None and not state.is_main_process:
         return None
     chunks = lambda: read_chunks(parts, labels, num_images, chunk_size)  # noqa: E731
@@ -208,7 +210,7 @@ def export(pipe, out: str, fmt: str, num_images: int, labels: Optional[np.ndarra
     return f"wrote {num_images} images as {fmt} to {out_path}{per_class}"
 
 
-def sample_provenance(pipeline, weights_sha256: str) -> dict:
+def sample_provenance(pipeline, weights_sha256: str, precision: str = "fp32") -> dict:
     """What an exported file records about its making: the weights, the pipeline, the training data's name and
     checksum (from the run). No command line: the same images give the same bytes, whatever the output is called."""
     from .provenance import provenance, read_run_config, redact_paths
@@ -218,6 +220,8 @@ def sample_provenance(pipeline, weights_sha256: str) -> dict:
     record = provenance(data={"source": run.get("dataset"), "checksum": run.get("data_md5")},
                         weights_sha256=weights_sha256, pipeline=source_name(pipeline))
     record.pop("command")
+    if precision != "fp32":  # the images differ from fp32 ones (slightly): said where they are shared
+        record["precision"] = precision
     # The data source is cut to a name (the npz is what gets shared); the pipeline path stays, so that
     # `medgen evaluate FILE.npz` finds the run, and through it the data, on this machine.
     record["data"] = redact_paths(record["data"])

@@ -199,7 +199,6 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
 
     from diffusers import DDIMScheduler
 
-    from .data import load_images
     from .models import is_edm
     from .pipelines import BloodMNISTPipeline
 
@@ -232,7 +231,7 @@ def write_run_figures(run_dir, dataset: Optional[str] = None, data_root=None, se
 
         source = data_source(run_dir, dataset, data_root, run_config=run_config)
         if is_public_source(source.dataset) or show_real:
-            real = load_images(source.dataset, "train", pipe.image_size, source.root, **source.options)
+            real = source.load("train", pipe.image_size)
             pick = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))[:16]
             real_images = [PIL.Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image)
                            for image in real.images[pick].permute(0, 2, 3, 1).numpy()]

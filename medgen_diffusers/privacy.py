@@ -257,7 +257,7 @@ def check_private_vae(vae: str, dataset: str, data_md5: str, allow: bool) -> Opt
 def prior_overlap(init_from: str, dataset: str, data_md5: str) -> Optional[str]:
     """How --init_from's recorded training data overlaps the private data: the same checksum or the same source
     (None: its run_config.json names other data). A prior without a readable run_config.json is unknown data."""
-    from .provenance import recorded_source
+    from .data.files import recorded_source
 
     folder = Path(init_from)
     try:

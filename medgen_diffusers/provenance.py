@@ -17,8 +17,6 @@ import hashlib
 import json
 import os
 import sys
-import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -99,48 +97,6 @@ def is_public_source(dataset) -> bool:
     return str(dataset) in INFO
 
 
-def recorded_source(dataset: str) -> str:
-    """How a training run records its data source: local folders/files as absolute paths (so commands find them
-    from any directory; cards and pushes cut them to a name), MedMNIST flags and Hub names as given."""
-    path = Path(dataset).expanduser()
-    return str(path.resolve()) if path.exists() else dataset
-
-
-@dataclass
-class DataSource:
-    """The real data a command compares a model with: the run's own unless named explicitly."""
-
-    dataset: str
-    root: Optional[str]
-    options: Dict = field(default_factory=dict)  # image_column / label_column of a datasets source
-    recorded_md5: Optional[str] = None
-    explicit: bool = False
-    run_config: Optional[Dict] = None
-
-    def load(self, split: str = "train", size: Optional[int] = None):
-        """One split of this source as ImageData, read as the run read it (its columns, window, slices, patients,
-        crop): the prepared store when there is one."""
-        from .data import load_images
-
-        return load_images(self.dataset, split, size, self.root, **self.options)
-
-    def class_counts(self, split: str, size: Optional[int] = None):
-        """Images per class of ``split`` (from a store's manifest without reading pixels)."""
-        from .data import class_counts
-
-        return class_counts(self.dataset, split, size, self.root, **self.options)
-
-    def record(self, train_md5: Optional[str]) -> Dict:
-        """The result's data block; warns once when the checksum differs from the one the model was trained on."""
-        matches = None if self.recorded_md5 is None or train_md5 is None else train_md5 == self.recorded_md5
-        if matches is False:
-            warnings.warn(f"{self.dataset}: its train split has checksum {train_md5}, but the model was trained on "
-                          f"data with checksum {self.recorded_md5}: these numbers are not about the training data.",
-                          stacklevel=2)
-        return {"source": self.dataset, "checksum": train_md5, "recorded_checksum": self.recorded_md5,
-                "matches_training_data": matches, "named_explicitly": self.explicit}
-
-
 # How a source is read, recorded by the run and applied by every later command (max_train_samples: the subset of
 # the train split the model saw -- its members, for the audit).
 MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_seed", "patient_column",
@@ -149,8 +105,11 @@ MEDICAL_OPTIONS = ("window", "slice_axis", "slice_range", "split_by", "split_see
 
 def data_source(pipeline=None, dataset: Optional[str] = None, root: Optional[str] = None,
                 image_column: Optional[str] = None, label_column: Optional[str] = None,
-                run_config: Optional[Dict] = None, medical: Optional[Dict] = None) -> DataSource:
-    """The data source for a command given ``pipeline``: the explicit ``dataset`` if named, else the run's."""
+                run_config: Optional[Dict] = None, medical: Optional[Dict] = None):
+    """The :class:`~medgen_diffusers.data.DataSource` for a command given ``pipeline``: the explicit ``dataset`` if
+    named, else the run's, read with the run's options."""
+    from .data.source import DataSource
+
     config = run_config if run_config is not None else read_run_config(pipeline)
     config = config or {}
     recorded = config.get("dataset")

@@ -117,7 +117,7 @@ def source_options(args):
 
 def resolve_data(args, pipeline, run_config=None):
     """Point ``args`` at the data the model was trained on (its run_config.json), unless --dataset names another;
-    returns the :class:`~medgen_diffusers.provenance.DataSource`."""
+    returns the :class:`~medgen_diffusers.data.DataSource`."""
     from .provenance import data_source
 
     source = data_source(pipeline, args.dataset, args.data_root, args.image_column, args.label_column, run_config,
@@ -141,7 +141,7 @@ def split_counts(split, args, size=None):
 
 def data_source_of(args):
     """The DataSource ``args`` name (after :func:`resolve_data`): the object every command reads its data with."""
-    from .provenance import DataSource
+    from .data import DataSource
 
     return DataSource(dataset=args.dataset, root=args.data_root, options=source_options(args))
 

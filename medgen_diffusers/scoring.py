@@ -26,7 +26,7 @@ def evaluate_command(args):
     from .privacy import privacy_guarantee
     from .provenance import check_new_result, provenance, redact_paths, weights_sha256, write_json_atomic
     from .runtime import (data_record, default_result_path, is_shipped, load_pipeline, resolve_data, resolve_device,
-                          resolve_steps, source_name, source_options, split_counts, writable)
+                          resolve_steps, source_name, split_counts, writable)
 
     shipped = is_shipped(args.source)
     args.source = args.source or DEFAULT_MODEL
@@ -88,18 +88,19 @@ def evaluate_command(args):
         say_estimate(f"medgen evaluate: generating {num} images with {steps} steps",
                      estimate_seconds(pipe, num, steps, args.guidance_scale))
         chunk_size = args.chunk_size or default_chunk_size(pipe)  # memory: one chunk
-        images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, chunk_size)
+        images = generate_images(pipe, num, labels, steps, args.guidance_scale, args.seed, chunk_size,
+                                 precision=args.precision)
         guided = labels is not None and (args.guidance_scale or 1.0) > 1.0  # the pipeline guides only above 1
         generation.update(scheduler=type(pipe.scheduler).__name__, steps=steps, guidance_scale=args.guidance_scale,
                           seed=args.seed, nfe_per_image=steps * (2 if guided else 1), chunk_size=chunk_size,
+                          precision=args.precision,
                           timestep_spacing=pipe.scheduler.config.get("timestep_spacing"))
         weights = weights_sha256(pipe.unet)
     generation["images_sha256"] = hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest()
     extractor = InceptionFeatures(args.inception_weights, device=device)
-    result = evaluation.evaluate_images(images, labels, args.split, args.dataset, args.size, args.num_real,
+    result = evaluation.evaluate_images(images, labels, args.split, data, args.size, args.num_real,
                                         protocols=args.protocols.split(","), floor=not args.no_floor,
-                                        extractor=extractor, root=args.data_root, seed=args.seed, progress=True,
-                                        source_options=source_options(args))
+                                        extractor=extractor, seed=args.seed, progress=True)
     result["generation"] = generation
     result["provenance"] = provenance(data=data_record(data, args, args.size), weights_sha256=weights)
     # A model trained with --dp_epsilon: its guarantee beside its quality (the card shows both).

@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from tqdm.auto import tqdm
 
 from medgen_diffusers import BloodMNISTPipeline
-from medgen_diffusers.arguments import source_options as read_source_options
+from medgen_diffusers.arguments import data_source
 from medgen_diffusers.arguments import train_args as parse_args  # the arguments: arguments.py (torch-free)
 from medgen_diffusers.checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                             register_ema_hooks, save_checkpoint)
-from medgen_diffusers.data import clean_batch, load_images, resolve_augmentation
+from medgen_diffusers.data import clean_batch, resolve_augmentation
 from medgen_diffusers.evaluation import TrainingEvaluator
 from medgen_diffusers.figures import square_grid
 from medgen_diffusers.model_card import write_card
@@ -44,7 +44,8 @@ from medgen_diffusers.data.medical_folders import patient_named_classes
 from medgen_diffusers.memory import available_memory, check_training_memory, default_batch_size
 from medgen_diffusers.privacy import (PrivacyWarning, PrivateStep, check_private_source, check_private_vae,
                                       plan_privacy, privacy_units, trainable_parameters, unit_note)
-from medgen_diffusers.provenance import recorded_source, weights_sha256
+from medgen_diffusers.data.files import recorded_source
+from medgen_diffusers.provenance import weights_sha256
 from medgen_diffusers.runtime import on_cpu
 
 logger = get_logger(__name__, log_level="INFO")
@@ -168,11 +169,11 @@ def private_updates(private, lr_scheduler, loss_fn, images, labels, device, star
 
 def load_training_data(args, accelerator, output_dir, checkpoint):
     """The train split (images, labels; zeros when unlabeled) and the options every later command reads it with."""
-    source_options = read_source_options(args)
+    source = data_source(args)
     # Once per node, on its local main process: a download, or a local folder decoded into a memory-mapped store
     # that every rank then reads batch by batch (data/store.py).
     with accelerator.local_main_process_first():
-        data = load_images(args.dataset, "train", args.resolution, args.data_root, prepare=True, **source_options)
+        data = source.load("train", args.resolution, prepare=True)
     if data.notice:
         logger.warning(data.notice)
     if checkpoint is not None:  # the same data as the run being resumed, or a clear refusal
@@ -185,7 +186,7 @@ def load_training_data(args, accelerator, output_dir, checkpoint):
     # With --max_train_samples: the subset, chosen before decoding (data.kept_rows); --bit_depth 16: uint16 images.
     images = data.images16 if data.images16 is not None else data.images
     labels = data.labels if data.labels is not None else torch.zeros(len(images), dtype=torch.long)
-    return data, images, labels, source_options
+    return data, images, labels, source
 
 
 def batch_and_memory(args, accelerator, unet, train_set):
@@ -249,7 +250,7 @@ def refuse_patient_classes(dataset, data, labels, class_conditional):
                          "root/<class>/<patient>/... with real class names.")
 
 
-def describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
+def describe_run(args, data, images, source, accelerator, unet, noise_scheduler, augmentation,
                  augmentation_reason, class_conditional, max_train_steps, privacy):
     """run_config.json: the arguments and what they resolved to -- every later command reads the data from here."""
     run_config = {k: v for k, v in vars(args).items() if k != "hub_token"}
@@ -260,7 +261,7 @@ def describe_run(args, data, images, source_options, accelerator, unet, noise_sc
     if data.intensity is not None:  # DICOM/NIfTI: how intensities were mapped
         run_config.update(intensity=data.intensity, patient_rule=data.patient_rule)
     if data.groups is not None:  # patients per split (counts, no ids)
-        run_config.update(patients=patient_counts(data, args, source_options))
+        run_config.update(patients=patient_counts(data, source, args.resolution))
     run_config.update(num_train_images=len(images), num_processes=accelerator.num_processes,
                       resolution=images.shape[-1], channels=images.shape[1], class_conditional=class_conditional,
                       prediction_type="edm" if is_edm(noise_scheduler) else noise_scheduler.config.prediction_type,
@@ -317,7 +318,7 @@ def train(args):
 
     # Data: the whole split as uint8 tensors in memory, from any source (the data package); augmentation happens on the
     # batch, on the device.
-    data, images, labels, source_options = load_training_data(args, accelerator, output_dir, checkpoint)
+    data, images, labels, source = load_training_data(args, accelerator, output_dir, checkpoint)
     class_conditional = data.labels is not None if args.class_conditional is None else args.class_conditional
     refuse_patient_classes(args.dataset, data, labels, class_conditional)
     num_classes = len(data.class_names) if class_conditional else None
@@ -370,7 +371,7 @@ def train(args):
         ema_unet.to(accelerator.device)
         register_ema_hooks(accelerator, ema_unet, EMA_FOLDER, type(accelerator.unwrap_model(unet)))
 
-    run_config = describe_run(args, data, images, source_options, accelerator, unet, noise_scheduler, augmentation,
+    run_config = describe_run(args, data, images, source, accelerator, unet, noise_scheduler, augmentation,
                               augmentation_reason, class_conditional, max_train_steps, privacy)
     run_config["memory_estimate_gib"] = {k: None if v is None else round(v, 2) for k, v in memory.items()}
     if latent is not None:
@@ -382,9 +383,9 @@ def train(args):
         if privacy is not None:
             logger.warning("--eval_steps with --dp_epsilon: the FID is computed on private images and is not "
                            "covered by epsilon (run_config.json's privacy.not_covered says so).")
-        evaluator = TrainingEvaluator(args.dataset, images.shape[-1], args.data_root, args.eval_num_samples,
-                                      args.eval_num_val, args.eval_inference_steps, args.seed,
-                                      device=accelerator.device, conditional=class_conditional, **source_options)
+        evaluator = TrainingEvaluator(source, images.shape[-1], args.eval_num_samples, args.eval_num_val,
+                                      args.eval_inference_steps, args.seed, device=accelerator.device,
+                                      conditional=class_conditional)
     if accelerator.is_main_process and args.logger != "none":
         accelerator.init_trackers("train", config={k: v for k, v in run_config.items()
                                                    if isinstance(v, (int, float, str, bool))})
@@ -642,13 +643,12 @@ def build_model(args, resolution, channels, num_classes):
     return unet, noise_scheduler
 
 
-def patient_counts(train, args, source_options):
+def patient_counts(train, source, resolution):
     """Patients per split of a source that knows them; the loader refuses a patient in two splits."""
     counts = {"train": len(set(train.groups.tolist()))}
     for split in ("val", "test"):
         try:
-            counts[split] = len(set(load_images(args.dataset, split, args.resolution, args.data_root,
-                                                **source_options).groups.tolist()))
+            counts[split] = len(set(source.load(split, resolution).groups.tolist()))
         except ValueError:  # no such split
             pass
     return counts

@@ -18,11 +18,13 @@ Arms (each for several classifier seeds -> mean +- std):
   data is scarce?
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torchvision
+
+from .data import DataSource
 
 # The protocol's N at most, by default: a larger train split is subsampled (seeded, recorded as num_train of
 # num_train_available), so the synthetic images generated and held for TSTR stay bounded (20k at 256 px: 1.3 GB uint8
@@ -117,21 +119,24 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     return np.sort(np.concatenate(picks))
 
 
-def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = None,
+def run_utility(pipe, data: Union[DataSource, str] = "bloodmnist", num_train: Optional[int] = None,
                 fractions: Sequence[float] = (0.01, 0.1, 1.0), seeds: Sequence[int] = (0, 1, 2), epochs: int = 10,
-                num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None, root=None,
+                num_inference_steps: Optional[int] = None, guidance_scale: Optional[float] = None,
                 device="cpu", generation_seed: int = 0, progress: bool = True, num_added: Optional[int] = None,
                 num_test: Optional[int] = None, split: str = "test", arms: Optional[Sequence[str]] = None,
-                max_train: int = MAX_TRAIN, **source_options) -> Dict:
-    """Every arm (or those named in ``arms``) for every seed, scored on ``split`` ("test" to report, "val" to choose
+                max_train: int = MAX_TRAIN, precision: str = "fp32") -> Dict:
+    """Every arm (or those named in ``arms``) for every seed, trained on ``data`` (a
+    :class:`~medgen_diffusers.data.DataSource`, or a dataset name / path read with the default options) and its
+    synthetic counterpart, scored on ``split`` ("test" to report, "val" to choose
     settings such as the guidance scale); returns per-arm mean/std, the TSTR ratios and the augmentation gains.
     ``num_train`` None: the train split, a seeded subset of ``max_train`` when it is larger."""
     from medmnist.info import INFO
 
-    from .data import load_images
     from .generation import generate_images, labels_like_split
 
-    train = load_images(dataset, "train", pipe.image_size, root, **source_options)
+    source = DataSource.of(data)
+    dataset = source.dataset
+    train = source.load("train", pipe.image_size)
     arms_wanted = arms  # `arms` becomes the table of arm name -> training data below
     if split not in ("val", "test"):
         raise UtilityError(f"split={split!r}: score on 'test' (to report) or 'val' (to choose settings).")
@@ -139,7 +144,7 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
     if arms_wanted and (set(arms_wanted) - set(names) or not {"trtr", "tstr"} <= set(arms_wanted)):
         raise UtilityError(f"arms={list(arms_wanted)}: choose among {names}, always with trtr and tstr (the ratio "
                            "needs both); the real_* arms follow --fractions.")
-    test = load_images(dataset, split, pipe.image_size, root, **source_options)
+    test = source.load(split, pipe.image_size)
     if train.labels is None or not pipe.config.class_names:
         raise UtilityError("The utility protocol trains a classifier: it needs class labels in the data and a "
                            "class-conditional pipeline.")
@@ -175,7 +180,7 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
                      + num_arms * len(seeds) * steps * classifier_step_seconds(real_x.shape[-1], len(train.class_names),
                                                                                real_x.shape[1], device))
     syn_x = generate_images(pipe, num_synthetic, syn_y, num_inference_steps, guidance_scale, generation_seed,
-                            progress=progress)
+                            progress=progress, precision=precision)  # the classifiers train in fp32
     # TSTR uses n synthetic images spread over the classes like the real ones (every k-th of the sorted labels).
     tstr_idx = np.linspace(0, num_synthetic - 1, n).round().astype(int)
     arms = {"trtr": lambda seed: (real_x[_first(n, len(real_x), seed)], real_y[_first(n, len(real_x), seed)]),
@@ -197,7 +202,7 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
         from .data import medmnist_path
 
         evaluator = Evaluator(dataset, split, size=pipe.image_size,
-                              root=str(medmnist_path(dataset, pipe.image_size, root).parent))
+                              root=str(medmnist_path(dataset, pipe.image_size, source.root).parent))
     runs = {}
     for name, make in arms.items():
         if name == "real_1" and n == len(real_x) and "trtr" in runs:
@@ -214,7 +219,9 @@ def run_utility(pipe, dataset: str = "bloodmnist", num_train: Optional[int] = No
                        "epochs": epochs, "classifier_steps": steps, "fractions": [float(f) for f in fractions],
                        "generation": {"steps": num_inference_steps or pipe.config.get("default_num_inference_steps"),
                                       "guidance_scale": guidance_scale, "seed": generation_seed,
-                                      "scheduler": type(pipe.scheduler).__name__}}, runs)
+                                      "scheduler": type(pipe.scheduler).__name__,
+                                      # not recorded at fp32: seeds run before the option merge with new ones
+                                      **({} if precision == "fp32" else {"precision": precision})}}, runs)
 
 
 def _summarize(protocol: Dict, runs: Dict[str, list]) -> Dict:

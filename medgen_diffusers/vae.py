@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .arguments import source_options, train_vae_args
+from .arguments import data_source, train_vae_args
 
 VAE_FILES = ("config.json", "diffusion_pytorch_model.safetensors")  # what AutoencoderKL.save_pretrained writes
 
@@ -147,8 +147,8 @@ def main(argv=None, prog=None):
 
     from .checkpointing import (MetricsLog, check_resumed_config, checkpoint_step, prepare_run_folder,
                                 register_ema_hooks, save_checkpoint)
-    from .data import load_images, to_model_range
-    from .provenance import recorded_source
+    from .data import to_model_range
+    from .data.files import recorded_source
     from .runtime import on_cpu
 
     args = train_vae_args(argv, prog)
@@ -164,9 +164,9 @@ def main(argv=None, prog=None):
     set_seed(args.seed)
 
     # Data: the train split from the prepared store (or MedMNIST in memory), batch by batch.
-    options = source_options(args)
+    source = data_source(args)
     with accelerator.local_main_process_first():
-        data = load_images(args.dataset, "train", args.resolution, args.data_root, prepare=True, **options)
+        data = source.load("train", args.resolution, prepare=True)
     images = data.images16 if data.images16 is not None else data.images  # --bit_depth 16: the full range
     if checkpoint is not None:
         check_resumed_config(output_dir, "run_config.json", {"data_md5": data.md5}, ["data_md5"])
@@ -270,21 +270,20 @@ def main(argv=None, prog=None):
         if ema is not None:
             ema.copy_to(final.parameters())
         final.eval()
-        save_vae(final, output_dir, args, data, options, start_time)
+        save_vae(final, output_dir, args, data, source, start_time)
     accelerator.end_training()
 
 
-def save_vae(vae, output_dir: Path, args, data, options, start_time):
+def save_vae(vae, output_dir: Path, args, data, source, start_time):
     """The AutoencoderKL (safetensors) and vae_summary.json: its reconstruction PSNR/SSIM on up to --num_val images
     of the val split (test when there is none)."""
-    from .data import load_images
     from .provenance import weights_sha256
 
     summary = {"weights_sha256": weights_sha256(vae), "steps": args.max_train_steps,
                "wall_time_s": time.time() - start_time}
     for split in ("val", "test"):
         try:
-            held_out = load_images(args.dataset, split, vae.config.sample_size, args.data_root, **options)
+            held_out = source.load(split, vae.config.sample_size)
         except ValueError:  # no such split
             continue
         quality = reconstruction_quality(vae, held_out.images[: args.num_val])

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 
 from medgen_diffusers import BloodMNISTPipeline, load_medmnist_tensors
+from medgen_diffusers.data import DataSource
+from medgen_diffusers.generation import GenerationError
 from medgen_diffusers.audit import (AuditError, auc_ci, copy_statistics, denoising_losses, proportion_ci, roc_auc,
                                     run_audit)
 
@@ -95,8 +97,16 @@ def test_audit_of_the_shipped_model_small(data_root, tmp_path):
     labels = train.labels[:6].numpy()
     first, again = denoising_losses(pipe, images, labels), denoising_losses(pipe, images, labels)
     np.testing.assert_array_equal(first, again)  # fixed noise: the same image, the same loss
-    result = run_audit(pipe, "bloodmnist", num_samples=16, num_train=500, num_test=120, num_mia=60, spaces=("pixel",),
-                       seed=0, root=str(data_root), figure=tmp_path / "pairs.png", progress=False)
+    # --precision bf16: the UNet's passes under autocast (not the same numbers), within a percent or two of fp32,
+    # and the UNet's memory layout is given back (a later fp32 pass is bit-identical again).
+    fast = denoising_losses(pipe, images, labels, precision="bf16")
+    assert not np.array_equal(fast, first) and np.allclose(fast, first, rtol=0.03)
+    assert pipe.unet.conv_in.weight.is_contiguous()
+    np.testing.assert_array_equal(denoising_losses(pipe, images, labels), first)
+    with pytest.raises(GenerationError, match="precision 'fp16': choose one of fp32, bf16"):
+        denoising_losses(pipe, images, labels, precision="fp16")
+    result = run_audit(pipe, DataSource("bloodmnist", str(data_root)), num_samples=16, num_train=500, num_test=120,
+                       num_mia=60, spaces=("pixel",), seed=0, figure=tmp_path / "pairs.png", progress=False)
     pixel = result["nearest_neighbours"]["pixel"]
     # The shipped model copies nothing: none of its 16 images is closer to a training image than held-out real ones
     # are (the memorising model of test_privacy.py scores ~0.8 with these settings), and Gu's criterion is silent.
@@ -114,7 +124,7 @@ def test_audit_of_the_shipped_model_small(data_root, tmp_path):
 
 def test_audit_bad_inputs_are_clear_errors(data_root, tmp_path, conditional_pipe):
     with pytest.raises(AuditError, match=r"--num-train 20000 but only 11959"):
-        run_audit(conditional_pipe, "bloodmnist", num_samples=4, num_train=20000, root=str(data_root),
+        run_audit(conditional_pipe, DataSource("bloodmnist", str(data_root)), num_samples=4, num_train=20000,
                   progress=False)
     gray = tmp_path / "gray"
     for split in ("train", "test"):
@@ -141,8 +151,8 @@ def test_utility_protocol_small(data_root):
     assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, torch.nn.Identity)
     pipe = BloodMNISTPipeline.from_pretrained()
     # A train split above the cap is subsampled (seeded), with the numbers recorded: bounded memory at large N.
-    result = run_utility(pipe, "bloodmnist", max_train=96, fractions=(0.01,), seeds=(0,), epochs=1,
-                         num_inference_steps=4, root=str(data_root), progress=False, num_added=32, num_test=160)
+    result = run_utility(pipe, DataSource("bloodmnist", str(data_root)), max_train=96, fractions=(0.01,), seeds=(0,),
+                         epochs=1, num_inference_steps=4, progress=False, num_added=32, num_test=160)
     assert set(result["arms"]) == {"trtr", "tstr", "real_0.01", "real_0.01+syn"}
     assert result["num_train"] == 96 and result["num_train_available"] == 11959
     assert result["arms"]["trtr"]["runs"][0]["num_images"] == 96
@@ -156,7 +166,7 @@ def test_utility_protocol_small(data_root):
                          (dict(arms=["trtr", "tstr", "real_0.5"]), "choose among"),
                          (dict(split="train"), "score on 'test'")):
         with pytest.raises(UtilityError, match=message):  # refused before any image is generated
-            run_utility(pipe, "bloodmnist", num_train=96, fractions=(0.01,), root=str(data_root), **bad)
+            run_utility(pipe, DataSource("bloodmnist", str(data_root)), num_train=96, fractions=(0.01,), **bad)
     from medmnist import Evaluator
 
     labels = load_medmnist_tensors("bloodmnist", "test", root=data_root).labels.numpy()
@@ -174,10 +184,11 @@ def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tm
     from medgen_diffusers.utility import UtilityError, merge_utility, run_utility
 
     pipe = BloodMNISTPipeline.from_pretrained()
-    small = dict(num_train=64, fractions=(), epochs=1, num_inference_steps=2, root=str(data_root), progress=False,
-                 num_test=64, arms=["trtr", "tstr"])
-    both = run_utility(pipe, "bloodmnist", seeds=(0, 1), **small)
-    apart = [run_utility(pipe, "bloodmnist", seeds=(seed,), **small) for seed in (1, 0)]
+    small = dict(num_train=64, fractions=(), epochs=1, num_inference_steps=2, progress=False, num_test=64,
+                 arms=["trtr", "tstr"])
+    blood = DataSource("bloodmnist", str(data_root))
+    both = run_utility(pipe, blood, seeds=(0, 1), **small)
+    apart = [run_utility(pipe, blood, seeds=(seed,), **small) for seed in (1, 0)]
     for part, seed in zip(apart, (1, 0)):
         json.dump(part, open(tmp_path / f"seed{seed}.json", "w"))
     out = tmp_path / "merged.json"

@@ -9,7 +9,7 @@ from PIL import Image
 
 from medgen_diffusers import evaluation
 from medgen_diffusers import inception as inception_module
-from medgen_diffusers.data import load_medmnist_tensors
+from medgen_diffusers.data import DataSource, load_medmnist_tensors
 from medgen_diffusers.evaluation import evaluate_images
 from medgen_diffusers.scoring import read_images
 from medgen_diffusers.inception import EvaluationError, InceptionFeatures
@@ -121,7 +121,7 @@ def test_evaluate_images_reports_both_protocols_floor_and_classes(inception, rea
     monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
     _, _, train_images, train_labels = real_sets
     result = evaluate_images(train_images, train_labels, split="test", num_real=N, extractor=inception,
-                             root=str(data_root))
+                             data=DataSource("bloodmnist", str(data_root)))
     assert result["num_real"] == N and result["num_generated"] == N
     assert result["standard"]["fid"] > 0 and result["seed"]["fid64"] > 0
     assert result["floor"]["num_train"] == N and result["floor"]["standard"]["fid"] > 0
@@ -132,13 +132,13 @@ def test_evaluate_images_reports_both_protocols_floor_and_classes(inception, rea
     assert len(cached) == 4  # test and train subset, two protocols each
     mtimes = [path.stat().st_mtime_ns for path in cached]
     again = evaluate_images(train_images, train_labels, split="test", num_real=N, extractor=inception,
-                            root=str(data_root))
+                            data=DataSource("bloodmnist", str(data_root)))
     assert [path.stat().st_mtime_ns for path in cached] == mtimes  # real features came from the cache
     assert again["standard"] == result["standard"] and again["floor"] == result["floor"]
     # Balanced labels (3 per class): a rare class has more generated images than the floor's random train subset
     # holds of it; its floor is still computed at the model side's N (it was at the subset's smaller N).
     balanced = evaluate_images(train_images, np.arange(N) % 8, split="test", num_real=N, extractor=inception,
-                               root=str(data_root), protocols=("standard",))
+                               data=DataSource("bloodmnist", str(data_root)), protocols=("standard",))
     floors = {name: (c["num_generated"], c.get("floor_num_train")) for name, c in balanced["per_class"].items()}
     assert floors and all(generated == floor for generated, floor in floors.values()), floors
 
@@ -185,18 +185,18 @@ def test_precision_recall_density_coverage_tell_fidelity_from_diversity():
 
 
 def test_bad_inputs_give_one_clear_error(inception, real_sets, data_root, tmp_path):
-    images = real_sets[2]
+    images, blood = real_sets[2], DataSource("bloodmnist", str(data_root))
     with pytest.raises(EvaluationError, match="32x32 but the real split is 28x28: pass --size 32"):
-        evaluate_images(np.zeros((4, 32, 32, 3), np.uint8), split="test", extractor=inception, root=str(data_root))
+        evaluate_images(np.zeros((4, 32, 32, 3), np.uint8), split="test", extractor=inception, data=blood)
     with pytest.raises(EvaluationError, match=r"\(N, H, W\), \(N, H, W, 1\) or \(N, H, W, 3\)"):
-        evaluate_images(images[..., :2], split="test", extractor=inception, root=str(data_root))
+        evaluate_images(images[..., :2], split="test", extractor=inception, data=blood)
     # Grayscale is replicated to 3 channels (as clean-fid does): the same features as the RGB-replicated image.
     gray = images[:2, ..., :1]
     np.testing.assert_array_equal(inception.seed(gray), inception.seed(np.repeat(gray, 3, axis=-1)))
     with pytest.raises(EvaluationError, match="has 3421"):
-        evaluate_images(images, split="test", num_real=5000, extractor=inception, root=str(data_root))
+        evaluate_images(images, split="test", num_real=5000, extractor=inception, data=blood)
     with pytest.raises(EvaluationError, match="right --dataset"):
-        evaluate_images(images, np.full(N, 11), split="test", extractor=inception, root=str(data_root))
+        evaluate_images(images, np.full(N, 11), split="test", extractor=inception, data=blood)
     (tmp_path / "empty").mkdir()
     with pytest.raises(EvaluationError, match="no PNG"):
         read_images(tmp_path / "empty")

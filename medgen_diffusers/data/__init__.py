@@ -14,8 +14,9 @@ Layers, each importing only those below it (no import circle):
 * ``store`` -- the prepared, memory-mapped store and its cache (``medgen prepare``);
 * ``loading`` -- :func:`load_images` and :func:`class_counts`: the store when there is one, else the readers.
 
-A command carries a source as one object, :class:`medgen_diffusers.provenance.DataSource` (the dataset, root and
-the options the run read it with); ``DataSource.load(split)`` is this package's ``load_images`` with them.
+* ``source`` -- :class:`DataSource`, the one object a command carries a source in (the dataset, root and the
+  options the run read it with): ``DataSource.load(split)`` is ``load_images`` with them; the evaluation, audit,
+  utility, figures, distillation and training receive it (a bare name or path is ``DataSource.of(name)``).
 """
 
 from .images import (AUGMENTATION_POLICY, SPLITS, DataError, ImageData, MedMNISTTensors, augment, augment_dihedral,
@@ -24,9 +25,10 @@ from .images import (AUGMENTATION_POLICY, SPLITS, DataError, ImageData, MedMNIST
 from .loading import class_counts, load_images
 from .medmnist import (ROOT_ENV_VAR, SIZES, available_flags, class_names, expected_md5, file_digest, load_medmnist,
                        load_medmnist_tensors, medmnist_path, npz_filename, resolve_root)
+from .source import DataSource
 
 __all__ = ["AUGMENTATION_POLICY", "SPLITS", "DataError", "ImageData", "MedMNISTTensors", "augment", "augment_dihedral",
            "clean_batch", "eight_bit", "keep_subset", "kept_rows", "resize_images", "resolve_augmentation",
            "to_model_range", "class_counts", "load_images", "ROOT_ENV_VAR", "SIZES", "available_flags", "class_names",
            "expected_md5", "file_digest", "load_medmnist", "load_medmnist_tensors", "medmnist_path", "npz_filename",
-           "resolve_root"]
+           "resolve_root", "DataSource"]

@@ -34,7 +34,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .files import visible_files, walk
+from .files import recorded_source, visible_files, walk
 from .images import SPLITS, DataError, ImageData
 from .medical_folders import medical_kind
 from .writers import Decoders, write_folder_split, write_loaded_split, write_medical_split
@@ -72,8 +72,6 @@ def prepare(source: str, out, size: Optional[int] = None, root=None, workers: Op
     ``PROCESSES_FROM`` files on, in this process below) and written chunk by chunk, in order (memory: the chunks in
     flight); other sources are read one split at a time. Written to ``out``.tmp and renamed, so a
     killed preparation never leaves a store that looks whole."""
-    from ..provenance import recorded_source
-
     out = Path(out)
     if out.exists():
         raise DataError(f"{out} exists: a store is never overwritten; choose a new --out (or delete it yourself).")
@@ -182,8 +180,6 @@ def cached_store(source: str, size: Optional[int], root=None, create: bool = Fal
     stale store replaced). None: not a local folder, or no valid store and not ``create``. ``signature``: the
     source's, when the caller has just computed it (one walk over a large folder, not two)."""
     import sys
-
-    from ..provenance import recorded_source
 
     say = say or (lambda message: print(f"medgen: {message}", file=sys.stderr, flush=True))
     path = Path(str(source)).expanduser()
