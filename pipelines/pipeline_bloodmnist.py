@@ -322,6 +322,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
                 pretrained_model_name_or_path = importlib.import_module("medgen_diffusers").DEFAULT_MODEL
             except ImportError:
                 raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
+        _check_local_path(pretrained_model_name_or_path)
         if not os.path.isdir(pretrained_model_name_or_path):
             # A Hub repo id: fetch (or find in the cache) the whole snapshot with huggingface_hub's public API, then
             # load the local folder -- diffusers' own download step would see the remote-code entry below.
@@ -344,6 +345,26 @@ class BloodMNISTPipeline(DiffusionPipeline):
         if config.get("_class_name") == [PIPELINE_FILE[: -len(".py")], PIPELINE_CLASS]:
             config["_class_name"] = cls.__name__
         return loaded
+
+
+def _check_local_path(path: Union[str, os.PathLike]) -> None:
+    """One clear error for a path that cannot be a saved pipeline, before it is taken for a Hub repo id ("namespace/
+    name": at most one slash, no leading "/", "." or "~", and no local folder by the namespace's name)."""
+    path = str(path)
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            unfinished = any(name.startswith("checkpoint-") for name in os.listdir(path))
+            raise FileNotFoundError(
+                f"{path} holds no saved pipeline (no model_index.json). "
+                + ("It holds checkpoints of a run that has not finished: resume it with --resume_from_checkpoint "
+                   "latest, or pass a finished run's folder." if unfinished else
+                   "Pass the folder that `medgen train` or save_pretrained wrote (it holds model_index.json)."))
+        return
+    parts = path.replace("\\", "/").split("/")
+    if (os.path.isabs(path) or path.startswith((".", "~")) or len(parts) > 2 or "" in parts
+            or os.path.isdir(parts[0])):
+        raise FileNotFoundError(f"No folder {path} (from {os.getcwd()}): pass a saved pipeline's folder (it holds "
+                                "model_index.json) or a Hugging Face Hub repo id such as 'namespace/name'.")
 
 
 def _check_saved_files(folder: Union[str, os.PathLike]) -> None:

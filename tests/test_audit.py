@@ -2,9 +2,6 @@
 inference, the figure, and clear errors."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +10,11 @@ import torch
 from PIL import Image
 
 from medgen_diffusers import BloodMNISTPipeline, load_medmnist_tensors
+from medgen_diffusers.cli import main
 from medgen_diffusers.data import DataSource
 from medgen_diffusers.generation import GenerationError
 from medgen_diffusers.audit import (AuditError, auc_ci, copy_statistics, denoising_losses, proportion_ci, roc_auc,
                                     run_audit)
-
-BIN = Path(sys.executable).parent
 
 
 def pixels(data, count, offset=0):
@@ -122,7 +118,7 @@ def test_audit_of_the_shipped_model_small(data_root, tmp_path):
     assert Image.open(tmp_path / "pairs.png").size[0] > 500
 
 
-def test_audit_bad_inputs_are_clear_errors(data_root, tmp_path, conditional_pipe):
+def test_audit_bad_inputs_are_clear_errors(data_root, tmp_path, conditional_pipe, capsys):
     with pytest.raises(AuditError, match=r"--num-train 20000 but only 11959"):
         run_audit(conditional_pipe, DataSource("bloodmnist", str(data_root)), num_samples=4, num_train=20000,
                   progress=False)
@@ -133,10 +129,9 @@ def test_audit_bad_inputs_are_clear_errors(data_root, tmp_path, conditional_pipe
             Image.new("L", (28, 28), 10 * i).save(gray / split / "a" / f"{i}.png")
     with pytest.raises(AuditError, match="3-channel images but .* has 1 channels"):
         run_audit(conditional_pipe, str(gray), num_samples=4, progress=False)
-    result = subprocess.run([str(BIN / "medgen"), "audit", "--num-samples", "4", "--num-mia", "99999",
-                             "--data-root", str(data_root), "--out", str(tmp_path / "a.json")],
-                            capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-    assert result.returncode == 2 and "--num-mia 99999" in result.stderr
+    assert main(["audit", "--num-samples", "4", "--num-mia", "99999", "--data-root", str(data_root), "--out",
+                 str(tmp_path / "a.json")]) == 2
+    assert "--num-mia 99999" in capsys.readouterr().err
     assert not (tmp_path / "a.json").exists()
 
 
@@ -176,7 +171,7 @@ def test_utility_protocol_small(data_root):
     assert official == metrics_from_scores(scores, labels) and official["acc"] > 0.5
 
 
-def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tmp_path):
+def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tmp_path, capsys):
     """Seeds run in separate processes (`--seeds 1`) and merged (`--merge`) give the very result of one run with
     every seed: the same classifiers, means and ratios; files of different protocols or repeated seeds are refused."""
     import json
@@ -192,10 +187,8 @@ def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tm
     for part, seed in zip(apart, (1, 0)):
         json.dump(part, open(tmp_path / f"seed{seed}.json", "w"))
     out = tmp_path / "merged.json"
-    result = subprocess.run([str(BIN / "medgen"), "utility", "--merge", str(tmp_path / "seed0.json"),
-                             str(tmp_path / "seed1.json"), "--out", str(out)], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode == 0, result.stderr
+    assert main(["utility", "--merge", str(tmp_path / "seed0.json"), str(tmp_path / "seed1.json"), "--out",
+                 str(out)]) == 0
     merged = json.loads(out.read_text())
     assert merged["seeds"] == [0, 1] and merged["arms"]["tstr"]["runs"] == both["arms"]["tstr"]["runs"]
     for key in ("tstr_ratio", "classifier_steps", "generation"):
@@ -207,14 +200,13 @@ def test_utility_seeds_run_apart_merge_into_the_run_with_all_seeds(data_root, tm
     with pytest.raises(UtilityError, match=r"differ in \['epochs', 'classifier_steps'\]"):
         merge_utility([both, other])
     before = (tmp_path / "seed0.json").read_bytes()
-    result = subprocess.run([str(BIN / "medgen"), "utility", "--merge", str(tmp_path / "seed0.json"),
-                             str(tmp_path / "seed1.json"), "--out", str(tmp_path / "seed0.json")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "is one of the --merge inputs" in result.stderr
+    capsys.readouterr()
+    assert main(["utility", "--merge", str(tmp_path / "seed0.json"), str(tmp_path / "seed1.json"), "--out",
+                 str(tmp_path / "seed0.json")]) == 2
+    assert "is one of the --merge inputs" in capsys.readouterr().err
     assert (tmp_path / "seed0.json").read_bytes() == before  # nothing lost
-    result = subprocess.run([str(BIN / "medgen"), "utility", "--seeds", "1,1", "--out", str(tmp_path / "x.json")],
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 2 and "--seeds '1,1': give distinct integers" in result.stderr
+    assert main(["utility", "--seeds", "1,1", "--out", str(tmp_path / "x.json")]) == 2
+    assert "--seeds '1,1': give distinct integers" in capsys.readouterr().err
 
 
 def test_card_shows_utility_and_privacy_once_audited(conditional_pipe, tmp_path):

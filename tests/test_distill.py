@@ -12,6 +12,7 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
 from medgen_diffusers import BloodMNISTPipeline
+from medgen_diffusers.cli import main
 from medgen_diffusers.models import auto_mixed_precision
 
 from conftest import REPO
@@ -28,6 +29,12 @@ def distill(output_dir, data_root, steps, *extra):
     assert result.returncode == 0, result.stderr[-3000:]
 
 
+def medgen_distill(*args) -> int:
+    """`medgen distill` in this process (refusals: no interpreter start-up): its exit code, its errors on stderr as
+    the console script prints them. fp32, as every in-process run (Accelerate keeps one state per process)."""
+    return main(["distill", *map(str, args), "--mixed_precision", "no"])
+
+
 def test_boundary_scalings_are_the_ones_lcmscheduler_samples_with():
     sys.path.insert(0, str(REPO))
     from distill_lcm import boundary_scalings
@@ -41,12 +48,16 @@ def test_boundary_scalings_are_the_ones_lcmscheduler_samples_with():
     assert boundary_scalings(torch.tensor([0]), 10.0)[0].item() == 1.0  # f(x, 0) = x: the consistency boundary
 
 
-def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_exactly(tmp_path, data_root):
+def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_exactly(tmp_path, data_root, capsys):
     teacher = BloodMNISTPipeline.from_pretrained()
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    distill(straight, data_root, 3, "--checkpointing_steps", "3")  # no checkpoint at 2: saving must not shift RNG
-    distill(resumed, data_root, 2)
-    distill(resumed, data_root, 3)  # resumes from checkpoint-2 (the default is --resume_from_checkpoint latest)
+    # In this process (three interpreter start-ups saved), all three runs with the same thread count.
+    short = ("--data_root", data_root, "--train_batch_size", "8", "--checkpointing_steps", "2")
+    # No checkpoint at 2 in the straight run: saving must not shift the RNG.
+    assert medgen_distill("--output_dir", straight, *short, "--max_train_steps", "3", "--checkpointing_steps", "3") == 0
+    assert medgen_distill("--output_dir", resumed, *short, "--max_train_steps", "2") == 0
+    # Resumes from checkpoint-2 (the default is --resume_from_checkpoint latest).
+    assert medgen_distill("--output_dir", resumed, *short, "--max_train_steps", "3") == 0
     steps = [json.loads(line)["step"] for line in (resumed / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
 
@@ -75,10 +86,10 @@ def test_distilled_pipeline_samples_in_four_steps_loads_everywhere_and_resumes_e
     assert json.loads((straight / "run_config.json").read_text())["dataset"] == "bloodmnist"
     # `latest` never continues a student of another teacher: refused before anything is written.
     before = (resumed / "metrics.jsonl").read_bytes()
-    other = subprocess.run([sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(resumed), "--teacher",
-                            str(straight), "--max_train_steps", "4", "--train_batch_size", "8"], cwd=REPO,
-                           capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert other.returncode != 0 and "teacher_sha256" in other.stderr and "Traceback" not in other.stderr
+    assert medgen_distill("--output_dir", resumed, "--teacher", straight, "--max_train_steps", "4",
+                          "--train_batch_size", "8") == 2
+    err = capsys.readouterr().err
+    assert "teacher_sha256" in err and "Traceback" not in err
     assert (resumed / "metrics.jsonl").read_bytes() == before
 
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
@@ -107,11 +118,10 @@ def test_phased_student_jumps_where_ddim_samples_and_saves_a_two_step_pipeline(t
     distill(tmp_path / "phased", data_root, 2, "--phases", "2", "--lr_scheduler", "cosine")
     # A cosine rate is a function of the run's length: resuming it to another length is refused, nothing written.
     before = (tmp_path / "phased" / "metrics.jsonl").read_bytes()
-    longer = subprocess.run([sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(tmp_path / "phased"),
-                             "--data_root", str(data_root), "--phases", "2", "--lr_scheduler", "cosine",
-                             "--max_train_steps", "4", "--train_batch_size", "8"], cwd=REPO, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert longer.returncode != 0 and "max_train_steps" in longer.stderr and "Traceback" not in longer.stderr
+    assert medgen_distill("--output_dir", tmp_path / "phased", "--data_root", data_root, "--phases", "2",
+                          "--lr_scheduler", "cosine", "--max_train_steps", "4", "--train_batch_size", "8") == 2
+    err = capsys.readouterr().err
+    assert "max_train_steps" in err and "Traceback" not in err
     assert (tmp_path / "phased" / "metrics.jsonl").read_bytes() == before
     pipe = BloodMNISTPipeline.from_pretrained(tmp_path / "phased")
     assert isinstance(pipe.scheduler, DDIMScheduler) and pipe.scheduler.config.timestep_spacing == "trailing"
@@ -127,25 +137,24 @@ def test_phased_student_jumps_where_ddim_samples_and_saves_a_two_step_pipeline(t
     assert timesteps == [999, 499] and images.shape == (2, 28, 28, 3) and np.isfinite(images).all()
 
 
-def test_distilling_a_missing_teacher_is_one_clear_error(tmp_path, data_root):
-    cmd = [sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(tmp_path / "out"), "--teacher",
-           str(tmp_path / "nowhere"), "--data_root", str(data_root)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert result.returncode != 0 and "nowhere" in result.stderr and "Traceback" not in result.stderr
+def test_distilling_a_missing_teacher_is_one_clear_error(tmp_path, data_root, capsys):
+    assert medgen_distill("--output_dir", tmp_path / "out", "--teacher", tmp_path / "nowhere", "--data_root",
+                          data_root) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "Traceback" not in err
     assert not (tmp_path / "out").exists()
 
 
-def test_distilling_on_other_data_than_the_teachers_is_one_clear_error(tmp_path, data_root):
+def test_distilling_on_other_data_than_the_teachers_is_one_clear_error(tmp_path, data_root, capsys):
     """A 1-channel dataset for the 3-channel shipped teacher: refused before any training, nothing written."""
     real = np.load(data_root / "bloodmnist.npz")
     gray = tmp_path / "gray.npz"
     np.savez(gray, train_images=real["train_images"][:64].mean(-1).astype(np.uint8),
              train_labels=real["train_labels"][:64])
-    cmd = [sys.executable, str(REPO / "distill_lcm.py"), "--output_dir", str(tmp_path / "out"), "--dataset", str(gray)]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0 and "1-channel images but the teacher takes 3" in result.stderr
-    assert "Traceback" not in result.stderr and not (tmp_path / "out").exists()
+    assert medgen_distill("--output_dir", tmp_path / "out", "--dataset", gray) == 2
+    err = capsys.readouterr().err
+    assert "1-channel images but the teacher takes 3" in err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
 
 
 def test_fast_note_states_both_models_utility_and_says_when_the_default_is_clearly_better(tmp_path, monkeypatch):

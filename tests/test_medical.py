@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from conftest import run_training
+from conftest import train_here
 from pydicom.dataset import FileMetaDataset
 from pydicom.pixels import set_pixel_data
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, SecondaryCaptureImageStorage, generate_uid
@@ -146,7 +146,7 @@ def test_dicom_patients_split_train_sample_evaluate_audit_without_phi(tmp_path, 
     assert [len(patients[s]) for s in ("train", "val", "test")] == [7, 1, 2]
     assert not (patients["train"] & patients["test"]) and not (patients["train"] & patients["val"])
     run = tmp_path / "run"
-    run_training(run, data_root, "--dataset", str(source), "--split_by", "patient", "--train_batch_size", "8",
+    train_here(run, data_root, "--dataset", str(source), "--split_by", "patient", "--train_batch_size", "8",
                  "--max_train_steps", "6", "--lr_warmup_steps", "1", "--num_sample_images", "0", "--logger", "none")
     config = json.loads((run / "run_config.json").read_text())
     assert config["patients"] == {"train": 7, "val": 1, "test": 2} and config["intensity"]["rule"] == "file"
@@ -207,7 +207,7 @@ def test_nifti_volumes_as_patients_train_evaluate_audit(tmp_path, data_root):
         nib.save(nib.Nifti1Image(np.stack(list(slices), -1).astype(np.float32), np.eye(4)),
                  source / cls / f"subject_{patient:02d}.nii.gz")
     run = tmp_path / "run"
-    run_training(run, data_root, "--dataset", str(source), "--split_by", "patient", "--window", "soft-tissue",
+    train_here(run, data_root, "--dataset", str(source), "--split_by", "patient", "--window", "soft-tissue",
                  "--train_batch_size", "8", "--max_train_steps", "4", "--lr_warmup_steps", "1",
                  "--num_sample_images", "0", "--logger", "none")
     config = json.loads((run / "run_config.json").read_text())

@@ -168,6 +168,15 @@ def test_exit_codes_say_what_went_wrong(conditional_pipe, tmp_path, monkeypatch,
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert main(["sample", "nobody-here/no-such-model", "--out", str(tmp_path / "y.png")]) == 3
     assert "Hub" in capsys.readouterr().err
+    # A mistyped or unfinished run folder is bad input (exit 2, what to pass instead), not a Hub id or a traceback.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "blood" / "checkpoint-4").mkdir(parents=True)
+    for path, said in ((tmp_path / "nowhere", "No folder"), ("runs/bloood", "No folder runs/bloood"),
+                       ("runs/blood", "a run that has not finished"), ("runs", "no model_index.json")):
+        assert main(["sample", str(path), "--out", str(tmp_path / "z.png")]) == 2, path
+        err = capsys.readouterr().err
+        assert said in err and "Traceback" not in err and "Hub" not in err.split("or a Hugging Face Hub")[0], err
+    assert not (tmp_path / "z.png").exists()
     # A multi-label MedMNIST set: `medgen data` summarises it instead of crashing. Built from real pixels, with the
     # official checksum replaced by this file's (the real ChestMNIST is not on this machine).
     from medmnist.info import INFO

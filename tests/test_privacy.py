@@ -108,21 +108,19 @@ def test_explicit_other_data_is_recorded_and_warned_about(memorised_run, tmp_pat
     assert (tmp_path / "a.json").read_bytes() == before
 
 
-def test_rerunning_into_a_run_folder_is_refused_and_loses_nothing(memorised_run, data_root):
-    from conftest import run_training
-
+def test_rerunning_into_a_run_folder_is_refused_and_loses_nothing(memorised_run, data_root, capsys):
     run, source = memorised_run
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    result = run_training(run, data_root, "--dataset", str(source), "--train_batch_size", "8", "--max_train_steps",
-                          "2", check=False)
-    assert result.returncode != 0 and "already holds a run" in result.stderr
-    assert "--resume_from_checkpoint latest" in result.stderr and "--overwrite_output_dir" in result.stderr
+    assert medgen("train", "--output_dir", run, "--dataset", source, "--data_root", data_root, "--model_preset", "tiny",
+                  "--train_batch_size", "8", "--max_train_steps", "2", "--mixed_precision", "no") == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume_from_checkpoint latest" in err and "--overwrite_output_dir" in err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     # from_pretrained checks only what it loads: a half-written result or checkpoint file beside it blocks nothing.
     from medgen_diffusers import BloodMNISTPipeline
 
-    (run / "checkpoint-800" / "broken.json").write_text("{ half")
+    (run / "checkpoint-600" / "broken.json").write_text("{ half")
     try:
         assert BloodMNISTPipeline.from_pretrained(run).config.class_names[0] == "basophil"
     finally:
-        (run / "checkpoint-800" / "broken.json").unlink()
+        (run / "checkpoint-600" / "broken.json").unlink()

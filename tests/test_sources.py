@@ -11,10 +11,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, read_metrics, run_training
+from conftest import REPO, read_metrics, run_training, train_here
 from PIL import Image
 
 from medgen_diffusers import BloodMNISTPipeline, load_medmnist_tensors
+from medgen_diffusers.cli import main
 from medgen_diffusers.data import DataError, load_images
 
 BIN = Path(sys.executable).parent
@@ -130,26 +131,23 @@ def test_bad_sources_are_one_clear_error_each(sources, tmp_path):
         load_images("no-such-thing")
 
 
-def train_sample_evaluate(source, tmp_path, data_root, *train_args, split="test", columns=()):
+def train_sample_evaluate(source, tmp_path, data_root, monkeypatch, *train_args, split="test", columns=()):
+    """Train, sample and evaluate in this process (the console scripts run in test_cli.py and test_wheel.py); the
+    evaluation in a cache of its own, so it reads the source itself."""
     run = tmp_path / "run"
-    run_training(run, data_root, "--dataset", str(source), "--max_train_steps", "3", *TINY, *train_args, *columns)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MEDGEN_CACHE": str(tmp_path / "cache")}
+    train_here(run, data_root, "--dataset", str(source), "--max_train_steps", "3", *TINY, *train_args, *columns)
+    monkeypatch.setenv("MEDGEN_CACHE", str(tmp_path / "cache"))
     dash = [c.replace("_", "-") if c.startswith("--") else c for c in columns]
-    sample = subprocess.run([str(BIN / "medgen"), "sample", str(run), "--num-images", "8", "--steps", "2",
-                             "--out", str(tmp_path / "s.npz")], capture_output=True, text=True, env=env, timeout=600)
-    assert sample.returncode == 0, sample.stderr[-2000:]
-    evaluate = subprocess.run([str(BIN / "medgen"), "evaluate", str(run), "--dataset", str(source), "--split", split,
-                               "--num-samples", "8", "--num-real", "16", "--steps", "2", "--protocols", "seed",
-                               "--out", str(tmp_path / "e.json"), *dash],
-                              capture_output=True, text=True, env=env, timeout=600)
-    assert evaluate.returncode == 0, evaluate.stderr[-2000:]
+    assert main(["sample", str(run), "--num-images", "8", "--steps", "2", "--out", str(tmp_path / "s.npz")]) == 0
+    assert main(["evaluate", str(run), "--dataset", str(source), "--split", split, "--num-samples", "8", "--num-real",
+                 "16", "--steps", "2", "--protocols", "seed", "--out", str(tmp_path / "e.json"), *dash]) == 0
     with np.load(tmp_path / "s.npz") as data:
         images = data["train_images"]
     return run, images, json.loads((tmp_path / "e.json").read_text())
 
 
-def test_grayscale_64px_class_folders_train_sample_and_evaluate(sources, tmp_path, data_root):
-    run, images, result = train_sample_evaluate(sources["gray64"], tmp_path, data_root)
+def test_grayscale_64px_class_folders_train_sample_and_evaluate(sources, tmp_path, data_root, monkeypatch):
+    run, images, result = train_sample_evaluate(sources["gray64"], tmp_path, data_root, monkeypatch)
     config = json.loads((run / "run_config.json").read_text())
     assert config["resolution"] == 64 and config["channels"] == 1 and config["class_conditional"]
     assert images.shape == (8, 64, 64, 1) and images.dtype == np.uint8  # MedMNIST's grayscale layout
@@ -164,21 +162,22 @@ def test_grayscale_64px_class_folders_train_sample_and_evaluate(sources, tmp_pat
     ("datasets", (), "test", ("--image_column", "img", "--label_column", "cell")),
     ("unlabeled", (), "train", ()),
 ])
-def test_other_sources_train_sample_and_evaluate(sources, tmp_path, data_root, name, train_args, split, columns):
-    run, images, result = train_sample_evaluate(sources[name], tmp_path, data_root, *train_args, split=split,
-                                                columns=columns)
+def test_other_sources_train_sample_and_evaluate(sources, tmp_path, data_root, monkeypatch, name, train_args, split,
+                                                columns):
+    run, images, result = train_sample_evaluate(sources[name], tmp_path, data_root, monkeypatch, *train_args,
+                                                split=split, columns=columns)
     config = json.loads((run / "run_config.json").read_text())
     assert config["class_conditional"] is (name != "unlabeled")
     assert images.shape == (8, 28, 28, 3) and result["num_generated"] == 8
 
 
-def test_multilabel_data_trains_unconditionally_and_refuses_conditioning(sources, tmp_path, data_root):
-    result = run_training(tmp_path / "refused", data_root, "--dataset", str(sources["multilabel"]),
-                          "--max_train_steps", "1", "--class_conditional", *TINY, check=False)
-    assert result.returncode != 0 and "--class_conditional needs one class label per image" in result.stderr
-    ok = run_training(tmp_path / "run", data_root, "--dataset", str(sources["multilabel"]), "--max_train_steps", "1",
-                      *TINY)
-    assert "14 labels per image" in ok.stderr
+def test_multilabel_data_trains_unconditionally_and_refuses_conditioning(sources, tmp_path, data_root, caplog):
+    with pytest.raises(ValueError, match="--class_conditional needs one class label per image"):
+        train_here(tmp_path / "refused", data_root, "--dataset", str(sources["multilabel"]), "--max_train_steps", "1",
+                   "--class_conditional", *TINY)
+    assert not (tmp_path / "refused").exists()  # a refused start leaves no folder behind
+    train_here(tmp_path / "run", data_root, "--dataset", str(sources["multilabel"]), "--max_train_steps", "1", *TINY)
+    assert "14 labels per image" in caplog.text
     assert json.loads((tmp_path / "run" / "run_config.json").read_text())["class_conditional"] is False
 
 
@@ -236,28 +235,20 @@ def test_uneven_batches_end_at_max_steps_and_resume_exactly_on_two_ranks(tmp_pat
     assert [m["epoch"] for m in read_metrics(resumed)] == [m["epoch"] for m in read_metrics(reference)]
 
 
-def test_gradient_accumulation_on_two_ranks(tmp_path, data_root):
-    run_training(tmp_path, data_root, "--max_train_samples", "120", "--gradient_accumulation_steps", "2",
-                 "--max_train_steps", "6", *TINY, launcher=(*TWO, "29545"))
-    summary = json.loads((tmp_path / "train_summary.json").read_text())
-    assert summary["global_step"] == 6 and summary["ranks_in_sync"]
-    config = json.loads((tmp_path / "run_config.json").read_text())
-    assert config["total_batch_size"] == 8 * 2 * 2
-    # 7 batches per rank and epoch make 4 updates (the last accumulates one batch): epoch 1 starts at step 5.
-    assert [m["epoch"] for m in read_metrics(tmp_path)] == [0, 0, 0, 0, 1, 1]
-
-
 def test_two_process_sample_equals_one_process_byte_for_byte(conditional_pipe, tmp_path):
     saved = tmp_path / "pipe"
     conditional_pipe.save_pretrained(saved)
     args = ["sample", str(saved), "--num-images", "20", "--chunk-size", "3", "--steps", "2", "--seed", "5",
             "--device", "cpu"]
     # torchrun gives each process one thread; CPU kernels round differently with other thread counts, so the
-    # one-process run gets one too (the same holds for any two runs: same threads, same bytes).
+    # one-process run (here, in this process) gets one too (any two runs: same threads, same bytes).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--out", str(tmp_path / "one.npz")]) == 0
+    finally:
+        torch.set_num_threads(threads)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([str(BIN / "medgen"), *args, "--out", str(tmp_path / "one.npz")], capture_output=True,
-                         text=True, env=env, timeout=600)
-    assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run([*TWO, "29546", "-m", "medgen_diffusers.cli", *args, "--out", str(tmp_path / "two.npz")],
                          capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
     assert two.returncode == 0, two.stderr[-3000:]

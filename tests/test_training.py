@@ -7,14 +7,16 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from safetensors.torch import load_file
-from conftest import REPO, read_metrics, run_training
+from conftest import REPO, read_metrics, run_training, train_here
 
 import train_unconditional
 
 from medgen_diffusers import BloodMNISTPipeline
+from medgen_diffusers.cli import main
 
 SHORT = ["--max_train_samples", "512", "--train_batch_size", "16", "--lr_warmup_steps", "2",
          "--num_sample_images", "0", "--learning_rate", "5e-4"]
@@ -59,22 +61,27 @@ def test_short_training_lowers_the_loss_and_saves_a_loadable_pipeline(trained_ru
     assert any(not torch.equal(trained[k], saved[k]) for k in trained if k in saved)
 
 
-def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path, data_root):
-    result = run_training(tmp_path, data_root, *SHORT, "--max_train_steps", "2",
-                          "--resume_from_checkpoint", str(tmp_path / "checkpoint-7"), check=False)
-    assert result.returncode != 0 and "is not a complete checkpoint folder" in result.stderr
+def test_resume_from_a_missing_checkpoint_is_a_clear_error(tmp_path, data_root, capsys):
+    assert medgen_train(tmp_path, data_root, *SHORT, "--max_train_steps", "2",
+                        "--resume_from_checkpoint", str(tmp_path / "checkpoint-7")) == 2
+    assert "is not a complete checkpoint folder" in capsys.readouterr().err
 
 
 def test_two_cpu_processes_stay_in_sync_and_only_rank0_writes(tmp_path, data_root):
-    args = [*SHORT, "--max_train_steps", "6", "--checkpointing_steps", "3", "--train_batch_size", "8"]
+    # With gradient accumulation: 120 images, 8 per rank -> 7 batches per rank and epoch make 4 updates of 2 (the
+    # last accumulates one batch), so epoch 1 starts at step 5.
+    args = [*SHORT, "--max_train_samples", "120", "--max_train_steps", "6", "--checkpointing_steps", "3",
+            "--train_batch_size", "8", "--gradient_accumulation_steps", "2"]
     single, double = tmp_path / "one", tmp_path / "two"
-    run_training(single, data_root, *args)
+    train_here(single, data_root, *args)
     run_training(double, data_root, *args, launcher=(sys.executable, "-m", "torch.distributed.run",
                                                      "--nproc_per_node", "2", "--master_port", "29533"))
     summary = json.loads((double / "train_summary.json").read_text())
     assert summary["num_processes"] == 2 and summary["global_step"] == 6
     assert len(summary["param_checksums"]) == 2 and summary["ranks_in_sync"], summary
+    assert json.loads((double / "run_config.json").read_text())["total_batch_size"] == 8 * 2 * 2
     assert [m["step"] for m in read_metrics(double)] == list(range(1, 7))  # one line per step, not one per rank
+    assert [m["epoch"] for m in read_metrics(double)] == [0, 0, 0, 0, 1, 1]
     event_files = lambda d: sorted(p.name.split(".")[0] for p in d.rglob("events.out.tfevents.*"))  # noqa: E731
     assert event_files(double) == event_files(single)  # one tensorboard writer
     ranks_states = sorted(p.name for p in (double / "checkpoint-6").glob("random_states_*"))
@@ -85,6 +92,12 @@ def test_two_cpu_processes_stay_in_sync_and_only_rank0_writes(tmp_path, data_roo
     assert outside_checkpoints(double) == outside_checkpoints(single)
 
 
+def medgen_train(output_dir, data_root, *extra):
+    """`medgen train` in this process: its exit code, its errors on stderr as the console script prints them."""
+    return main(["train", "--output_dir", str(output_dir), "--data_root", str(data_root), "--model_preset", "tiny",
+                 *extra, "--mixed_precision", "no"])
+
+
 def sha_tree(folder):
     import hashlib
 
@@ -92,15 +105,17 @@ def sha_tree(folder):
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_sigkill_at_random_moments_then_resume_ends_exactly(tmp_path, data_root):
+def test_sigkill_at_random_moments_then_resume_ends_exactly(tmp_path, data_root, capsys):
     """Kill -9 while training runs (mid-step or mid-save, wherever it falls), resume with `latest` each time: the
     run ends at exactly --max_train_steps with the losses of an uninterrupted run, and never resumes a torn
     checkpoint (verify_checkpoint would stop it). Then a truncated checkpoint file is refused by name."""
     import random
 
-    args = [*SHORT, "--max_train_steps", "24", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3"]
+    # fp32: the reference runs in this process (train_here), the killed ones in their own.
+    args = [*SHORT, "--max_train_steps", "24", "--checkpointing_steps", "2", "--checkpoints_total_limit", "3",
+            "--mixed_precision", "no"]
     reference = tmp_path / "reference"
-    run_training(reference, data_root, *args)
+    train_here(reference, data_root, *args)
     assert sorted(p.name for p in reference.glob("checkpoint-*")) == ["checkpoint-20", "checkpoint-22", "checkpoint-24"]
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(REPO / "train_unconditional.py"), "--output_dir", str(killed), "--data_root",
@@ -122,7 +137,7 @@ def test_sigkill_at_random_moments_then_resume_ends_exactly(tmp_path, data_root)
         steps_before = len(metrics.read_text().splitlines())
     (killed / "checkpoint-999.tmp").mkdir(exist_ok=True)  # a kill during save_state: must never be resumed from
     (killed / "checkpoint-999.tmp" / "optimizer.bin").write_bytes(b"half")
-    run_training(killed, data_root, *args, "--resume_from_checkpoint", "latest")
+    train_here(killed, data_root, *args, "--resume_from_checkpoint", "latest")
     assert json.loads((killed / "train_summary.json").read_text())["global_step"] == 24
     assert not list(killed.glob("checkpoint-*.tmp"))
     expected, resumed = read_metrics(reference), read_metrics(killed)
@@ -136,13 +151,12 @@ def test_sigkill_at_random_moments_then_resume_ends_exactly(tmp_path, data_root)
     broken = killed / "checkpoint-24" / "unet_ema" / "diffusion_pytorch_model.safetensors"
     broken.write_bytes(broken.read_bytes()[:1000])
     before = sha_tree(killed)
-    result = run_training(killed, data_root, *args, "--max_train_steps", "26", "--resume_from_checkpoint", "latest",
-                          check=False)
-    assert result.returncode != 0 and f"Checkpoint file {broken} is corrupt" in result.stderr, result.stderr[-2000:]
+    assert medgen_train(killed, data_root, *args, "--max_train_steps", "26", "--resume_from_checkpoint", "latest") == 2
+    assert f"Checkpoint file {broken} is corrupt" in capsys.readouterr().err
     assert sha_tree(killed) == before
 
 
-def test_min_snr_weighting_changes_the_loss_as_the_paper_says(tmp_path, data_root):
+def test_min_snr_weighting_changes_the_loss_as_the_paper_says(tmp_path, data_root, capsys):
     """--snr_gamma weights each image's MSE by min(SNR, gamma) over what the UNet predicts (diffusers' compute_snr).
 
     Step 1 sees the same batch, noise and timesteps in every run (same seed), so its losses compare directly:
@@ -160,8 +174,9 @@ def test_min_snr_weighting_changes_the_loss_as_the_paper_says(tmp_path, data_roo
     assert 0 < v_min_snr < 0.9 * v_plain, (v_min_snr, v_plain)
     eps_plain = first_loss("eps", "--prediction_type", "epsilon")
     assert first_loss("eps_snr", "--prediction_type", "epsilon", "--snr_gamma", "1e9") == eps_plain
-    bad = run_training(tmp_path / "bad", data_root, "--snr_gamma", "0", check=False)
-    assert bad.returncode == 2 and "--snr_gamma must be > 0" in bad.stderr
+    with pytest.raises(SystemExit) as bad:
+        medgen_train(tmp_path / "bad", data_root, "--snr_gamma", "0")
+    assert bad.value.code == 2 and "--snr_gamma must be > 0" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 
