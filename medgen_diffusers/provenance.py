@@ -67,6 +67,9 @@ def read_run_config(pipeline) -> Optional[Dict]:
             raise ProvenanceError(f"{path} is not valid JSON ({error}): restore it from the training run.") from None
     if folder.exists() or "/" not in str(pipeline):
         return None
+    from .pipelines.pipeline_bloodmnist import check_pipeline_path
+
+    check_pipeline_path(pipeline)  # a mistyped folder: one clear error here, not "no training data recorded"
     try:  # a Hub repo id: its (redacted) run_config.json, from the cache when offline
         from huggingface_hub import hf_hub_download
 

@@ -177,6 +177,10 @@ def test_exit_codes_say_what_went_wrong(conditional_pipe, tmp_path, monkeypatch,
         err = capsys.readouterr().err
         assert said in err and "Traceback" not in err and "Hub" not in err.split("or a Hugging Face Hub")[0], err
     assert not (tmp_path / "z.png").exists()
+    # The commands that first read the run's recorded data say the same (not "records no training data").
+    for command in ("audit", "utility"):
+        assert main([command, str(tmp_path / "nowhere"), "--out", str(tmp_path / "z.json")]) == 2
+        assert f"No folder {tmp_path / 'nowhere'}" in capsys.readouterr().err, command
     # A multi-label MedMNIST set: `medgen data` summarises it instead of crashing. Built from real pixels, with the
     # official checksum replaced by this file's (the real ChestMNIST is not on this machine).
     from medmnist.info import INFO

@@ -322,7 +322,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
                 pretrained_model_name_or_path = importlib.import_module("medgen_diffusers").DEFAULT_MODEL
             except ImportError:
                 raise ValueError("No default model outside medgen-diffusers: pass a folder or Hub repo id.") from None
-        _check_local_path(pretrained_model_name_or_path)
+        check_pipeline_path(pretrained_model_name_or_path)
         if not os.path.isdir(pretrained_model_name_or_path):
             # A Hub repo id: fetch (or find in the cache) the whole snapshot with huggingface_hub's public API, then
             # load the local folder -- diffusers' own download step would see the remote-code entry below.
@@ -347,7 +347,7 @@ class BloodMNISTPipeline(DiffusionPipeline):
         return loaded
 
 
-def _check_local_path(path: Union[str, os.PathLike]) -> None:
+def check_pipeline_path(path: Union[str, os.PathLike]) -> None:
     """One clear error for a path that cannot be a saved pipeline, before it is taken for a Hub repo id ("namespace/
     name": at most one slash, no leading "/", "." or "~", and no local folder by the namespace's name)."""
     path = str(path)
