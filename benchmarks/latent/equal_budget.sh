@@ -9,14 +9,16 @@
 # FID: NUM_EVAL generated images (20 steps, bf16 network passes -- the same for both arms) vs the whole test split,
 # beside the real-vs-real floor. Data: BloodMNIST's real pixels bicubic-upsampled (band-limited: compares the arms
 # on the same data only). The GPU version, at 4x the scale: benchmarks/gpu/latent_vs_pixel.sh.
-#   BUDGET=15 bash benchmarks/latent/equal_budget.sh      # ~55 min wall on a 2-core CPU (2 x 15 min + evaluation)
-# Results: $OUT/equal_budget.json (copied to benchmarks/results/latent/equal_budget_${RES}px.json). Resumable: a
-# step whose output exists is skipped.
+#   BUDGET=15 bash benchmarks/latent/equal_budget.sh      # ~75 min wall on a 2-core CPU (2 x 15 min + evaluation)
+# Results: $OUT/equal_budget[_pixel_N].json (copied to
+# benchmarks/results/latent/equal_budget_${RES}px[_pixel_N].json). Resumable: a step whose output exists is skipped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 RES=${RES:-128}; BUDGET=${BUDGET:-15}; VAE_SHARE=${VAE_SHARE:-0.5}; MAX_TRAIN=${MAX_TRAIN:-4000}
 NUM_EVAL=${NUM_EVAL:-500}; BATCH=${BATCH:-8}; PROBE=${PROBE:-10}; OUT=${OUT:-../bg-runs/equal_budget_${RES}px}
-EVAL_EXTRA=${EVAL_EXTRA:-}  # a smoke run: RES=32 BUDGET=0.5 MAX_TRAIN=200 NUM_EVAL=16 EVAL_EXTRA="--num-real 32"
+EVAL_EXTRA=${EVAL_EXTRA:-}
+# PIXEL_STEPS=N: the pixel arm trains N steps (no probe) -- to match the latent arm's wall once both are measured.
+PIXEL_STEPS=${PIXEL_STEPS:-}; PIXEL=pixel${PIXEL_STEPS:+_$PIXEL_STEPS}  # a smoke run: RES=32 BUDGET=0.5 MAX_TRAIN=200 NUM_EVAL=16 EVAL_EXTRA="--num-real 32"
 PY=${PYTHON:-.venv/bin/python}
 export MEDMNIST_ROOT=${MEDMNIST_ROOT:-$(realpath ../shared/data)} HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 mkdir -p "$OUT"; W=$OUT/work; mkdir -p "$W"
@@ -32,12 +34,14 @@ seconds() { local t=$(date +%s.%N); "$@" >> "$OUT/run.log" 2>&1; $PY -c "print(r
 steps() { $PY -c "import sys; print(max(int(float(sys.argv[1]) * float(sys.argv[2])), 10))" "$1" "$2"; }  # rate, s
 
 # Pixel arm: probe, then BUDGET minutes minus the probe.
-if [ ! -f "$W/pixel/model_index.json" ]; then
-  probe=$(seconds train --output_dir "$W/probe_pixel" --max_train_steps "$PROBE")
-  rate=$(json "$W/probe_pixel/train_summary.json" "d['steps_per_s']")
-  n=$(steps "$rate" "$($PY -c "print($BUDGET * 60 - $probe)")")
-  wall=$(seconds train --output_dir "$W/pixel" --max_train_steps "$n" --lr_warmup_steps $(( n / 10 )) --learning_rate 1e-3)
-  echo "{\"probe_s\": $probe, \"train_s\": $wall, \"steps\": $n}" > "$W/pixel_budget.json"
+if [ ! -f "$W/$PIXEL/model_index.json" ]; then
+  if [ -n "$PIXEL_STEPS" ]; then probe=0; n=$PIXEL_STEPS; else
+    probe=$(seconds train --output_dir "$W/probe_pixel" --max_train_steps "$PROBE")
+    rate=$(json "$W/probe_pixel/train_summary.json" "d['steps_per_s']")
+    n=$(steps "$rate" "$($PY -c "print($BUDGET * 60 - $probe)")")
+  fi
+  wall=$(seconds train --output_dir "$W/$PIXEL" --max_train_steps "$n" --lr_warmup_steps $(( n / 10 )) --learning_rate 1e-3)
+  echo "{\"probe_s\": $probe, \"train_s\": $wall, \"steps\": $n}" > "$W/${PIXEL}_budget.json"
 fi
 # Latent arm: the VAE for VAE_SHARE of the budget, a probe (it encodes the train images into the cache the run
 # reuses), then the latent UNet for what is left.
@@ -54,14 +58,14 @@ if [ ! -f "$W/latent/model_index.json" ]; then
   echo "{\"vae_probe_s\": $vprobe, \"vae_train_s\": $vwall, \"vae_steps\": $vn, \"latent_probe_and_encoding_s\": $lprobe,
         \"train_s\": $lwall, \"steps\": $ln}" > "$W/latent_budget.json"
 fi
-for arm in pixel latent; do
+for arm in $PIXEL latent; do
   [ -f "$W/eval_$arm.json" ] || medgen evaluate "$W/$arm" --split test --num-samples "$NUM_EVAL" --protocols standard \
     --precision bf16 $EVAL_EXTRA --out "$W/eval_$arm.json" >> "$OUT/run.log" 2>&1
 done
-$PY - "$OUT" "$RES" "$BUDGET" "$VAE_SHARE" "$MAX_TRAIN" "$NUM_EVAL" <<'PY'
+$PY - "$OUT" "$RES" "$BUDGET" "$VAE_SHARE" "$MAX_TRAIN" "$NUM_EVAL" "$PIXEL" <<'PY'
 import json, platform, sys
 from pathlib import Path
-out, res, budget, share, max_train, num_eval = Path(sys.argv[1]), *sys.argv[2:]
+out, res, budget, share, max_train, num_eval, pixel = Path(sys.argv[1]), *sys.argv[2:]
 w = out / "work"
 read = lambda p: json.loads(p.read_text())  # noqa: E731
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
@@ -70,16 +74,17 @@ result = {"resolution": int(res), "budget_minutes_per_arm": float(budget), "vae_
           "data": f"BloodMNIST-28 real pixels, bicubic-upsampled to {res} px (compares arms on the same data only)",
           "machine": {"cpu": cpu, "cores": __import__("os").cpu_count(), "platform": platform.platform()},
           "command": f"RES={res} BUDGET={budget} VAE_SHARE={share} MAX_TRAIN={max_train} NUM_EVAL={num_eval} "
+                     + (f"PIXEL_STEPS={pixel.split('_')[1]} " if "_" in pixel else "") +
                      "bash benchmarks/latent/equal_budget.sh"}
-for arm in ("pixel", "latent"):
-    ev = read(w / f"eval_{arm}.json")
-    result[arm] = {"budget": read(w / f"{arm}_budget.json"), "train_summary": read(w / arm / "train_summary.json"),
+for arm, folder in (("pixel", pixel), ("latent", "latent")):
+    ev = read(w / f"eval_{folder}.json")
+    result[arm] = {"budget": read(w / f"{folder}_budget.json"), "train_summary": read(w / folder / "train_summary.json"),
                    "test_fid": ev["standard"]["fid"], "floor_fid": ev["floor"]["standard"]["fid"],
                    "fid_over_floor": ev["standard"]["fid"] / ev["floor"]["standard"]["fid"], "evaluation": ev}
 result["vae"] = read(w / "vae" / "vae_summary.json")
 result["latent_over_pixel_fid"] = result["latent"]["test_fid"] / result["pixel"]["test_fid"]
 from medgen_diffusers.provenance import redact_paths
-(out / "equal_budget.json").write_text(json.dumps(redact_paths(result), indent=2) + "\n")
+(out / f"equal_budget{'' if pixel == 'pixel' else '_' + pixel}.json").write_text(json.dumps(redact_paths(result), indent=2) + "\n")
 print(json.dumps({k: result[k] for k in ("latent_over_pixel_fid",)}),
       {a: (round(result[a]["test_fid"], 2), round(result[a]["fid_over_floor"], 2)) for a in ("pixel", "latent")})
 PY
